@@ -1,0 +1,201 @@
+//! Buildpacks as Heroku defines them: a folder with `bin/detect`, `bin/compile` and
+//! `bin/release`. Skiff's own buildpacks ship inside the binary and are written to the data
+//! dir on start, so a user's own buildpack and Skiff's are run the same way.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use crate::pipeline::{BuildError, BuildLog};
+
+/// A buildpack on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buildpack {
+    /// Short name (`rust`), used by `BUILDPACK` and `.buildpacks`.
+    pub name: String,
+    /// Folder holding `bin/detect`, `bin/compile`, `bin/release`.
+    pub dir: PathBuf,
+}
+
+/// One file of a built-in buildpack: (buildpack, file name under `bin/`, contents).
+type BuiltinFile = (&'static str, &'static str, &'static str);
+
+/// The buildpacks compiled into Skiff, in detection order.
+const BUILTIN_FILES: &[BuiltinFile] = &[
+    ("rust", "detect", include_str!("../../buildpacks/rust/bin/detect")),
+    ("rust", "compile", include_str!("../../buildpacks/rust/bin/compile")),
+    ("rust", "release", include_str!("../../buildpacks/rust/bin/release")),
+    ("rust", "package-name", include_str!("../../buildpacks/rust/bin/package-name")),
+];
+
+/// Names of the built-in buildpacks in detection order.
+pub fn builtin_buildpacks() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for (name, _, _) in BUILTIN_FILES {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Writes the built-in buildpacks under `dir` (replacing older copies) and returns them in
+/// detection order.
+pub fn install_builtin_buildpacks(dir: &Path) -> std::io::Result<Vec<Buildpack>> {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, file, contents) in BUILTIN_FILES {
+        let bin = dir.join(name).join("bin");
+        std::fs::create_dir_all(&bin)?;
+        let path = bin.join(file);
+        std::fs::write(&path, contents)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(builtin_buildpacks()
+        .into_iter()
+        .map(|name| Buildpack {
+            name: name.to_owned(),
+            dir: dir.join(name),
+        })
+        .collect())
+}
+
+impl Buildpack {
+    /// Opens a user-supplied buildpack folder, checking it has the three scripts.
+    pub fn from_dir(dir: &Path) -> Result<Self, BuildError> {
+        for script in ["detect", "compile", "release"] {
+            if !dir.join("bin").join(script).is_file() {
+                return Err(BuildError::BadBuildpack(format!(
+                    "{} has no bin/{script}",
+                    dir.display()
+                )));
+            }
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(Self {
+            name,
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn script(&self, name: &str) -> PathBuf {
+        self.dir.join("bin").join(name)
+    }
+}
+
+/// How a buildpack script is run: a clean environment and a time limit.
+#[derive(Debug, Clone)]
+pub(crate) struct ScriptEnv {
+    /// The only variables the script sees (PATH, HOME, toolchain homes).
+    pub vars: Vec<(String, String)>,
+    /// Wall-clock limit for the script.
+    pub limit: Duration,
+}
+
+/// The result of a script run.
+pub(crate) struct ScriptOutput {
+    pub success: bool,
+    pub stdout: String,
+}
+
+/// Runs `bin/<script> args...`. With `log`, stdout and stderr stream there line by line;
+/// without it, stdout is captured (detect, release) and stderr is still logged.
+pub(crate) async fn run_script(
+    bp: &Buildpack,
+    script: &str,
+    args: &[&Path],
+    env: &ScriptEnv,
+    log: &BuildLog,
+    stream_stdout: bool,
+) -> Result<ScriptOutput, BuildError> {
+    let mut cmd = Command::new(bp.script(script));
+    cmd.args(args)
+        .env_clear()
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group, so a timeout can stop the whole tree (cargo, rustc, ...).
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| BuildError::Script {
+        buildpack: bp.name.clone(),
+        script: script.to_owned(),
+        message: e.to_string(),
+    })?;
+    let pid = child.id();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_task = stdout.map(|s| tokio::spawn(pump(s, log.clone(), stream_stdout)));
+    let err_task = stderr.map(|s| tokio::spawn(pump(s, log.clone(), true)));
+
+    let status = match tokio::time::timeout(env.limit, child.wait()).await {
+        Ok(status) => status.map_err(|e| BuildError::Script {
+            buildpack: bp.name.clone(),
+            script: script.to_owned(),
+            message: e.to_string(),
+        })?,
+        Err(_) => {
+            if let Some(pid) = pid {
+                kill_group(pid);
+            }
+            let _ = child.kill().await;
+            return Err(BuildError::TimedOut {
+                buildpack: bp.name.clone(),
+                script: script.to_owned(),
+                limit: env.limit,
+            });
+        }
+    };
+    let stdout = match out_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    if let Some(t) = err_task {
+        let _ = t.await;
+    }
+    Ok(ScriptOutput {
+        success: status.success(),
+        stdout,
+    })
+}
+
+fn kill_group(pid: u32) {
+    // A negative pid addresses the process group the script leads.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Forwards lines to the log (when `forward`), or collects them (bounded) for the caller.
+async fn pump(stream: impl AsyncRead + Unpin, log: BuildLog, forward: bool) -> String {
+    const CAPTURE_LIMIT: usize = 1 << 20;
+    let mut reader = BufReader::new(stream);
+    let mut captured = String::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                if forward {
+                    log.line(text);
+                } else if captured.len() < CAPTURE_LIMIT {
+                    captured.push_str(text);
+                    captured.push('\n');
+                }
+            }
+        }
+    }
+    captured
+}

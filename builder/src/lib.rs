@@ -1,0 +1,17 @@
+//! Skiff's builder: turns a pushed commit into a slug.
+//!
+//! The flow reads top to bottom: [`git`] receives the push over smart HTTP and its
+//! `pre-receive` hook hands the commit's tree to the platform; [`pipeline`] runs the
+//! buildpacks (detect, compile, release) over it with Heroku's buildpack API; [`inspect`]
+//! checks that each process type names a real WebAssembly component; [`slug`] packs the result
+//! into a content-addressed archive.
+
+pub mod buildpack;
+pub mod git;
+pub mod inspect;
+pub mod pipeline;
+pub mod slug;
+
+pub use buildpack::{Buildpack, builtin_buildpacks, install_builtin_buildpacks};
+pub use pipeline::{BuildError, BuildLog, BuildRequest, BuiltSlug, Builder};
+pub use slug::{SlugError, SlugStore};

@@ -1,0 +1,232 @@
+//! `skiff up`: the whole platform in one foreground process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use skiff_platform::PlatformConfig;
+use skiff_router::{RouteTable, RouterConfig};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct UpArgs {
+    /// Where state, repositories, slugs and caches live.
+    #[arg(long, default_value = ".skiff", env = "SKIFF_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Port of the API and git endpoint (on 127.0.0.1).
+    #[arg(long, default_value_t = 5000)]
+    api_port: u16,
+    /// Port of the HTTP router (on 127.0.0.1).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Apps are served at <app>.<domain>.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Router worker threads.
+    #[arg(long, default_value_t = 2)]
+    router_threads: usize,
+    /// Do not write the API token to ~/.netrc.
+    #[arg(long)]
+    no_netrc: bool,
+    /// After starting, deploy examples/rust-hello as app `hello` through git.
+    #[arg(long)]
+    demo: bool,
+}
+
+pub(crate) fn run(args: UpArgs) -> Result<()> {
+    init_logging();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let skiff_bin = std::env::current_exe().context("locating the skiff executable")?;
+    let mut config = PlatformConfig::new(data_dir.clone(), skiff_bin);
+    config.api_addr = SocketAddr::from(([127, 0, 0, 1], args.api_port));
+    config.http_port = args.http_port;
+    config.domain = args.domain.clone();
+
+    let token = skiff_platform::ensure_admin_token(&data_dir)?;
+    let api_host = config.api_addr.ip().to_string();
+    if !args.no_netrc {
+        match skiff_platform::netrc::default_path() {
+            Some(path) => skiff_platform::netrc::upsert(&path, &api_host, "skiff", &token)
+                .with_context(|| format!("writing {}", path.display()))?,
+            None => tracing::warn!("HOME is not set; not writing ~/.netrc"),
+        }
+    }
+
+    // Pingora owns its threads and runtimes: start it before any tokio runtime exists.
+    let routes = Arc::new(RouteTable::new(&config.domain));
+    let router = skiff_router::spawn_router(
+        RouterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
+            threads: args.router_threads,
+            run_dir: data_dir.join("run"),
+        },
+        routes.clone(),
+    )?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("skiff")
+        .build()?;
+    let result = runtime.block_on(serve(config, routes, token, args.demo));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    router.shutdown();
+    println!("Skiff stopped.");
+    result
+}
+
+async fn serve(config: PlatformConfig, routes: Arc<RouteTable>, token: String, demo: bool) -> Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut platform = tokio::spawn(skiff_platform::run(config.clone(), routes, stop_rx, ready_tx));
+
+    tokio::select! {
+        ready = ready_rx => {
+            if ready.is_err() {
+                // The platform ended before it was ready: report its error.
+                return match platform.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        }
+        done = &mut platform => {
+            return match done {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+
+    println!("Skiff is up.");
+    println!("  API and git:  http://{}", config.api_addr);
+    println!("  Apps:         {}", config.app_url("<app>"));
+    println!("  Admin token:  {token}");
+    println!("  Data dir:     {}", config.data_dir.display());
+    println!("Press Ctrl-C to stop.");
+
+    if demo {
+        let config = config.clone();
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = deploy_demo(&config, &token) {
+                eprintln!(" !    demo deploy failed: {e:#}");
+            }
+        });
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        done = &mut platform => {
+            return match done {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    println!("Stopping Skiff...");
+    let _ = stop_tx.send(true);
+    match platform.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the app `hello` (if needed) and pushes `examples/rust-hello` to it with real git.
+fn deploy_demo(config: &PlatformConfig, token: &str) -> Result<()> {
+    let example = find_example()?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .post(format!("http://{}/apps", config.api_addr))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .send(r#"{"name":"hello"}"#)?;
+    match resp.status().as_u16() {
+        201 => println!("Created app hello."),
+        409 => println!("App hello exists; pushing again."),
+        other => bail!("creating the demo app failed with HTTP {other}"),
+    }
+
+    let src = config.data_dir.join("demo").join("rust-hello");
+    let _ = std::fs::remove_dir_all(&src);
+    copy_tree(&example, &src)?;
+    git(&src, &["init", "--quiet", "--initial-branch=main"])?;
+    git(&src, &["add", "--all"])?;
+    git(
+        &src,
+        &["-c", "user.name=Skiff demo", "-c", "user.email=demo@skiff.invalid", "commit", "--quiet", "-m", "Skiff demo app"],
+    )?;
+    let url = config.git_url("hello");
+    println!("$ git push {url} main");
+    let auth = base64_basic("skiff", token);
+    let status = Process::new("git")
+        .current_dir(&src)
+        .args(["-c", &format!("http.extraHeader=Authorization: Basic {auth}"), "push", "--force", &url, "main"])
+        .status()
+        .context("running git push")?;
+    if !status.success() {
+        bail!("git push failed");
+    }
+    println!();
+    println!("The demo app is live: curl {}", config.app_url("hello"));
+    Ok(())
+}
+
+fn find_example() -> Result<PathBuf> {
+    let candidates = [
+        PathBuf::from("examples/rust-hello"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rust-hello"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.join("Cargo.toml").is_file())
+        .context("examples/rust-hello not found; run `skiff up --demo` from the Skiff repository")
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "target" || name == ".git" {
+            continue;
+        }
+        let dest = to.join(&name);
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<()> {
+    let status = Process::new("git").current_dir(dir).args(args).status()?;
+    if !status.success() {
+        bail!("git {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}

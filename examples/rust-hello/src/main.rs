@@ -1,0 +1,56 @@
+//! The sample app Skiff deploys with `skiff up --demo`: a plain Rust web app that becomes a
+//! `wasi:http` component. Push it with `git push skiff main`.
+
+use serde::Serialize;
+use wstd::http::body::Body;
+use wstd::http::{Error, Method, Request, Response, StatusCode};
+
+const GREETING: &str = "Hello from Skiff!";
+
+#[derive(Serialize)]
+struct Info<'a> {
+    app: &'a str,
+    greeting: &'a str,
+    method: String,
+    path: String,
+}
+
+#[wstd::http_server]
+async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
+    let path = request.uri().path().to_owned();
+    match (request.method(), path.as_str()) {
+        (&Method::GET, "/") => text(StatusCode::OK, format!("{GREETING}\n")),
+        (&Method::GET, "/json") => {
+            let app = std::env::var("SKIFF_APP").unwrap_or_default();
+            let info = Info {
+                app: &app,
+                greeting: GREETING,
+                method: request.method().to_string(),
+                path,
+            };
+            let body = Body::from_json(&info)?;
+            Ok(Response::builder()
+                .header("content-type", "application/json")
+                .body(body)?)
+        }
+        (&Method::POST, "/echo") => {
+            let body = request.into_body().bytes_contents().await?;
+            Ok(Response::new(Body::from(body)))
+        }
+        (&Method::GET, p) if p.starts_with("/env/") => {
+            let name = &p["/env/".len()..];
+            match std::env::var(name) {
+                Ok(value) => text(StatusCode::OK, format!("{value}\n")),
+                Err(_) => text(StatusCode::NOT_FOUND, format!("{name} is not set\n")),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Result<Response<Body>, Error> {
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Body::from(body))?)
+}

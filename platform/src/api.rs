@@ -1,0 +1,339 @@
+//! The JSON API (everything the CLI does) and the git endpoint, on one axum server. Every
+//! route needs a token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use futures_util::TryStreamExt;
+use skiff_builder::BuildLog;
+use skiff_core::{AppName, ConfigKey};
+use tokio::io::AsyncWriteExt;
+
+use crate::{Platform, PlatformError, auth, deploy, gitweb};
+
+type Shared = Arc<Platform>;
+
+/// Who made the call: `admin`, or `git-push` for the hook.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub String);
+
+/// Total size of an app's config vars, as Heroku bounds it.
+const CONFIG_LIMIT: usize = 32 * 1024;
+
+use skiff_core::BUILD_RESULT_MARKER as RESULT_MARKER;
+
+pub(crate) fn router(p: Shared) -> axum::Router {
+    axum::Router::new()
+        .route("/apps", get(list_apps).post(create_app))
+        .route("/apps/{app}", get(app_info))
+        .route("/apps/{app}/releases", get(list_releases))
+        .route("/apps/{app}/config", get(get_config).patch(patch_config))
+        .route("/apps/{app}/builds", post(create_build))
+        .route("/{repo}/info/refs", get(gitweb::info_refs))
+        .route("/{repo}/git-upload-pack", post(gitweb::service))
+        .route("/{repo}/git-receive-pack", post(gitweb::service))
+        .layer(axum::middleware::from_fn_with_state(p.clone(), require_token))
+        .with_state(p)
+}
+
+async fn require_token(State(p): State<Shared>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::token_from_header);
+    let caller = match token {
+        Some(t) if t == p.hook_token => Some("git-push".to_owned()),
+        Some(t) => p.state.token_owner(&auth::hash_token(&t)).ok().flatten(),
+        None => None,
+    };
+    match caller {
+        Some(name) => {
+            req.extensions_mut().insert(Caller(name));
+            next.run(req).await
+        }
+        None => {
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Invalid credentials provided. Use the token `skiff up` printed (SKIFF_API_TOKEN or ~/.netrc).",
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Skiff\""));
+            resp
+        }
+    }
+}
+
+/// An API error: a status and Heroku's `{id, message}` body.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    id: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, id: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            id,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<PlatformError> for ApiError {
+    fn from(e: PlatformError) -> Self {
+        let (status, id) = match &e {
+            PlatformError::NoSuchApp(_) => (StatusCode::NOT_FOUND, "not_found"),
+            PlatformError::AppExists(_) => (StatusCode::CONFLICT, "conflict"),
+            PlatformError::Name(_) | PlatformError::BadRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_params"),
+            PlatformError::Build(_) | PlatformError::Unrunnable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "build_failed"),
+            _ => {
+                tracing::error!(error = %e, "API call failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+            }
+        };
+        Self::new(status, id, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "id": self.id, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(serde::Serialize)]
+struct AppInfo {
+    name: String,
+    web_url: String,
+    git_url: String,
+    created_at: i64,
+    current_release: Option<u64>,
+    running_release: Option<u64>,
+    process_types: Vec<String>,
+}
+
+fn app_info_of(p: &Platform, name: &str, created_at: i64) -> ApiResult<AppInfo> {
+    let current = p.state.current_release(name)?;
+    Ok(AppInfo {
+        name: name.to_owned(),
+        web_url: p.config.app_url(name),
+        git_url: p.config.git_url(name),
+        created_at,
+        current_release: current.as_ref().map(|r| r.version),
+        running_release: p.dynos.running_release(name),
+        process_types: current
+            .map(|r| r.manifest.process_types.keys().cloned().collect())
+            .unwrap_or_default(),
+    })
+}
+
+async fn list_apps(State(p): State<Shared>) -> ApiResult<Json<Vec<AppInfo>>> {
+    let apps = p.state.apps()?;
+    let infos = apps
+        .iter()
+        .map(|a| app_info_of(&p, &a.name, a.created_at))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(infos))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct CreateApp {
+    name: Option<String>,
+}
+
+async fn create_app(State(p): State<Shared>, body: Option<Json<CreateApp>>) -> ApiResult<(StatusCode, Json<AppInfo>)> {
+    let requested = body.and_then(|Json(b)| b.name);
+    let name = match requested {
+        Some(n) => AppName::parse(&n).map_err(PlatformError::from)?,
+        None => random_name(&p)?,
+    };
+    let row = p.state.create_app(&name)?;
+    skiff_builder::git::init_repo(&skiff_builder::git::repo_path(&p.repos_dir(), name.as_str()))
+        .await
+        .map_err(PlatformError::from)?;
+    p.dynos.route_without_dynos(name.as_str());
+    tracing::info!(app = %name, "app created");
+    Ok((StatusCode::CREATED, Json(app_info_of(&p, &row.name, row.created_at)?)))
+}
+
+fn random_name(p: &Platform) -> Result<AppName, PlatformError> {
+    const FIRST: &[&str] = &["calm", "brisk", "sunny", "quiet", "bold", "swift", "misty", "lucky", "amber", "polar"];
+    const SECOND: &[&str] = &["harbor", "river", "meadow", "cove", "reef", "delta", "lagoon", "inlet", "shoal", "bay"];
+    for _ in 0..32 {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).map_err(|e| PlatformError::Io(std::io::Error::other(e.to_string())))?;
+        let n = u32::from_le_bytes(b);
+        let name = format!(
+            "{}-{}-{:04}",
+            FIRST[(n % 10) as usize],
+            SECOND[((n / 10) % 10) as usize],
+            (n / 100) % 10_000
+        );
+        if p.state.app(&name).is_err() {
+            return Ok(AppName::parse(&name)?);
+        }
+    }
+    Err(PlatformError::BadRequest("could not find a free app name; pass one".into()))
+}
+
+async fn app_info(State(p): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<AppInfo>> {
+    let row = p.state.app(&app)?;
+    Ok(Json(app_info_of(&p, &row.name, row.created_at)?))
+}
+
+async fn list_releases(State(p): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<Vec<crate::ReleaseRow>>> {
+    p.state.app(&app)?;
+    Ok(Json(p.state.releases(&app)?))
+}
+
+async fn get_config(State(p): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<BTreeMap<String, String>>> {
+    p.state.app(&app)?;
+    Ok(Json(p.state.config(&app)?))
+}
+
+async fn patch_config(
+    State(p): State<Shared>,
+    Path(app): Path<String>,
+    Extension(caller): Extension<Caller>,
+    Json(changes): Json<BTreeMap<String, Option<String>>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    p.state.app(&app)?;
+    if changes.is_empty() {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", "no config vars given"));
+    }
+    for key in changes.keys() {
+        ConfigKey::parse(key).map_err(PlatformError::from)?;
+    }
+    let mut merged = p.state.config(&app)?;
+    for (k, v) in &changes {
+        match v {
+            Some(v) => merged.insert(k.clone(), v.clone()),
+            None => merged.remove(k),
+        };
+    }
+    let size: usize = merged.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > CONFIG_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+            format!("config vars would total {size} bytes; the limit is {CONFIG_LIMIT}"),
+        ));
+    }
+    let release = deploy::change_config(&p, &app, &changes, &caller.0).await?;
+    Ok(Json(serde_json::json!({
+        "config": merged.keys().collect::<Vec<_>>(),
+        "release": release.map(|r| r.version),
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct BuildQuery {
+    commit: Option<String>,
+}
+
+/// Receives a tar of the source (from the git hook), builds and releases it, and streams the
+/// build output back as text. The last line carries the outcome after [`RESULT_MARKER`].
+async fn create_build(
+    State(p): State<Shared>,
+    Path(app): Path<String>,
+    Query(q): Query<BuildQuery>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> ApiResult<Response> {
+    p.state.app(&app)?;
+    let commit = q
+        .commit
+        .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
+    let build_dir = tempfile::Builder::new()
+        .prefix(&format!("{app}-"))
+        .tempdir_in(p.config.data_dir.join("builds"))
+        .map_err(PlatformError::from)?;
+    let tar_path = build_dir.path().join("source.tar");
+    receive_to_file(body, &tar_path).await?;
+    let src = build_dir.path().join("src");
+    let tar_for_unpack = tar_path.clone();
+    let src_for_unpack = src.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::create_dir_all(&src_for_unpack)?;
+        let file = std::fs::File::open(&tar_for_unpack)?;
+        tar::Archive::new(file).unpack(&src_for_unpack)?;
+        std::fs::remove_file(&tar_for_unpack)
+    })
+    .await
+    .map_err(|e| PlatformError::Io(std::io::Error::other(e)))?
+    .map_err(|e| PlatformError::BadRequest(format!("the pushed source could not be read: {e}")))?;
+
+    let (log, rx) = BuildLog::channel();
+    let platform = p.clone();
+    tokio::spawn(async move {
+        let outcome = deploy::build_and_release(&platform, &app, &src, commit, &caller.0, &log).await;
+        match outcome {
+            Ok(release) => {
+                log.step(format!("Launching... done, v{}", release.version));
+                log.detail(format!("{} deployed to Skiff", platform.config.app_url(&app)));
+                log.line(format!("{RESULT_MARKER}ok v{}", release.version));
+                tracing::info!(app, version = release.version, "deployed");
+            }
+            Err(e) => {
+                log.line(format!(" !     {e}"));
+                log.line(" !     Push rejected; the running release is unchanged.");
+                log.line(format!("{RESULT_MARKER}failed"));
+                tracing::warn!(app, error = %e, "build failed");
+            }
+        }
+        drop(build_dir);
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n")), rx))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(stream))
+        .map_err(|e| PlatformError::Io(std::io::Error::other(e)))?)
+}
+
+/// Largest source tree a push may send.
+const SOURCE_LIMIT: u64 = 1 << 30;
+
+async fn receive_to_file(body: Body, path: &std::path::Path) -> ApiResult<()> {
+    let mut file = tokio::fs::File::create(path).await.map_err(PlatformError::from)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| PlatformError::BadRequest(format!("the upload ended early: {e}")))?
+    {
+        total += chunk.len() as u64;
+        if total > SOURCE_LIMIT {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the pushed source is larger than 1 GiB",
+            ));
+        }
+        file.write_all(&chunk).await.map_err(PlatformError::from)?;
+    }
+    file.flush().await.map_err(PlatformError::from)?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Skiff's platform: owns the state (apps, releases, config, formation), serves the JSON API
+//! and the git endpoint, and wires the builder, the runtime and the router together. It is the
+//! only crate that knows all three.
+
+mod api;
+mod auth;
+mod deploy;
+mod dynos;
+mod gitweb;
+pub mod netrc;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_builder::{Builder, SlugStore};
+use skiff_router::RouteTable;
+use skiff_runtime::Runtime;
+use tokio::sync::watch;
+
+pub use auth::hash_token;
+pub use skiff_builder::builtin_buildpacks as builtin_buildpack_names;
+pub use state::{AppRow, ReleaseRow, State};
+
+/// Errors the platform reports; the API turns each into a status code and a message.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// No app of that name.
+    #[error("Couldn't find that app: {0}")]
+    NoSuchApp(String),
+    /// The name is taken.
+    #[error("Name {0} is already taken")]
+    AppExists(String),
+    /// A bad name or key.
+    #[error(transparent)]
+    Name(#[from] skiff_core::NameError),
+    /// Input the API refuses.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A build failed.
+    #[error(transparent)]
+    Build(#[from] skiff_builder::BuildError),
+    /// A slug could not be stored or unpacked.
+    #[error(transparent)]
+    Slug(#[from] skiff_builder::SlugError),
+    /// A release could not be started.
+    #[error(transparent)]
+    Runtime(#[from] skiff_runtime::RuntimeError),
+    /// The release cannot run with today's runtime.
+    #[error("{0}")]
+    Unrunnable(String),
+    /// Git failed.
+    #[error(transparent)]
+    Git(#[from] skiff_builder::git::GitError),
+    /// The state database failed.
+    #[error("state database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// Disk or network I/O.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How the platform runs.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Where all state lives.
+    pub data_dir: PathBuf,
+    /// The API and git endpoint address.
+    pub api_addr: SocketAddr,
+    /// The router's public port, used in app URLs.
+    pub http_port: u16,
+    /// Apps live at `<app>.<domain>`.
+    pub domain: String,
+    /// The `skiff` executable, run by git hooks.
+    pub skiff_bin: PathBuf,
+    /// Time limit for each buildpack script.
+    pub build_timeout: Duration,
+    /// Largest slug accepted, compressed.
+    pub max_slug_bytes: u64,
+}
+
+impl PlatformConfig {
+    /// Defaults for `data_dir`: loopback ports 5000 (API) and 8080 (router), `localhost`.
+    pub fn new(data_dir: PathBuf, skiff_bin: PathBuf) -> Self {
+        Self {
+            data_dir,
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            http_port: 8080,
+            domain: "localhost".into(),
+            skiff_bin,
+            build_timeout: Duration::from_secs(15 * 60),
+            max_slug_bytes: 300 << 20,
+        }
+    }
+
+    /// The public URL of an app.
+    pub fn app_url(&self, app: &str) -> String {
+        if self.http_port == 80 {
+            format!("http://{app}.{}/", self.domain)
+        } else {
+            format!("http://{app}.{}:{}/", self.domain, self.http_port)
+        }
+    }
+
+    /// The git URL of an app.
+    pub fn git_url(&self, app: &str) -> String {
+        format!("http://{}/{app}.git", self.api_addr)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+}
+
+/// The running platform's shared parts.
+pub(crate) struct Platform {
+    pub config: PlatformConfig,
+    pub state: State,
+    pub builder: Builder,
+    pub slugs: SlugStore,
+    pub dynos: dynos::Dynos,
+    pub hook_token: String,
+    pub deploy_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Platform {
+    pub(crate) fn repos_dir(&self) -> PathBuf {
+        self.config.path("repos")
+    }
+
+    /// Serialises deploys and config changes per app.
+    pub(crate) fn app_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.deploy_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(app.to_owned()).or_default().clone()
+    }
+}
+
+/// Opens the state database and ensures the admin token exists. Returns the token in clear
+/// text: it is kept in `<data_dir>/admin-token` (mode 0600) so restarts can print it again.
+pub fn ensure_admin_token(data_dir: &Path) -> Result<String, PlatformError> {
+    std::fs::create_dir_all(data_dir)?;
+    let state = State::open(&data_dir.join("state.db"))?;
+    let path = data_dir.join("admin-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => {
+            let token = auth::new_token();
+            write_private(&path, &token)?;
+            token
+        }
+    };
+    state.add_token(&hash_token(&token), "admin")?;
+    Ok(token)
+}
+
+/// Writes a file readable by its owner only.
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Runs the platform until `shutdown` turns true: restores every app's dynos and routes,
+/// then serves the API and git endpoint. `routes` is the table the router reads.
+pub async fn run(
+    config: PlatformConfig,
+    routes: Arc<RouteTable>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), PlatformError> {
+    let data = &config.data_dir;
+    for dir in ["repos", "slugs", "builds", "cache", "apps", "precompiled", "buildpacks", "run"] {
+        std::fs::create_dir_all(data.join(dir))?;
+    }
+    // Leftovers of builds interrupted by a crash are never resumed.
+    let _ = std::fs::remove_dir_all(data.join("builds"));
+    std::fs::create_dir_all(data.join("builds"))?;
+
+    let state = State::open(&data.join("state.db"))?;
+    let buildpacks = skiff_builder::install_builtin_buildpacks(&data.join("buildpacks"))?;
+    let slugs = SlugStore::new(data.join("slugs"), config.max_slug_bytes)?;
+    let builder = Builder::new(buildpacks, slugs.clone(), config.build_timeout);
+    let runtime = Runtime::new(data.join("precompiled"))?;
+    let dynos = dynos::Dynos::new(runtime, routes, data.join("apps"));
+    let platform = Arc::new(Platform {
+        hook_token: auth::new_token(),
+        config: config.clone(),
+        state,
+        builder,
+        slugs,
+        dynos,
+        deploy_locks: Default::default(),
+    });
+
+    for app in platform.state.apps()? {
+        if let Err(e) = deploy::restore(&platform, &app.name).await {
+            tracing::error!(app = %app.name, error = %e, "could not restore the app's dynos");
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.api_addr).await?;
+    tracing::info!(addr = %config.api_addr, "API and git endpoint up");
+    let _ = ready.send(());
+    let app = api::router(platform.clone());
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    });
+    let result = serve.await;
+    platform.dynos.stop_all();
+    result.map_err(PlatformError::Io)
+}

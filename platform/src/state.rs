@@ -1,0 +1,410 @@
+//! Durable platform state in SQLite: apps, releases, config vars, formation and API tokens.
+//! Every write is one transaction with `synchronous=FULL`, so an acknowledged change survives
+//! a kill -9 of the platform.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use skiff_core::{AppName, SlugManifest};
+
+use crate::PlatformError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS apps (
+    name        TEXT PRIMARY KEY,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS releases (
+    app         TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    version     INTEGER NOT NULL,
+    slug        TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    config      TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (app, version)
+);
+CREATE TABLE IF NOT EXISTS config_vars (
+    app   TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    key   TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (app, key)
+);
+CREATE TABLE IF NOT EXISTS formation (
+    app          TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    process_type TEXT NOT NULL,
+    quantity     INTEGER NOT NULL,
+    PRIMARY KEY (app, process_type)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash       TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+";
+
+/// One release as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReleaseRow {
+    /// The app.
+    pub app: String,
+    /// `vN` as a number.
+    pub version: u64,
+    /// sha256 of the slug.
+    pub slug: String,
+    /// What the slug holds.
+    pub manifest: SlugManifest,
+    /// Config vars at the time of the release.
+    #[serde(skip)]
+    pub config: BTreeMap<String, String>,
+    /// `Deploy 1a2b3c4`, `Set FOO config vars`, ...
+    pub description: String,
+    /// Who cut it.
+    pub created_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// One app as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppRow {
+    /// The name.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// The state database.
+pub struct State {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl State {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, PlatformError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an API token (by hash) unless present.
+    pub fn add_token(&self, hash: &str, name: &str) -> Result<(), PlatformError> {
+        self.db().execute(
+            "INSERT OR IGNORE INTO tokens (hash, name, created_at) VALUES (?1, ?2, ?3)",
+            params![hash, name, now()],
+        )?;
+        Ok(())
+    }
+
+    /// The token's owner name, if the hash is known.
+    pub fn token_owner(&self, hash: &str) -> Result<Option<String>, PlatformError> {
+        Ok(self
+            .db()
+            .query_row("SELECT name FROM tokens WHERE hash = ?1", [hash], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Creates an app; fails if the name is taken.
+    pub fn create_app(&self, name: &AppName) -> Result<AppRow, PlatformError> {
+        let created_at = now();
+        let inserted = self.db().execute(
+            "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?1, ?2)",
+            params![name.as_str(), created_at],
+        )?;
+        if inserted == 0 {
+            return Err(PlatformError::AppExists(name.to_string()));
+        }
+        Ok(AppRow {
+            name: name.to_string(),
+            created_at,
+        })
+    }
+
+    /// Lists apps by name.
+    pub fn apps(&self) -> Result<Vec<AppRow>, PlatformError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT name, created_at FROM apps ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AppRow {
+                    name: r.get(0)?,
+                    created_at: r.get(1)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// One app, or `NoSuchApp`.
+    pub fn app(&self, name: &str) -> Result<AppRow, PlatformError> {
+        self.db()
+            .query_row(
+                "SELECT name, created_at FROM apps WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(AppRow {
+                        name: r.get(0)?,
+                        created_at: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| PlatformError::NoSuchApp(name.to_owned()))
+    }
+
+    /// The app's current config vars.
+    pub fn config(&self, app: &str) -> Result<BTreeMap<String, String>, PlatformError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT key, value FROM config_vars WHERE app = ?1")?;
+        let rows = stmt
+            .query_map([app], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Applies config changes (`None` unsets) and, if the app has a release, cuts a new one
+    /// with the same slug, all in one transaction. Returns the new release, if any.
+    pub fn change_config(
+        &self,
+        app: &str,
+        changes: &BTreeMap<String, Option<String>>,
+        description: &str,
+        by: &str,
+    ) -> Result<Option<ReleaseRow>, PlatformError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for (key, value) in changes {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO config_vars (app, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (app, key) DO UPDATE SET value = excluded.value",
+                    params![app, key, v],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM config_vars WHERE app = ?1 AND key = ?2",
+                    params![app, key],
+                )?,
+            };
+        }
+        let release = match current_release_in(&tx, app)? {
+            Some(current) => {
+                let config = config_in(&tx, app)?;
+                Some(insert_release_in(
+                    &tx,
+                    app,
+                    &current.slug,
+                    &current.manifest,
+                    &config,
+                    description,
+                    by,
+                )?)
+            }
+            None => None,
+        };
+        tx.commit()?;
+        Ok(release)
+    }
+
+    /// Records a new release of `slug` with the app's current config.
+    pub fn add_release(
+        &self,
+        app: &str,
+        slug: &str,
+        manifest: &SlugManifest,
+        description: &str,
+        by: &str,
+    ) -> Result<ReleaseRow, PlatformError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let config = config_in(&tx, app)?;
+        let row = insert_release_in(&tx, app, slug, manifest, &config, description, by)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// The version the next release of `app` will get.
+    pub fn next_version(&self, app: &str) -> Result<u64, PlatformError> {
+        let db = self.db();
+        let max: Option<i64> = db.query_row(
+            "SELECT MAX(version) FROM releases WHERE app = ?1",
+            [app],
+            |r| r.get(0),
+        )?;
+        Ok(max.unwrap_or(0) as u64 + 1)
+    }
+
+    /// The app's newest release.
+    pub fn current_release(&self, app: &str) -> Result<Option<ReleaseRow>, PlatformError> {
+        current_release_in(&self.db(), app)
+    }
+
+    /// The app's releases, newest first.
+    pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRow>, PlatformError> {
+        let db = self.db();
+        let mut stmt = db.prepare(&format!("{RELEASE_SELECT} WHERE app = ?1 ORDER BY version DESC"))?;
+        let rows = stmt
+            .query_map([app], release_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// How many dynos of `process_type` the app should run (web defaults to 1).
+    pub fn quantity(&self, app: &str, process_type: &str) -> Result<u32, PlatformError> {
+        let q: Option<i64> = self
+            .db()
+            .query_row(
+                "SELECT quantity FROM formation WHERE app = ?1 AND process_type = ?2",
+                params![app, process_type],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(q.map(|q| q.clamp(0, 1000) as u32)
+            .unwrap_or(if process_type == "web" { 1 } else { 0 }))
+    }
+}
+
+const RELEASE_SELECT: &str =
+    "SELECT app, version, slug, manifest, config, description, created_by, created_at FROM releases";
+
+fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRow> {
+    let manifest: String = r.get(3)?;
+    let config: String = r.get(4)?;
+    let bad = |i, e: serde_json::Error| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e));
+    Ok(ReleaseRow {
+        app: r.get(0)?,
+        version: r.get::<_, i64>(1)? as u64,
+        slug: r.get(2)?,
+        manifest: serde_json::from_str(&manifest).map_err(|e| bad(3, e))?,
+        config: serde_json::from_str(&config).map_err(|e| bad(4, e))?,
+        description: r.get(5)?,
+        created_by: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+fn current_release_in(db: &Connection, app: &str) -> Result<Option<ReleaseRow>, PlatformError> {
+    Ok(db
+        .query_row(
+            &format!("{RELEASE_SELECT} WHERE app = ?1 ORDER BY version DESC LIMIT 1"),
+            [app],
+            release_from_row,
+        )
+        .optional()?)
+}
+
+fn config_in(db: &Connection, app: &str) -> Result<BTreeMap<String, String>, PlatformError> {
+    let mut stmt = db.prepare("SELECT key, value FROM config_vars WHERE app = ?1")?;
+    let rows = stmt
+        .query_map([app], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    Ok(rows)
+}
+
+fn insert_release_in(
+    db: &Connection,
+    app: &str,
+    slug: &str,
+    manifest: &SlugManifest,
+    config: &BTreeMap<String, String>,
+    description: &str,
+    by: &str,
+) -> Result<ReleaseRow, PlatformError> {
+    let max: Option<i64> = db.query_row(
+        "SELECT MAX(version) FROM releases WHERE app = ?1",
+        [app],
+        |r| r.get(0),
+    )?;
+    let version = max.unwrap_or(0) + 1;
+    let created_at = now();
+    db.execute(
+        "INSERT INTO releases (app, version, slug, manifest, config, description, created_by, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            app,
+            version,
+            slug,
+            String::from_utf8_lossy(&manifest.to_json()),
+            serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
+            description,
+            by,
+            created_at
+        ],
+    )?;
+    Ok(ReleaseRow {
+        app: app.to_owned(),
+        version: version as u64,
+        slug: slug.to_owned(),
+        manifest: manifest.clone(),
+        config: config.clone(),
+        description: description.to_owned(),
+        created_by: by.to_owned(),
+        created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_core::SLUG_MANIFEST_VERSION;
+
+    fn manifest() -> SlugManifest {
+        SlugManifest {
+            version: SLUG_MANIFEST_VERSION,
+            buildpacks: vec!["rust".into()],
+            process_types: BTreeMap::new(),
+            commit: None,
+            unpacked_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn releases_and_config_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("state.db");
+        let app = AppName::parse("hello").expect("name");
+        {
+            let s = State::open(&path).expect("open");
+            s.create_app(&app).expect("create");
+            assert!(matches!(s.create_app(&app), Err(PlatformError::AppExists(_))));
+            let mut changes = BTreeMap::new();
+            changes.insert("FOO".to_owned(), Some("bar".to_owned()));
+            assert!(s.change_config("hello", &changes, "Set FOO", "t").expect("config").is_none(), "no release before a deploy");
+            let v1 = s.add_release("hello", &"a".repeat(64), &manifest(), "Deploy abc", "t").expect("release");
+            assert_eq!(v1.version, 1);
+            assert_eq!(v1.config["FOO"], "bar");
+            changes.insert("FOO".to_owned(), None);
+            let v2 = s.change_config("hello", &changes, "Unset FOO", "t").expect("config").expect("release");
+            assert_eq!(v2.version, 2);
+            assert!(v2.config.is_empty());
+            assert_eq!(v2.slug, v1.slug);
+        }
+        let s = State::open(&path).expect("reopen");
+        let releases = s.releases("hello").expect("releases");
+        assert_eq!(releases.iter().map(|r| r.version).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(s.current_release("hello").expect("current").map(|r| r.version), Some(2));
+        assert_eq!(s.quantity("hello", "web").expect("q"), 1);
+        assert!(matches!(s.app("nope"), Err(PlatformError::NoSuchApp(_))));
+    }
+}

@@ -1,0 +1,26 @@
+//! Skiff's router: every app request crosses it. Built on Pingora, it maps the `Host` header to
+//! an app through a [`RouteTable`] that the platform updates in place (no restart, no lock on
+//! the request path), and forwards to the app's web dynos over loopback HTTP.
+
+mod pages;
+mod proxy;
+mod table;
+
+pub use proxy::{RouterConfig, RouterHandle, spawn_router};
+pub use table::{Backend, RouteTable};
+
+/// Errors from starting the router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The listen address is taken or not allowed.
+    #[error("router cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The router thread could not be started.
+    #[error("router thread could not start: {0}")]
+    Thread(#[source] std::io::Error),
+}

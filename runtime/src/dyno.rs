@@ -1,0 +1,279 @@
+//! A web dyno: a loopback HTTP/1.1 listener serving one release's component, one fresh
+//! instance per request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::engine::{EPOCH_TICK, LoadedComponent};
+use crate::{Runtime, RuntimeError};
+
+/// Per-dyno limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Linear memory a single instance may grow to.
+    pub memory_bytes: usize,
+    /// Wall-clock limit per request, enforced with epochs.
+    pub request_timeout: Duration,
+    /// Bytes of stdout/stderr kept per request for the logs.
+    pub log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            request_timeout: Duration::from_secs(30),
+            log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// What a web dyno runs.
+#[derive(Clone)]
+pub struct DynoSpec {
+    /// The app, for logs.
+    pub app: String,
+    /// The dyno's name (`web.1`).
+    pub name: String,
+    /// The release version, for logs.
+    pub release: u64,
+    /// The loaded component.
+    pub component: LoadedComponent,
+    /// Environment variables: config vars plus Skiff's own.
+    pub env: Vec<(String, String)>,
+    /// The unpacked app tree, visible read-only to the guest as `/app`.
+    pub app_dir: PathBuf,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// A running dyno. Dropping the handle does not stop it; call [`DynoHandle::stop`].
+pub struct DynoHandle {
+    /// Where the dyno listens.
+    pub addr: SocketAddr,
+    /// The dyno's name.
+    pub name: String,
+    stop: watch::Sender<bool>,
+}
+
+impl DynoHandle {
+    /// Stops accepting connections; requests already running finish.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Store data of one request's instance.
+pub(crate) struct DynoState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    hooks: ClosedOutbound,
+}
+
+impl WasiView for DynoState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for DynoState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound HTTP is closed by default: a dyno reaches only what the platform grants it.
+struct ClosedOutbound;
+
+type BoxFuture<T> = Box<dyn Future<Output = T> + Send>;
+
+impl WasiHttpHooks for ClosedOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: BoxFuture<Result<(), wasmtime_wasi_http::Error>>,
+    ) -> BoxFuture<
+        wasmtime_wasi_http::Result<(
+            http::Response<wasmtime_wasi_http::WasiBody>,
+            BoxFuture<Result<(), wasmtime_wasi_http::Error>>,
+        )>,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+type ResponseBody = UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+
+impl Runtime {
+    /// Starts a web dyno on a fresh loopback port.
+    pub async fn start_web_dyno(&self, spec: DynoSpec) -> Result<DynoHandle, RuntimeError> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let name = spec.name.clone();
+        let spec = Arc::new(spec);
+        tracing::info!(app = %spec.app, dyno = %spec.name, release = spec.release, %addr, "dyno up");
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let (stream, _) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dyno accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Small request/response exchanges: do not wait to coalesce packets.
+                let _ = stream.set_nodelay(true);
+                let spec = spec.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let spec = spec.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(spec, req).await) }
+                    });
+                    if let Err(e) = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "dyno connection ended with an error");
+                    }
+                });
+            }
+            tracing::info!(app = %spec.app, dyno = %spec.name, "dyno stopped");
+        });
+        Ok(DynoHandle {
+            addr,
+            name,
+            stop: stop_tx,
+        })
+    }
+}
+
+/// Serves one request on a fresh instance; any failure becomes a 500 for this request only.
+async fn handle(spec: Arc<DynoSpec>, req: hyper::Request<Incoming>) -> hyper::Response<ResponseBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
+    let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
+    let result = run_guest(&spec, req, stdout.clone(), stderr.clone()).await;
+    for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
+        let bytes = pipe.contents();
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            tracing::info!(target: "skiff::app", app = %spec.app, dyno = %spec.name, stream, "{line}");
+        }
+    }
+    match result {
+        Ok(resp) => {
+            tracing::debug!(app = %spec.app, dyno = %spec.name, %method, path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+            resp
+        }
+        Err(message) => {
+            tracing::warn!(app = %spec.app, dyno = %spec.name, %method, path, error = %message, "request failed in the app");
+            error_response()
+        }
+    }
+}
+
+fn error_response() -> hyper::Response<ResponseBody> {
+    let body = http_body_util::Full::new(Bytes::from_static(
+        b"Application error: the app failed while handling this request.\n",
+    ))
+    .map_err(|never| match never {})
+    .boxed_unsync();
+    let mut resp = hyper::Response::new(body);
+    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+async fn run_guest(
+    spec: &DynoSpec,
+    req: hyper::Request<Incoming>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+) -> Result<hyper::Response<ResponseBody>, String> {
+    let mut wasi = WasiCtx::builder();
+    wasi.envs(&spec.env).stdout(stdout).stderr(stderr);
+    wasi.preopened_dir(&spec.app_dir, "/app", FsPerms::ReadOnly)
+        .map_err(|e| format!("opening /app: {e:?}"))?;
+    let state = DynoState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(spec.limits.memory_bytes)
+            .instances(64)
+            .build(),
+        hooks: ClosedOutbound,
+    };
+    let pre = spec.component.pre.clone();
+    let mut store = Store::new(pre.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    let ticks = (spec.limits.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .map_err(|e| format!("{e:?}"))?;
+    let out = store
+        .data_mut()
+        .http()
+        .new_response_outparam(sender)
+        .map_err(|e| format!("{e:?}"))?;
+    let task = tokio::spawn(async move {
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, incoming, out)
+            .await
+    });
+    match receiver.await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(code)) => Err(format!("the app answered with an error: {code:?}")),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err("the app returned without setting a response".into()),
+            Ok(Err(e)) => Err(format!("{e:?}")),
+            Err(e) => Err(format!("the request task failed: {e}")),
+        },
+    }
+}

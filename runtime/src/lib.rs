@@ -1,0 +1,39 @@
+//! Skiff's runtime: WebAssembly dynos on one shared wasmtime [`Engine`].
+//!
+//! Expensive work happens once per slug: the component is compiled ahead of time and cached on
+//! disk ([`cache`]), then linked into an `InstancePre` per release. Each web dyno listens on its
+//! own loopback port ([`dyno`]) and serves every request on a fresh instance in a fresh
+//! `Store`, with a memory limit and an epoch deadline, so one request can neither see nor
+//! stall another.
+
+pub mod cache;
+pub mod dyno;
+pub mod engine;
+
+pub use dyno::{DynoHandle, DynoSpec, Limits};
+pub use engine::{LoadedComponent, Runtime};
+
+/// Errors from loading or running dynos.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// wasmtime refused the component or failed to set up the engine.
+    #[error("{context}: {message}")]
+    Wasm {
+        /// What was being done.
+        context: String,
+        /// wasmtime's message with its cause chain.
+        message: String,
+    },
+    /// Disk or socket errors.
+    #[error("runtime I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl RuntimeError {
+    pub(crate) fn wasm(context: impl Into<String>, err: impl std::fmt::Debug) -> Self {
+        Self::Wasm {
+            context: context.into(),
+            message: format!("{err:?}"),
+        }
+    }
+}
