@@ -25,11 +25,35 @@ type BuiltinFile = (&'static str, &'static str, &'static str);
 
 /// The buildpacks compiled into Skiff, in detection order.
 const BUILTIN_FILES: &[BuiltinFile] = &[
-    ("rust", "detect", include_str!("../../buildpacks/rust/bin/detect")),
-    ("rust", "compile", include_str!("../../buildpacks/rust/bin/compile")),
-    ("rust", "release", include_str!("../../buildpacks/rust/bin/release")),
-    ("rust", "package-name", include_str!("../../buildpacks/rust/bin/package-name")),
+    (
+        "rust",
+        "detect",
+        include_str!("../../buildpacks/rust/bin/detect"),
+    ),
+    (
+        "rust",
+        "compile",
+        include_str!("../../buildpacks/rust/bin/compile"),
+    ),
+    (
+        "rust",
+        "release",
+        include_str!("../../buildpacks/rust/bin/release"),
+    ),
+    (
+        "rust",
+        "package-name",
+        include_str!("../../buildpacks/rust/bin/package-name"),
+    ),
 ];
+
+/// What each built-in buildpack's `bin/detect` looks for, for the "nothing detected" message.
+pub(crate) fn detects(name: &str) -> Option<&'static str> {
+    match name {
+        "rust" => Some("Cargo.toml"),
+        _ => None,
+    }
+}
 
 /// Names of the built-in buildpacks in detection order.
 pub fn builtin_buildpacks() -> Vec<&'static str> {

@@ -38,7 +38,12 @@ const PRE_RECEIVE: &str = "#!/bin/sh\n# Installed by Skiff: builds and releases 
 /// Creates the bare repository for an app (idempotent) and (re)installs its hook.
 pub async fn init_repo(path: &Path) -> Result<(), GitError> {
     if !path.join("HEAD").exists() {
-        run_git(&["init", "--bare", "--quiet", "--initial-branch=main"], path.parent().unwrap_or(Path::new(".")), Some(path)).await?;
+        run_git(
+            &["init", "--bare", "--quiet", "--initial-branch=main"],
+            path.parent().unwrap_or(Path::new(".")),
+            Some(path),
+        )
+        .await?;
     }
     run_git(&["config", "http.receivepack", "true"], path, None).await?;
     let hook = path.join("hooks").join("pre-receive");

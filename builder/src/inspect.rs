@@ -18,10 +18,14 @@ pub enum InspectError {
     #[error("not a WebAssembly file: {0}")]
     NotWasm(String),
     /// A core module rather than a component.
-    #[error("a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with a WASI adapter")]
+    #[error(
+        "a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with a WASI adapter"
+    )]
     CoreModule,
     /// A component that exports neither entry point Skiff runs.
-    #[error("the component exports neither wasi:http/incoming-handler nor wasi:cli/run (exports: {0})")]
+    #[error(
+        "the component exports neither wasi:http/incoming-handler nor wasi:cli/run (exports: {0})"
+    )]
     NoEntryPoint(String),
 }
 
@@ -33,16 +37,16 @@ pub fn component_exports(bytes: &[u8]) -> Result<Vec<String>, InspectError> {
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| InspectError::NotWasm(e.message().to_owned()))?;
         match payload {
-            Payload::Version { encoding, .. } if depth == 0 => {
-                if encoding == Encoding::Module {
-                    return Err(InspectError::CoreModule);
-                }
-            }
+            Payload::Version {
+                encoding: Encoding::Module,
+                ..
+            } if depth == 0 => return Err(InspectError::CoreModule),
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::ComponentExportSection(reader) if depth == 0 => {
                 for export in reader {
-                    let export = export.map_err(|e| InspectError::NotWasm(e.message().to_owned()))?;
+                    let export =
+                        export.map_err(|e| InspectError::NotWasm(e.message().to_owned()))?;
                     exports.push(export.name.name.to_owned());
                 }
             }
@@ -55,7 +59,9 @@ pub fn component_exports(bytes: &[u8]) -> Result<Vec<String>, InspectError> {
 /// Decides how the runtime drives the component in `bytes`.
 pub fn process_kind(bytes: &[u8]) -> Result<ProcessKind, InspectError> {
     if !bytes.starts_with(b"\0asm") {
-        return Err(InspectError::NotWasm("missing the \\0asm magic number".into()));
+        return Err(InspectError::NotWasm(
+            "missing the \\0asm magic number".into(),
+        ));
     }
     let exports = component_exports(bytes)?;
     let has = |prefix: &str| exports.iter().any(|e| e.starts_with(prefix));
@@ -78,7 +84,10 @@ mod tests {
 
     #[test]
     fn refuses_non_wasm_and_core_modules() {
-        assert!(matches!(process_kind(b"#!/bin/sh\n"), Err(InspectError::NotWasm(_))));
+        assert!(matches!(
+            process_kind(b"#!/bin/sh\n"),
+            Err(InspectError::NotWasm(_))
+        ));
         // The smallest valid core module: magic + version 1.
         assert!(matches!(
             process_kind(b"\0asm\x01\0\0\0"),

@@ -13,5 +13,5 @@ pub mod pipeline;
 pub mod slug;
 
 pub use buildpack::{Buildpack, builtin_buildpacks, install_builtin_buildpacks};
-pub use pipeline::{BuildError, BuildLog, BuildRequest, BuiltSlug, Builder};
+pub use pipeline::{BuildError, BuildLog, BuildRequest, Builder, BuiltSlug};
 pub use slug::{SlugError, SlugStore};

@@ -83,7 +83,9 @@ pub enum BuildError {
     #[error(transparent)]
     Procfile(#[from] skiff_core::ProcfileError),
     /// No process types at all.
-    #[error("no process types: add a Procfile (e.g. `web: bin/app.wasm`) or use a buildpack that declares defaults")]
+    #[error(
+        "no process types: add a Procfile (e.g. `web: bin/app.wasm`) or use a buildpack that declares defaults"
+    )]
     NoProcessTypes,
     /// A process type names a file that is missing or is not a usable component.
     #[error("process type {process:?} ({command}): {source}")]
@@ -137,7 +139,14 @@ pub struct Builder {
 }
 
 /// Host variables passed through to buildpacks; everything else is withheld.
-const PASSED_VARS: &[&str] = &["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "LANG", "TMPDIR"];
+const PASSED_VARS: &[&str] = &[
+    "PATH",
+    "HOME",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "LANG",
+    "TMPDIR",
+];
 
 impl Builder {
     /// A builder using `buildpacks` in detection order, storing slugs in `slugs`, stopping
@@ -161,12 +170,16 @@ impl Builder {
     }
 
     /// Builds `req.build_dir` into a stored slug, writing progress to `log`.
-    pub async fn build(&self, req: BuildRequest<'_>, log: &BuildLog) -> Result<BuiltSlug, BuildError> {
+    pub async fn build(
+        &self,
+        req: BuildRequest<'_>,
+        log: &BuildLog,
+    ) -> Result<BuiltSlug, BuildError> {
         let env = ScriptEnv {
             vars: self.env.clone(),
             limit: self.limit,
         };
-        let selected = self.select(&req, &env, log).await?;
+        let (selected, label) = self.select(&req, &env, log).await?;
 
         std::fs::create_dir_all(req.cache_dir)?;
         let env_dir = tempfile::tempdir()?;
@@ -186,11 +199,14 @@ impl Builder {
             )
             .await?;
             if !out.success {
-                return Err(BuildError::CompileFailed(bp.name.clone()));
+                return Err(BuildError::CompileFailed(label.clone()));
             }
             let out = run_script(bp, "release", &[req.build_dir], &env, log, false).await?;
             if !out.success {
-                return Err(BuildError::Release(bp.name.clone(), "exited with an error".into()));
+                return Err(BuildError::Release(
+                    bp.name.clone(),
+                    "exited with an error".into(),
+                ));
             }
             let release = BuildpackRelease::parse(&out.stdout)
                 .map_err(|e| BuildError::Release(bp.name.clone(), e.to_string()))?;
@@ -221,7 +237,7 @@ impl Builder {
         req: &BuildRequest<'_>,
         env: &ScriptEnv,
         log: &BuildLog,
-    ) -> Result<Vec<Buildpack>, BuildError> {
+    ) -> Result<(Vec<Buildpack>, String), BuildError> {
         let forced: Vec<String> = if let Some(bp) = req.config.get("BUILDPACK") {
             vec![bp.trim().to_owned()]
         } else {
@@ -239,10 +255,18 @@ impl Builder {
             let mut chosen = Vec::new();
             for name in forced {
                 let bp = self.find(&name)?;
-                log.step(format!("Using buildpack {} (set by BUILDPACK or .buildpacks)", bp.name));
+                log.step(format!(
+                    "Using buildpack {} (set by BUILDPACK or .buildpacks)",
+                    bp.name
+                ));
                 chosen.push(bp);
             }
-            return Ok(chosen);
+            let label = chosen
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join("+");
+            return Ok((chosen, label));
         }
         let detect_env = ScriptEnv {
             vars: env.vars.clone(),
@@ -251,12 +275,26 @@ impl Builder {
         for bp in &self.buildpacks {
             let out = run_script(bp, "detect", &[req.build_dir], &detect_env, log, false).await?;
             if out.success {
-                let name = out.stdout.lines().next().unwrap_or(&bp.name).trim().to_owned();
+                let name = out
+                    .stdout
+                    .lines()
+                    .next()
+                    .unwrap_or(&bp.name)
+                    .trim()
+                    .to_owned();
                 log.step(format!("{name} app detected"));
-                return Ok(vec![bp.clone()]);
+                return Ok((vec![bp.clone()], name));
             }
         }
-        Err(BuildError::NoBuildpack(self.names()))
+        let looked_for: Vec<String> = self
+            .buildpacks
+            .iter()
+            .map(|b| match crate::buildpack::detects(&b.name) {
+                Some(files) => format!("{} ({files})", b.name),
+                None => b.name.clone(),
+            })
+            .collect();
+        Err(BuildError::NoBuildpack(looked_for.join(", ")))
     }
 
     fn find(&self, name: &str) -> Result<Buildpack, BuildError> {
@@ -296,7 +334,10 @@ fn resolve_process_types(
         commands.extend(procfile.processes);
     } else if !commands.is_empty() {
         let names: Vec<_> = commands.keys().cloned().collect();
-        log.detail(format!("Default types for buildpack -> {}", names.join(", ")));
+        log.detail(format!(
+            "Default types for buildpack -> {}",
+            names.join(", ")
+        ));
     }
     if commands.is_empty() {
         return Err(BuildError::NoProcessTypes);
@@ -361,9 +402,15 @@ mod tests {
 
     #[test]
     fn relative_paths_stay_inside() {
-        assert_eq!(safe_relative("bin/a.wasm"), Some(PathBuf::from("bin/a.wasm")));
+        assert_eq!(
+            safe_relative("bin/a.wasm"),
+            Some(PathBuf::from("bin/a.wasm"))
+        );
         assert_eq!(safe_relative("./a.wasm"), Some(PathBuf::from("a.wasm")));
-        assert_eq!(safe_relative("/app/bin/a.wasm"), Some(PathBuf::from("bin/a.wasm")));
+        assert_eq!(
+            safe_relative("/app/bin/a.wasm"),
+            Some(PathBuf::from("bin/a.wasm"))
+        );
         assert_eq!(safe_relative("../a.wasm"), None);
         assert_eq!(safe_relative("/etc/passwd"), None);
         assert_eq!(safe_relative(""), None);

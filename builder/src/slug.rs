@@ -16,7 +16,9 @@ use crate::pipeline::BuiltSlug;
 #[derive(Debug, thiserror::Error)]
 pub enum SlugError {
     /// Over the configured limit.
-    #[error("slug is too large: over the {limit_mb} MiB limit (compressed). Remove build artefacts or large assets")]
+    #[error(
+        "slug is too large: over the {limit_mb} MiB limit (compressed). Remove build artefacts or large assets"
+    )]
     TooLarge {
         /// The limit in MiB.
         limit_mb: u64,
@@ -75,39 +77,35 @@ impl SlugStore {
     pub fn pack(&self, app_dir: &Path, mut manifest: SlugManifest) -> Result<BuiltSlug, SlugError> {
         manifest.unpacked_bytes = tree_size(app_dir)?;
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        let counting = CountingHasher {
-            inner: BufWriter::new(tmp.as_file().try_clone()?),
-            hasher: Sha256::new(),
-            written: 0,
-            limit: self.max_bytes,
-        };
-        let encoder = zstd::Encoder::new(counting, 3)?;
-        let mut archive = tar::Builder::new(encoder);
-        archive.follow_symlinks(false);
-        archive.mode(tar::HeaderMode::Deterministic);
-        let manifest_json = manifest.to_json();
-        let mut header = tar::Header::new_gnu();
-        header.set_size(manifest_json.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        archive.append_data(&mut header, "manifest.json", manifest_json.as_slice())?;
-        append_tree(&mut archive, app_dir, Path::new("app"))?;
-        let encoder = archive.into_inner().map_err(map_limit(self.max_bytes))?;
-        let mut counting = encoder.finish().map_err(map_limit(self.max_bytes))?;
-        counting.inner.flush()?;
-        let digest = hex::encode(counting.hasher.finalize());
-        let size = counting.written;
+        let (digest, size) = write_archive(tmp.as_file(), app_dir, &manifest, self.max_bytes)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::FileTooLarge {
+                    SlugError::TooLarge {
+                        limit_mb: self.max_bytes >> 20,
+                    }
+                } else {
+                    SlugError::Io(e)
+                }
+            })?;
         tmp.as_file().sync_all()?;
         let dest = self.path(&digest);
         if dest.exists() {
             // Same content, already stored: the temp file is dropped.
-            return Ok(BuiltSlug { digest, size, manifest });
+            return Ok(BuiltSlug {
+                digest,
+                size,
+                manifest,
+            });
         }
         tmp.persist(&dest).map_err(|e| SlugError::Io(e.error))?;
         if let Ok(dir) = File::open(&self.dir) {
             let _ = dir.sync_all();
         }
-        Ok(BuiltSlug { digest, size, manifest })
+        Ok(BuiltSlug {
+            digest,
+            size,
+            manifest,
+        })
     }
 
     /// Unpacks the slug into `dest` (created; must not exist), verifying its digest and
@@ -139,16 +137,32 @@ fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn map_limit(limit: u64) -> impl Fn(io::Error) -> SlugError {
-    move |e| {
-        if e.kind() == io::ErrorKind::FileTooLarge {
-            SlugError::TooLarge {
-                limit_mb: limit >> 20,
-            }
-        } else {
-            SlugError::Io(e)
-        }
-    }
+/// Writes the archive to `file`; returns its sha256 (hex) and compressed size.
+fn write_archive(
+    file: &File,
+    app_dir: &Path,
+    manifest: &SlugManifest,
+    limit: u64,
+) -> io::Result<(String, u64)> {
+    let counting = CountingHasher {
+        inner: BufWriter::new(file.try_clone()?),
+        hasher: Sha256::new(),
+        written: 0,
+        limit,
+    };
+    let mut archive = tar::Builder::new(zstd::Encoder::new(counting, 3)?);
+    archive.follow_symlinks(false);
+    archive.mode(tar::HeaderMode::Deterministic);
+    let manifest_json = manifest.to_json();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest_json.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    archive.append_data(&mut header, "manifest.json", manifest_json.as_slice())?;
+    append_tree(&mut archive, app_dir, Path::new("app"))?;
+    let mut counting = archive.into_inner()?.finish()?;
+    counting.inner.flush()?;
+    Ok((hex::encode(counting.hasher.finalize()), counting.written))
 }
 
 /// Unpacks a slug archive read from `reader` into `dest`.
@@ -228,7 +242,11 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
 }
 
 /// Adds `dir` under `prefix`, sorted for reproducible archives, skipping `.git`.
-fn append_tree<W: Write>(archive: &mut tar::Builder<W>, dir: &Path, prefix: &Path) -> io::Result<()> {
+fn append_tree<W: Write>(
+    archive: &mut tar::Builder<W>,
+    dir: &Path,
+    prefix: &Path,
+) -> io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -259,7 +277,10 @@ struct CountingHasher<W: Write> {
 impl<W: Write> Write for CountingHasher<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.written + buf.len() as u64 > self.limit {
-            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "slug size limit"));
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "slug size limit",
+            ));
         }
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -302,7 +323,10 @@ mod tests {
         assert_eq!(a.manifest.unpacked_bytes, 5);
         let out = tmp.path().join("out");
         store.unpack(&a.digest, &out).expect("unpack");
-        assert_eq!(std::fs::read(out.join("app/bin/x.wasm")).expect("read"), b"hello");
+        assert_eq!(
+            std::fs::read(out.join("app/bin/x.wasm")).expect("read"),
+            b"hello"
+        );
         assert!(!out.join("app/.git").exists());
     }
 
@@ -311,11 +335,22 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let app = tmp.path().join("src");
         std::fs::create_dir_all(&app).expect("mkdir");
-        let noise: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         std::fs::write(app.join("noise"), noise).expect("write");
         let small = SlugStore::new(tmp.path().join("small"), 10_000).expect("store");
-        assert!(matches!(small.pack(&app, manifest()), Err(SlugError::TooLarge { .. })));
-        assert_eq!(std::fs::read_dir(tmp.path().join("small")).expect("ls").count(), 0, "no temp left");
+        assert!(matches!(
+            small.pack(&app, manifest()),
+            Err(SlugError::TooLarge { .. })
+        ));
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("small"))
+                .expect("ls")
+                .count(),
+            0,
+            "no temp left"
+        );
 
         let store = SlugStore::new(tmp.path().join("slugs"), 1 << 30).expect("store");
         let built = store.pack(&app, manifest()).expect("pack");
@@ -336,11 +371,15 @@ mod tests {
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
             h.set_mode(0o777);
-            b.append_link(&mut h, "app/evil", "../../etc/passwd").expect("link");
+            b.append_link(&mut h, "app/evil", "../../etc/passwd")
+                .expect("link");
             b.finish().expect("finish");
         }
         let tmp = tempfile::tempdir().expect("tmp");
-        assert!(matches!(unpack_into(raw.as_slice(), tmp.path()), Err(SlugError::Escape(_))));
+        assert!(matches!(
+            unpack_into(raw.as_slice(), tmp.path()),
+            Err(SlugError::Escape(_))
+        ));
         assert!(is_inside(Path::new("app/a/../b")));
         assert!(!is_inside(Path::new("app/../../b")));
         assert!(!is_inside(Path::new("/abs")));

@@ -41,11 +41,21 @@ impl Client {
             .get(format!("{}{path}", self.base))
             .header("authorization", format!("Bearer {}", self.token))
             .call()
-            .with_context(|| format!("cannot reach the Skiff API at {}; is `skiff up` running?", self.base))?;
+            .with_context(|| {
+                format!(
+                    "cannot reach the Skiff API at {}; is `skiff up` running?",
+                    self.base
+                )
+            })?;
         decode(resp)
     }
 
-    pub(crate) fn send<T: DeserializeOwned>(&self, method: &str, path: &str, body: &serde_json::Value) -> Result<T> {
+    pub(crate) fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T> {
         let url = format!("{}{path}", self.base);
         let req = match method {
             "POST" => self.agent.post(&url),
@@ -57,14 +67,22 @@ impl Client {
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .send(body.to_string())
-            .with_context(|| format!("cannot reach the Skiff API at {}; is `skiff up` running?", self.base))?;
+            .with_context(|| {
+                format!(
+                    "cannot reach the Skiff API at {}; is `skiff up` running?",
+                    self.base
+                )
+            })?;
         decode(resp)
     }
 }
 
 fn decode<T: DeserializeOwned>(mut resp: ureq::http::Response<ureq::Body>) -> Result<T> {
     let status = resp.status();
-    let text = resp.body_mut().read_to_string().context("reading the API response")?;
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .context("reading the API response")?;
     if !status.is_success() {
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()

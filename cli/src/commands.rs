@@ -28,7 +28,9 @@ impl AppArg {
             .context("running git")?;
         let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() || url.is_empty() {
-            bail!("no app specified: pass -a APP, or run inside a repository with a `skiff` git remote");
+            bail!(
+                "no app specified: pass -a APP, or run inside a repository with a `skiff` git remote"
+            );
         }
         let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
         Ok(last.strip_suffix(".git").unwrap_or(last).to_owned())
@@ -90,26 +92,44 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
             println!("=== {}", a.name);
             println!("Web URL:         {}", a.web_url);
             println!("Git URL:         {}", a.git_url);
-            println!("Release:         {}", a.current_release.map(|v| format!("v{v}")).unwrap_or_else(|| "none (push to deploy)".into()));
-            println!("Running:         {}", a.running_release.map(|v| format!("v{v}")).unwrap_or_else(|| "nothing".into()));
+            println!(
+                "Release:         {}",
+                a.current_release
+                    .map(|v| format!("v{v}"))
+                    .unwrap_or_else(|| "none (push to deploy)".into())
+            );
+            println!(
+                "Running:         {}",
+                a.running_release
+                    .map(|v| format!("v{v}"))
+                    .unwrap_or_else(|| "nothing".into())
+            );
             println!("Process types:   {}", a.process_types.join(", "));
             Ok(())
         }
         Command::Releases(app) => {
             let name = app.resolve()?;
-            let releases: Vec<Release> = Client::from_env()?.get(&format!("/apps/{name}/releases"))?;
+            let releases: Vec<Release> =
+                Client::from_env()?.get(&format!("/apps/{name}/releases"))?;
             match releases.first() {
                 Some(r) => println!("=== {name} Releases - Current: v{}", r.version),
                 None => println!("=== {name} Releases (none yet: git push skiff main)"),
             }
             for r in releases {
-                println!("v{:<4} {:<40} {:<10} {}", r.version, r.description, r.created_by, timestamp(r.created_at));
+                println!(
+                    "v{:<4} {:<40} {:<10} {}",
+                    r.version,
+                    r.description,
+                    r.created_by,
+                    timestamp(r.created_at)
+                );
             }
             Ok(())
         }
         Command::Config(app) => {
             let name = app.resolve()?;
-            let vars: BTreeMap<String, String> = Client::from_env()?.get(&format!("/apps/{name}/config"))?;
+            let vars: BTreeMap<String, String> =
+                Client::from_env()?.get(&format!("/apps/{name}/config"))?;
             println!("=== {name} Config Vars");
             let width = vars.keys().map(|k| k.len()).max().unwrap_or(0) + 1;
             for (k, v) in vars {
@@ -119,7 +139,8 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
         }
         Command::ConfigGet { app, key } => {
             let name = app.resolve()?;
-            let vars: BTreeMap<String, String> = Client::from_env()?.get(&format!("/apps/{name}/config"))?;
+            let vars: BTreeMap<String, String> =
+                Client::from_env()?.get(&format!("/apps/{name}/config"))?;
             println!("{}", vars.get(&key).map(String::as_str).unwrap_or(""));
             Ok(())
         }
@@ -134,7 +155,11 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
             }
             let keys: Vec<_> = changes.keys().cloned().collect();
             eprint!("Setting {} and restarting {name}... ", keys.join(", "));
-            let out: serde_json::Value = Client::from_env()?.send("PATCH", &format!("/apps/{name}/config"), &serde_json::Value::Object(changes.clone()))?;
+            let out: serde_json::Value = Client::from_env()?.send(
+                "PATCH",
+                &format!("/apps/{name}/config"),
+                &serde_json::Value::Object(changes.clone()),
+            )?;
             eprintln!("{}", release_suffix(&out));
             for (k, v) in changes {
                 println!("{k}: {}", v.as_str().unwrap_or(""));
@@ -143,9 +168,16 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
         }
         Command::ConfigUnset { app, keys } => {
             let name = app.resolve()?;
-            let changes: serde_json::Map<_, _> = keys.iter().map(|k| (k.clone(), serde_json::Value::Null)).collect();
+            let changes: serde_json::Map<_, _> = keys
+                .iter()
+                .map(|k| (k.clone(), serde_json::Value::Null))
+                .collect();
             eprint!("Unsetting {} and restarting {name}... ", keys.join(", "));
-            let out: serde_json::Value = Client::from_env()?.send("PATCH", &format!("/apps/{name}/config"), &serde_json::Value::Object(changes))?;
+            let out: serde_json::Value = Client::from_env()?.send(
+                "PATCH",
+                &format!("/apps/{name}/config"),
+                &serde_json::Value::Object(changes),
+            )?;
             eprintln!("{}", release_suffix(&out));
             Ok(())
         }
@@ -176,9 +208,14 @@ pub(crate) fn add_remote(remote: &str, url: &str) {
         .map(|o| o.status.success())
         .unwrap_or(false);
     let verb = if exists { "set-url" } else { "add" };
-    match Process::new("git").args(["remote", verb, remote, url]).status() {
+    match Process::new("git")
+        .args(["remote", verb, remote, url])
+        .status()
+    {
         Ok(s) if s.success() => eprintln!("Git remote {remote} added"),
-        _ => eprintln!(" !    could not add the git remote {remote}; add it with: git remote add {remote} {url}"),
+        _ => eprintln!(
+            " !    could not add the git remote {remote}; add it with: git remote add {remote} {url}"
+        ),
     }
 }
 
@@ -196,7 +233,12 @@ fn timestamp(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -206,6 +248,6 @@ mod tests {
     #[test]
     fn formats_timestamps() {
         assert_eq!(timestamp(0), "1970-01-01 00:00:00");
-        assert_eq!(timestamp(1_795_873_600), "2026-11-28 10:26:40");
+        assert_eq!(timestamp(1_795_873_600), "2026-11-28 13:46:40");
     }
 }

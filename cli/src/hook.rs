@@ -32,12 +32,15 @@ fn pre_receive() -> anyhow::Result<bool> {
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let mut parts = line.split_whitespace();
-        let (Some(_old), Some(new), Some(refname)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(_old), Some(new), Some(refname)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         let deployable = refname == "refs/heads/main" || refname == "refs/heads/master";
         if !deployable {
-            eprintln!("Pushed to non-deployable branch {refname}; push to main (or master) to deploy.");
+            eprintln!(
+                "Pushed to non-deployable branch {refname}; push to main (or master) to deploy."
+            );
             continue;
         }
         if new.trim_start_matches('0').is_empty() || new == ZERO {
@@ -71,6 +74,10 @@ fn build(url: &str, token: &str, app: &str, commit: &str) -> anyhow::Result<bool
         .post(format!("{url}/apps/{app}/builds?commit={commit}"))
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/x-tar")
+        .header(
+            "x-skiff-pusher",
+            std::env::var("SKIFF_PUSHER").unwrap_or_default(),
+        )
         .send(ureq::SendBody::from_reader(&mut tar));
     let _ = archive.wait();
     let resp = resp?;
@@ -95,7 +102,9 @@ fn build(url: &str, token: &str, app: &str, commit: &str) -> anyhow::Result<bool
     match outcome {
         Some(ok) => Ok(ok),
         None => {
-            eprintln!(" !     The build stream ended without a result; the platform may have stopped.");
+            eprintln!(
+                " !     The build stream ended without a result; the platform may have stopped."
+            );
             Ok(false)
         }
     }

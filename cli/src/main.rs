@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "Skiff: git push your app, get it served as WebAssembly dynos")]
+#[command(
+    name = "skiff",
+    version,
+    about = "Skiff: git push your app, get it served as WebAssembly dynos"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -77,10 +77,20 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     result
 }
 
-async fn serve(config: PlatformConfig, routes: Arc<RouteTable>, token: String, demo: bool) -> Result<()> {
+async fn serve(
+    config: PlatformConfig,
+    routes: Arc<RouteTable>,
+    token: String,
+    demo: bool,
+) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut platform = tokio::spawn(skiff_platform::run(config.clone(), routes, stop_rx, ready_tx));
+    let mut platform = tokio::spawn(skiff_platform::run(
+        config.clone(),
+        routes,
+        stop_rx,
+        ready_tx,
+    ));
 
     tokio::select! {
         ready = ready_rx => {
@@ -165,14 +175,30 @@ fn deploy_demo(config: &PlatformConfig, token: &str) -> Result<()> {
     git(&src, &["add", "--all"])?;
     git(
         &src,
-        &["-c", "user.name=Skiff demo", "-c", "user.email=demo@skiff.invalid", "commit", "--quiet", "-m", "Skiff demo app"],
+        &[
+            "-c",
+            "user.name=Skiff demo",
+            "-c",
+            "user.email=demo@skiff.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            "Skiff demo app",
+        ],
     )?;
     let url = config.git_url("hello");
     println!("$ git push {url} main");
     let auth = base64_basic("skiff", token);
     let status = Process::new("git")
         .current_dir(&src)
-        .args(["-c", &format!("http.extraHeader=Authorization: Basic {auth}"), "push", "--force", &url, "main"])
+        .args([
+            "-c",
+            &format!("http.extraHeader=Authorization: Basic {auth}"),
+            "push",
+            "--force",
+            &url,
+            "main",
+        ])
         .status()
         .context("running git push")?;
     if !status.success() {
@@ -226,7 +252,8 @@ fn base64_basic(user: &str, password: &str) -> String {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }

@@ -58,15 +58,27 @@ mod tests {
 
     #[test]
     fn release_yaml_with_defaults() {
-        let r = BuildpackRelease::parse("---\naddons: []\ndefault_process_types:\n  web: bin/app.wasm\n")
-            .expect("valid");
+        let r = BuildpackRelease::parse(
+            "---\naddons: []\ndefault_process_types:\n  web: bin/app.wasm\n",
+        )
+        .expect("valid");
         assert_eq!(r.default_process_types["web"], "bin/app.wasm");
     }
 
     #[test]
     fn release_yaml_empty_and_bad() {
-        assert!(BuildpackRelease::parse("").expect("empty ok").default_process_types.is_empty());
-        assert!(BuildpackRelease::parse("---\n").expect("doc ok").default_process_types.is_empty());
+        assert!(
+            BuildpackRelease::parse("")
+                .expect("empty ok")
+                .default_process_types
+                .is_empty()
+        );
+        assert!(
+            BuildpackRelease::parse("---\n")
+                .expect("doc ok")
+                .default_process_types
+                .is_empty()
+        );
         assert!(BuildpackRelease::parse("default_process_types: [1, 2]").is_err());
         assert!(BuildpackRelease::parse("default_process_types:\n  'we b': x\n").is_err());
     }

@@ -54,7 +54,9 @@ pub enum ManifestError {
     #[error("slug manifest is invalid: {0}")]
     Invalid(#[from] serde_json::Error),
     /// Written by a newer Skiff.
-    #[error("slug manifest version {0} is not supported (this Skiff reads version {SLUG_MANIFEST_VERSION})")]
+    #[error(
+        "slug manifest version {0} is not supported (this Skiff reads version {SLUG_MANIFEST_VERSION})"
+    )]
     Version(u32),
 }
 
@@ -119,7 +121,10 @@ mod tests {
                 kind: ProcessKind::WasiHttp,
             },
         );
-        assert_eq!(SlugManifest::from_json(&m.to_json()).expect("round trip"), m);
+        assert_eq!(
+            SlugManifest::from_json(&m.to_json()).expect("round trip"),
+            m
+        );
         m.version = 99;
         assert!(matches!(
             SlugManifest::from_json(&m.to_json()),
@@ -132,7 +137,10 @@ mod tests {
     fn splits_commands() {
         assert_eq!(
             split_command("bin/a.wasm  --x 1"),
-            ("bin/a.wasm".to_owned(), vec!["--x".to_owned(), "1".to_owned()])
+            (
+                "bin/a.wasm".to_owned(),
+                vec!["--x".to_owned(), "1".to_owned()]
+            )
         );
     }
 }

@@ -12,12 +12,16 @@ pub enum NameError {
     )]
     App(String),
     /// Config keys become environment variable names.
-    #[error("invalid config var name {0:?}: use uppercase letters, digits and underscores, not starting with a digit")]
+    #[error(
+        "invalid config var name {0:?}: use uppercase letters, digits and underscores, not starting with a digit"
+    )]
     ConfigKey(String),
 }
 
 /// A validated app name, safe to use as a DNS label, a file name and a git repository name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct AppName(String);
 
@@ -99,7 +103,17 @@ mod tests {
         for good in ["hello", "my-app-2", "abc"] {
             assert!(AppName::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "ab", "Hello", "1app", "app-", "a_b_c", "a.b.c", "../etc", &"a".repeat(31)] {
+        for bad in [
+            "",
+            "ab",
+            "Hello",
+            "1app",
+            "app-",
+            "a_b_c",
+            "a.b.c",
+            "../etc",
+            &"a".repeat(31),
+        ] {
             assert!(AppName::parse(bad).is_err(), "{bad}");
         }
     }

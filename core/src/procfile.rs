@@ -15,7 +15,9 @@ pub enum ProcfileError {
         text: String,
     },
     /// A process type name with characters Heroku does not allow.
-    #[error("Procfile line {line}: invalid process type {name:?} (letters, digits, `-` and `_` only)")]
+    #[error(
+        "Procfile line {line}: invalid process type {name:?} (letters, digits, `-` and `_` only)"
+    )]
     BadType {
         /// 1-based line number.
         line: usize,

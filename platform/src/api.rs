@@ -39,7 +39,10 @@ pub(crate) fn router(p: Shared) -> axum::Router {
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
         .route("/{repo}/git-receive-pack", post(gitweb::service))
-        .layer(axum::middleware::from_fn_with_state(p.clone(), require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            p.clone(),
+            require_token,
+        ))
         .with_state(p)
 }
 
@@ -66,8 +69,10 @@ async fn require_token(State(p): State<Shared>, mut req: Request, next: Next) ->
                 "Invalid credentials provided. Use the token `skiff up` printed (SKIFF_API_TOKEN or ~/.netrc).",
             )
             .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Skiff\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"Skiff\""),
+            );
             resp
         }
     }
@@ -95,8 +100,12 @@ impl From<PlatformError> for ApiError {
         let (status, id) = match &e {
             PlatformError::NoSuchApp(_) => (StatusCode::NOT_FOUND, "not_found"),
             PlatformError::AppExists(_) => (StatusCode::CONFLICT, "conflict"),
-            PlatformError::Name(_) | PlatformError::BadRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_params"),
-            PlatformError::Build(_) | PlatformError::Unrunnable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "build_failed"),
+            PlatformError::Name(_) | PlatformError::BadRequest(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_params")
+            }
+            PlatformError::Build(_) | PlatformError::Unrunnable(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "build_failed")
+            }
             _ => {
                 tracing::error!(error = %e, "API call failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
@@ -158,27 +167,41 @@ struct CreateApp {
     name: Option<String>,
 }
 
-async fn create_app(State(p): State<Shared>, body: Option<Json<CreateApp>>) -> ApiResult<(StatusCode, Json<AppInfo>)> {
+async fn create_app(
+    State(p): State<Shared>,
+    body: Option<Json<CreateApp>>,
+) -> ApiResult<(StatusCode, Json<AppInfo>)> {
     let requested = body.and_then(|Json(b)| b.name);
     let name = match requested {
         Some(n) => AppName::parse(&n).map_err(PlatformError::from)?,
         None => random_name(&p)?,
     };
     let row = p.state.create_app(&name)?;
-    skiff_builder::git::init_repo(&skiff_builder::git::repo_path(&p.repos_dir(), name.as_str()))
-        .await
-        .map_err(PlatformError::from)?;
+    skiff_builder::git::init_repo(&skiff_builder::git::repo_path(
+        &p.repos_dir(),
+        name.as_str(),
+    ))
+    .await
+    .map_err(PlatformError::from)?;
     p.dynos.route_without_dynos(name.as_str());
     tracing::info!(app = %name, "app created");
-    Ok((StatusCode::CREATED, Json(app_info_of(&p, &row.name, row.created_at)?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(app_info_of(&p, &row.name, row.created_at)?),
+    ))
 }
 
 fn random_name(p: &Platform) -> Result<AppName, PlatformError> {
-    const FIRST: &[&str] = &["calm", "brisk", "sunny", "quiet", "bold", "swift", "misty", "lucky", "amber", "polar"];
-    const SECOND: &[&str] = &["harbor", "river", "meadow", "cove", "reef", "delta", "lagoon", "inlet", "shoal", "bay"];
+    const FIRST: &[&str] = &[
+        "calm", "brisk", "sunny", "quiet", "bold", "swift", "misty", "lucky", "amber", "polar",
+    ];
+    const SECOND: &[&str] = &[
+        "harbor", "river", "meadow", "cove", "reef", "delta", "lagoon", "inlet", "shoal", "bay",
+    ];
     for _ in 0..32 {
         let mut b = [0u8; 4];
-        getrandom::fill(&mut b).map_err(|e| PlatformError::Io(std::io::Error::other(e.to_string())))?;
+        getrandom::fill(&mut b)
+            .map_err(|e| PlatformError::Io(std::io::Error::other(e.to_string())))?;
         let n = u32::from_le_bytes(b);
         let name = format!(
             "{}-{}-{:04}",
@@ -190,7 +213,9 @@ fn random_name(p: &Platform) -> Result<AppName, PlatformError> {
             return Ok(AppName::parse(&name)?);
         }
     }
-    Err(PlatformError::BadRequest("could not find a free app name; pass one".into()))
+    Err(PlatformError::BadRequest(
+        "could not find a free app name; pass one".into(),
+    ))
 }
 
 async fn app_info(State(p): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<AppInfo>> {
@@ -198,12 +223,18 @@ async fn app_info(State(p): State<Shared>, Path(app): Path<String>) -> ApiResult
     Ok(Json(app_info_of(&p, &row.name, row.created_at)?))
 }
 
-async fn list_releases(State(p): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<Vec<crate::ReleaseRow>>> {
+async fn list_releases(
+    State(p): State<Shared>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Vec<crate::ReleaseRow>>> {
     p.state.app(&app)?;
     Ok(Json(p.state.releases(&app)?))
 }
 
-async fn get_config(State(p): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<BTreeMap<String, String>>> {
+async fn get_config(
+    State(p): State<Shared>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<BTreeMap<String, String>>> {
     p.state.app(&app)?;
     Ok(Json(p.state.config(&app)?))
 }
@@ -216,7 +247,11 @@ async fn patch_config(
 ) -> ApiResult<Json<serde_json::Value>> {
     p.state.app(&app)?;
     if changes.is_empty() {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", "no config vars given"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+            "no config vars given",
+        ));
     }
     for key in changes.keys() {
         ConfigKey::parse(key).map_err(PlatformError::from)?;
@@ -255,9 +290,15 @@ async fn create_build(
     Path(app): Path<String>,
     Query(q): Query<BuildQuery>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     p.state.app(&app)?;
+    // The hook acts for whoever pushed; only the hook's own token may say who that was.
+    let by = match headers.get("x-skiff-pusher").and_then(|v| v.to_str().ok()) {
+        Some(pusher) if caller.0 == "git-push" && !pusher.is_empty() => pusher.to_owned(),
+        _ => caller.0.clone(),
+    };
     let commit = q
         .commit
         .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -283,11 +324,14 @@ async fn create_build(
     let (log, rx) = BuildLog::channel();
     let platform = p.clone();
     tokio::spawn(async move {
-        let outcome = deploy::build_and_release(&platform, &app, &src, commit, &caller.0, &log).await;
+        let outcome = deploy::build_and_release(&platform, &app, &src, commit, &by, &log).await;
         match outcome {
             Ok(release) => {
                 log.step(format!("Launching... done, v{}", release.version));
-                log.detail(format!("{} deployed to Skiff", platform.config.app_url(&app)));
+                log.detail(format!(
+                    "{} deployed to Skiff",
+                    platform.config.app_url(&app)
+                ));
                 log.line(format!("{RESULT_MARKER}ok v{}", release.version));
                 tracing::info!(app, version = release.version, "deployed");
             }
@@ -302,7 +346,10 @@ async fn create_build(
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let line = rx.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n")), rx))
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n")),
+            rx,
+        ))
     });
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -316,7 +363,9 @@ async fn create_build(
 const SOURCE_LIMIT: u64 = 1 << 30;
 
 async fn receive_to_file(body: Body, path: &std::path::Path) -> ApiResult<()> {
-    let mut file = tokio::fs::File::create(path).await.map_err(PlatformError::from)?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(PlatformError::from)?;
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
     while let Some(chunk) = stream

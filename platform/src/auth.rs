@@ -44,7 +44,10 @@ mod tests {
     fn reads_bearer_and_basic() {
         assert_eq!(token_from_header("Bearer abc").as_deref(), Some("abc"));
         let basic = base64::engine::general_purpose::STANDARD.encode("skiff:tok");
-        assert_eq!(token_from_header(&format!("Basic {basic}")).as_deref(), Some("tok"));
+        assert_eq!(
+            token_from_header(&format!("Basic {basic}")).as_deref(),
+            Some("tok")
+        );
         assert_eq!(token_from_header("Basic !!!"), None);
         assert_eq!(token_from_header("Digest x"), None);
         assert_ne!(new_token(), new_token());

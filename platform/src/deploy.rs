@@ -36,7 +36,10 @@ pub(crate) async fn launch(p: &Platform, release: &ReleaseRow) -> Result<(), Pla
 }
 
 /// Unpacks the slug and loads its web component.
-async fn prepare(p: &Platform, release: &ReleaseRow) -> Result<(Option<LoadedComponent>, u32), PlatformError> {
+async fn prepare(
+    p: &Platform,
+    release: &ReleaseRow,
+) -> Result<(Option<LoadedComponent>, u32), PlatformError> {
     ensure_unpacked(p, &release.slug).await?;
     let component = p.dynos.load_web(release).await?;
     let count = p.state.quantity(&release.app, "web")?;
@@ -105,7 +108,10 @@ pub(crate) async fn build_and_release(
         Some(component) if count > 0 => p.dynos.start_web(&draft, &component, count).await?,
         _ => Vec::new(),
     };
-    let release = match p.state.add_release(app, &built.digest, &built.manifest, &description, by) {
+    let release = match p
+        .state
+        .add_release(app, &built.digest, &built.manifest, &description, by)
+    {
         Ok(r) => r,
         Err(e) => {
             for d in &dynos {
@@ -127,8 +133,16 @@ pub(crate) async fn change_config(
 ) -> Result<Option<ReleaseRow>, PlatformError> {
     let lock = p.app_lock(app);
     let _guard = lock.lock().await;
-    let set: Vec<_> = changes.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.as_str()).collect();
-    let unset: Vec<_> = changes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.as_str()).collect();
+    let set: Vec<_> = changes
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let unset: Vec<_> = changes
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| k.as_str())
+        .collect();
     let mut parts = Vec::new();
     if !set.is_empty() {
         parts.push(format!("Set {} config vars", set.join(", ")));

@@ -48,7 +48,10 @@ impl Dynos {
     }
 
     /// Compiles (or fetches from cache) the web component of `release`.
-    pub(crate) async fn load_web(&self, release: &ReleaseRow) -> Result<Option<LoadedComponent>, PlatformError> {
+    pub(crate) async fn load_web(
+        &self,
+        release: &ReleaseRow,
+    ) -> Result<Option<LoadedComponent>, PlatformError> {
         let Some(web) = release.manifest.process_types.get("web") else {
             return Ok(None);
         };
@@ -63,7 +66,10 @@ impl Dynos {
             return Ok(Some(found.clone()));
         }
         let runtime = self.runtime.clone();
-        let path = self.slug_dir(&release.slug).join("app").join(&web.component);
+        let path = self
+            .slug_dir(&release.slug)
+            .join("app")
+            .join(&web.component);
         let slug = release.slug.clone();
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&slug, &path))
             .await
@@ -153,7 +159,10 @@ fn dyno_env(release: &ReleaseRow, dyno: &str) -> Vec<(String, String)> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.push(("SKIFF_APP".into(), release.app.clone()));
-    env.push(("SKIFF_RELEASE_VERSION".into(), format!("v{}", release.version)));
+    env.push((
+        "SKIFF_RELEASE_VERSION".into(),
+        format!("v{}", release.version),
+    ));
     env.push(("DYNO".into(), dyno.to_owned()));
     env
 }

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use axum::Extension;
 use futures_util::TryStreamExt;
 use skiff_builder::git::{GitRequest, http_backend, init_repo, repo_path};
 use skiff_core::AppName;
@@ -42,13 +42,7 @@ pub(crate) async fn service(
     peer: ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let tail = req
-        .uri()
-        .path()
-        .rsplit('/')
-        .next()
-        .unwrap_or("")
-        .to_owned();
+    let tail = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
     serve(state, path, caller, peer, req, &tail).await
 }
 
@@ -80,9 +74,13 @@ async fn serve(
         remote_addr: peer.ip().to_string(),
         hook_env: vec![
             ("SKIFF_BIN".into(), p.config.skiff_bin.display().to_string()),
-            ("SKIFF_HOOK_URL".into(), format!("http://{}", p.config.api_addr)),
+            (
+                "SKIFF_HOOK_URL".into(),
+                format!("http://{}", p.config.api_addr),
+            ),
             ("SKIFF_HOOK_TOKEN".into(), p.hook_token.clone()),
             ("SKIFF_APP".into(), app.clone()),
+            ("SKIFF_PUSHER".into(), caller.0.clone()),
         ],
     };
     let body = StreamReader::new(
@@ -104,5 +102,8 @@ async fn serve(
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }

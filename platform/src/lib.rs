@@ -122,7 +122,8 @@ pub(crate) struct Platform {
     pub slugs: SlugStore,
     pub dynos: dynos::Dynos,
     pub hook_token: String,
-    pub deploy_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub deploy_locks:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Platform {
@@ -155,6 +156,22 @@ pub fn ensure_admin_token(data_dir: &Path) -> Result<String, PlatformError> {
     Ok(token)
 }
 
+fn remove_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".tmp") {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
 /// Writes a file readable by its owner only.
 pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -180,12 +197,26 @@ pub async fn run(
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), PlatformError> {
     let data = &config.data_dir;
-    for dir in ["repos", "slugs", "builds", "cache", "apps", "precompiled", "buildpacks", "run"] {
+    for dir in [
+        "repos",
+        "slugs",
+        "builds",
+        "cache",
+        "apps",
+        "precompiled",
+        "buildpacks",
+        "run",
+    ] {
         std::fs::create_dir_all(data.join(dir))?;
     }
     // Leftovers of builds interrupted by a crash are never resumed.
     let _ = std::fs::remove_dir_all(data.join("builds"));
     std::fs::create_dir_all(data.join("builds"))?;
+    // Half-written slugs, unpacks and precompiled files are temp files until renamed into
+    // place; after a kill -9 they are only litter.
+    for dir in ["slugs", "apps", "precompiled"] {
+        remove_temp_files(&data.join(dir));
+    }
 
     let state = State::open(&data.join("state.db"))?;
     let buildpacks = skiff_builder::install_builtin_buildpacks(&data.join("buildpacks"))?;

@@ -46,7 +46,9 @@ pub fn upsert(path: &Path, host: &str, login: &str, password: &str) -> std::io::
             out.push('\n');
         }
     }
-    out.push_str(&format!("machine {host} login {login} password {password}\n"));
+    out.push_str(&format!(
+        "machine {host} login {login} password {password}\n"
+    ));
     crate::write_private(path, &out)
 }
 

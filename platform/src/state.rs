@@ -122,7 +122,9 @@ impl State {
     pub fn token_owner(&self, hash: &str) -> Result<Option<String>, PlatformError> {
         Ok(self
             .db()
-            .query_row("SELECT name FROM tokens WHERE hash = ?1", [hash], |r| r.get(0))
+            .query_row("SELECT name FROM tokens WHERE hash = ?1", [hash], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -263,7 +265,9 @@ impl State {
     /// The app's releases, newest first.
     pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRow>, PlatformError> {
         let db = self.db();
-        let mut stmt = db.prepare(&format!("{RELEASE_SELECT} WHERE app = ?1 ORDER BY version DESC"))?;
+        let mut stmt = db.prepare(&format!(
+            "{RELEASE_SELECT} WHERE app = ?1 ORDER BY version DESC"
+        ))?;
         let rows = stmt
             .query_map([app], release_from_row)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -285,13 +289,14 @@ impl State {
     }
 }
 
-const RELEASE_SELECT: &str =
-    "SELECT app, version, slug, manifest, config, description, created_by, created_at FROM releases";
+const RELEASE_SELECT: &str = "SELECT app, version, slug, manifest, config, description, created_by, created_at FROM releases";
 
 fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRow> {
     let manifest: String = r.get(3)?;
     let config: String = r.get(4)?;
-    let bad = |i, e: serde_json::Error| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e));
+    let bad = |i, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
     Ok(ReleaseRow {
         app: r.get(0)?,
         version: r.get::<_, i64>(1)? as u64,
@@ -387,23 +392,44 @@ mod tests {
         {
             let s = State::open(&path).expect("open");
             s.create_app(&app).expect("create");
-            assert!(matches!(s.create_app(&app), Err(PlatformError::AppExists(_))));
+            assert!(matches!(
+                s.create_app(&app),
+                Err(PlatformError::AppExists(_))
+            ));
             let mut changes = BTreeMap::new();
             changes.insert("FOO".to_owned(), Some("bar".to_owned()));
-            assert!(s.change_config("hello", &changes, "Set FOO", "t").expect("config").is_none(), "no release before a deploy");
-            let v1 = s.add_release("hello", &"a".repeat(64), &manifest(), "Deploy abc", "t").expect("release");
+            assert!(
+                s.change_config("hello", &changes, "Set FOO", "t")
+                    .expect("config")
+                    .is_none(),
+                "no release before a deploy"
+            );
+            let v1 = s
+                .add_release("hello", &"a".repeat(64), &manifest(), "Deploy abc", "t")
+                .expect("release");
             assert_eq!(v1.version, 1);
             assert_eq!(v1.config["FOO"], "bar");
             changes.insert("FOO".to_owned(), None);
-            let v2 = s.change_config("hello", &changes, "Unset FOO", "t").expect("config").expect("release");
+            let v2 = s
+                .change_config("hello", &changes, "Unset FOO", "t")
+                .expect("config")
+                .expect("release");
             assert_eq!(v2.version, 2);
             assert!(v2.config.is_empty());
             assert_eq!(v2.slug, v1.slug);
         }
         let s = State::open(&path).expect("reopen");
         let releases = s.releases("hello").expect("releases");
-        assert_eq!(releases.iter().map(|r| r.version).collect::<Vec<_>>(), vec![2, 1]);
-        assert_eq!(s.current_release("hello").expect("current").map(|r| r.version), Some(2));
+        assert_eq!(
+            releases.iter().map(|r| r.version).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        assert_eq!(
+            s.current_release("hello")
+                .expect("current")
+                .map(|r| r.version),
+            Some(2)
+        );
         assert_eq!(s.quantity("hello", "web").expect("q"), 1);
         assert!(matches!(s.app("nope"), Err(PlatformError::NoSuchApp(_))));
     }

@@ -49,7 +49,10 @@ impl RouterHandle {
 
 /// Starts the router on a plain thread. Pingora builds and owns its own runtimes there, so
 /// call this before creating any tokio runtime in the process.
-pub fn spawn_router(config: RouterConfig, table: Arc<RouteTable>) -> Result<RouterHandle, RouterError> {
+pub fn spawn_router(
+    config: RouterConfig,
+    table: Arc<RouteTable>,
+) -> Result<RouterHandle, RouterError> {
     // Pingora exits the process on a bind failure; checking first turns it into an error.
     std::net::TcpListener::bind(config.listen).map_err(|source| RouterError::Bind {
         addr: config.listen,
@@ -70,7 +73,11 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
     let conf = ServerConf {
         threads: config.threads.max(1),
         pid_file: config.run_dir.join("router.pid").display().to_string(),
-        upgrade_sock: config.run_dir.join("router-upgrade.sock").display().to_string(),
+        upgrade_sock: config
+            .run_dir
+            .join("router-upgrade.sock")
+            .display()
+            .to_string(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -161,12 +168,15 @@ impl ProxyHttp for Router {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let backend = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.pick())
-            .ok_or_else(|| Error::explain(pingora_error::ErrorType::ConnectNoRoute, "no dyno"))?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let backend =
+            ctx.route.as_ref().and_then(|r| r.pick()).ok_or_else(|| {
+                Error::explain(pingora_error::ErrorType::ConnectNoRoute, "no dyno")
+            })?;
         ctx.dyno = Some(backend.dyno.clone());
         Ok(Box::new(HttpPeer::new(backend.addr, false, String::new())))
     }
@@ -182,7 +192,11 @@ impl ProxyHttp for Router {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
-        let forwarded_for = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client_ip}"),
             _ => client_ip,
         };
@@ -208,11 +222,19 @@ impl ProxyHttp for Router {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let (code, body) = match e.esource() {
             ErrorSource::Upstream => (
                 503,
-                page("Application error", "The app did not answer this request. Its logs say why (H13)."),
+                page(
+                    "Application error",
+                    "The app did not answer this request. Its logs say why (H13).",
+                ),
             ),
             ErrorSource::Downstream => {
                 return FailToProxy {
@@ -220,7 +242,13 @@ impl ProxyHttp for Router {
                     can_reuse_downstream: false,
                 };
             }
-            _ => (500, page("Platform error", "Skiff could not route this request (H99).")),
+            _ => (
+                500,
+                page(
+                    "Platform error",
+                    "Skiff could not route this request (H99).",
+                ),
+            ),
         };
         if let Some(route) = &ctx.route {
             tracing::warn!(target: "skiff::router", app = %route.app, dyno = ctx.dyno.as_deref().unwrap_or(""), error = %e, "request failed");
@@ -234,7 +262,10 @@ impl ProxyHttp for Router {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let req = session.req_header();
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let app = ctx.route.as_ref().map(|r| r.app.as_str()).unwrap_or("");
         tracing::info!(
             target: "skiff::router",
@@ -253,9 +284,15 @@ impl ProxyHttp for Router {
 
 /// Keeps a client's `X-Request-Id` when it is sane, else makes one.
 fn request_id(req: &RequestHeader) -> String {
-    if let Some(id) = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    if let Some(id) = req
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
         let ok = (20..=200).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'=' | b'/'));
+            && id.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'=' | b'/')
+            });
         if ok {
             return id.to_owned();
         }
@@ -270,7 +307,14 @@ fn new_request_id() -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 async fn respond(session: &mut Session, status: u16, body: String, request_id: &str) -> Result<()> {
@@ -280,6 +324,8 @@ async fn respond(session: &mut Session, status: u16, body: String, request_id: &
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-cache, no-store")?;
     header.insert_header("x-request-id", request_id.to_owned())?;
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     session.write_response_body(Some(body), true).await
 }

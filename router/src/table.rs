@@ -119,10 +119,26 @@ mod tests {
             addr: "127.0.0.1:1".parse().expect("addr"),
         };
         t.set_app("hello", vec![b.clone()]);
-        for host in ["hello.localhost", "hello.localhost:8080", "HELLO.LOCALHOST.", "hello.localhost."] {
-            assert_eq!(t.lookup(host).map(|r| r.app.clone()), Some("hello".into()), "{host}");
+        for host in [
+            "hello.localhost",
+            "hello.localhost:8080",
+            "HELLO.LOCALHOST.",
+            "hello.localhost.",
+        ] {
+            assert_eq!(
+                t.lookup(host).map(|r| r.app.clone()),
+                Some("hello".into()),
+                "{host}"
+            );
         }
-        for host in ["localhost", "other.localhost", "a.hello.localhost", "hellolocalhost", "", "[::1]:80"] {
+        for host in [
+            "localhost",
+            "other.localhost",
+            "a.hello.localhost",
+            "hellolocalhost",
+            "",
+            "[::1]:80",
+        ] {
             assert!(t.lookup(host).is_none(), "{host}");
         }
         t.remove_app("hello");
@@ -138,7 +154,9 @@ mod tests {
         };
         t.set_app("a-app", vec![mk(1), mk(2)]);
         let r = t.lookup("a-app.localhost").expect("route");
-        let picks: Vec<_> = (0..4).filter_map(|_| r.pick().map(|b| b.addr.port())).collect();
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| r.pick().map(|b| b.addr.port()))
+            .collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
     }
 }

@@ -34,11 +34,17 @@ impl PrecompiledCache {
         h.update(component.as_os_str().as_encoded_bytes());
         h.update([0]);
         h.update(self.engine_key.as_bytes());
-        self.dir.join(format!("{}.cwasm", hex::encode(h.finalize())))
+        self.dir
+            .join(format!("{}.cwasm", hex::encode(h.finalize())))
     }
 
     /// Loads the precompiled form of `path`, compiling and storing it when missing or unreadable.
-    pub(crate) fn load(&self, engine: &Engine, slug: &str, path: &Path) -> Result<Component, RuntimeError> {
+    pub(crate) fn load(
+        &self,
+        engine: &Engine,
+        slug: &str,
+        path: &Path,
+    ) -> Result<Component, RuntimeError> {
         let entry = self.entry(slug, path);
         if entry.is_file() {
             match deserialize(engine, &entry) {

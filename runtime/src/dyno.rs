@@ -182,7 +182,10 @@ impl Runtime {
 }
 
 /// Serves one request on a fresh instance; any failure becomes a 500 for this request only.
-async fn handle(spec: Arc<DynoSpec>, req: hyper::Request<Incoming>) -> hyper::Response<ResponseBody> {
+async fn handle(
+    spec: Arc<DynoSpec>,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();

@@ -47,7 +47,8 @@ impl Runtime {
         let mut config = Config::new();
         // Epochs bound every request's wall-clock time at near-zero cost per instruction.
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| RuntimeError::wasm("creating the engine", e))?;
+        let engine =
+            Engine::new(&config).map_err(|e| RuntimeError::wasm("creating the engine", e))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::wasm("linking WASI", e))?;
@@ -95,8 +96,12 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| RuntimeError::wasm("linking the component", e))?;
-        let pre = ProxyPre::new(pre)
-            .map_err(|e| RuntimeError::wasm("the component does not export wasi:http/incoming-handler", e))?;
+        let pre = ProxyPre::new(pre).map_err(|e| {
+            RuntimeError::wasm(
+                "the component does not export wasi:http/incoming-handler",
+                e,
+            )
+        })?;
         Ok(LoadedComponent { pre })
     }
 }

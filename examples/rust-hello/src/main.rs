@@ -37,6 +37,8 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             let body = request.into_body().bytes_contents().await?;
             Ok(Response::new(Body::from(body)))
         }
+        // A crash takes down this request only: the next one gets a fresh instance.
+        (&Method::GET, "/crash") => panic!("crashing on purpose"),
         (&Method::GET, p) if p.starts_with("/env/") => {
             let name = &p["/env/".len()..];
             match std::env::var(name) {
