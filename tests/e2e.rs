@@ -377,7 +377,10 @@ fn push_serve_change_and_restart() -> Result<()> {
     // A guest that traps fails its own request with a 500; the next request is served.
     let (status, body) = s.request(&host, "GET", "/crash", None)?;
     assert_eq!(status, 500, "{body}");
-    assert_eq!(s.request(&host, "GET", "/", None)?, (200, "Hello from Skiff!\n".into()));
+    assert_eq!(
+        s.request(&host, "GET", "/", None)?,
+        (200, "Hello from Skiff!\n".into())
+    );
 
     // Config vars reach the guest's environment through a new release.
     let out = ok(s.cli(&repo, &["config:set", "GREETING=ahoy"])?)?;
