@@ -1,0 +1,325 @@
+//! The harness shared by the end-to-end tests: a real `skiff up` on free loopback ports with
+//! its own data dir and `HOME`, the real `git` client, and plain HTTP through the router.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `skiff up` process with its own data dir, home and ports; stopped on drop.
+pub struct Skiff {
+    /// Scratch space owned by the test.
+    pub dir: tempfile::TempDir,
+    /// API and git port.
+    pub api_port: u16,
+    /// Router port.
+    pub http_port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Skiff {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("home"))?;
+        let mut s = Self {
+            log: dir.path().join("skiff.log"),
+            dir,
+            api_port: free_port()?,
+            http_port: free_port()?,
+            child: None,
+        };
+        s.boot()?;
+        Ok(s)
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Environment for every process of the test: its own HOME, but the machine's Rust
+    /// toolchain and cargo registry cache (which live under the real HOME by default).
+    pub fn env(&self, cmd: &mut Command) {
+        let real_home = std::env::var("HOME").unwrap_or_default();
+        let cargo_home =
+            std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo"));
+        let rustup_home =
+            std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup"));
+        cmd.env("HOME", self.home())
+            .env("CARGO_HOME", cargo_home)
+            .env("RUSTUP_HOME", rustup_home)
+            .env("SKIFF_API_URL", self.api())
+            .env_remove("SKIFF_API_TOKEN")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_NOSYSTEM", "1");
+    }
+
+    pub fn boot(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(SKIFF);
+        self.env(&mut cmd);
+        cmd.args(["up", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--api-port", &self.api_port.to_string()])
+            .args(["--http-port", &self.http_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(cmd.spawn()?);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let api = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.api_port))).is_ok();
+            let router =
+                TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.http_port))).is_ok();
+            if api && router {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("skiff up exited with {status}:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("skiff up did not start:\n{}", self.logs())
+    }
+
+    /// Stops the platform the way a user does (Ctrl-C) and waits for it.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    ensure!(
+                        status.success(),
+                        "skiff up exited with {status} on Ctrl-C:\n{}",
+                        self.logs()
+                    );
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("skiff up did not stop on Ctrl-C:\n{}", self.logs());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the skiff CLI in `cwd`.
+    pub fn cli(&self, cwd: &Path, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(SKIFF);
+        self.env(&mut cmd);
+        Ok(cmd.current_dir(cwd).args(args).output()?)
+    }
+
+    /// Runs git in `cwd`.
+    pub fn git(&self, cwd: &Path, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new("git");
+        self.env(&mut cmd);
+        Ok(cmd
+            .current_dir(cwd)
+            .args([
+                "-c",
+                "user.name=Skiff Test",
+                "-c",
+                "user.email=test@skiff.invalid",
+            ])
+            .args(args)
+            .output()?)
+    }
+
+    /// `git add -A && git commit && git push skiff main`; returns (success, combined output).
+    pub fn commit_and_push(&self, repo: &Path, message: &str) -> Result<(bool, String)> {
+        ok(self.git(repo, &["add", "--all"])?)?;
+        ok(self.git(repo, &["commit", "--quiet", "--allow-empty", "-m", message])?)?;
+        let out = self.git(repo, &["push", "skiff", "main"])?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    /// GET (or POST with a body) through the router with a `Host` header, like curl -H.
+    pub fn request(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        http(self.http_port, host, method, path, body, &[])
+    }
+}
+
+impl Drop for Skiff {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 exchange over a loopback socket, so the `Host` header is exactly what a
+/// client like curl sends for `http://<app>.localhost:<port>/`.
+pub fn http(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let mut chunked = false;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if line.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && line.to_ascii_lowercase().contains("chunked")
+        {
+            chunked = true;
+        }
+    }
+    let mut raw = Vec::new();
+    reader.read_to_end(&mut raw)?;
+    let text = if chunked {
+        dechunk(&raw)?
+    } else {
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    Ok((status, text))
+}
+
+pub fn dechunk(mut raw: &[u8]) -> Result<String> {
+    let mut out = Vec::new();
+    loop {
+        let pos = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..pos])?.trim(), 16)?;
+        raw = &raw[pos + 2..];
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+    Ok(String::from_utf8(out)?)
+}
+
+pub fn ok(out: Output) -> Result<Output> {
+    ensure!(
+        out.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// A fresh git repository holding a copy of examples/rust-hello.
+pub fn rust_hello_repo(s: &Skiff, parent: &Path) -> Result<PathBuf> {
+    let repo = parent.join("rust-hello");
+    copy_tree(&repo_root().join("examples/rust-hello"), &repo)?;
+    ok(s.git(&repo, &["init", "--quiet", "--initial-branch=main"])?)?;
+    Ok(repo)
+}
+
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_name() == "target" {
+            continue;
+        }
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn set_greeting(repo: &Path, greeting: &str) -> Result<()> {
+    let path = repo.join("src/main.rs");
+    let src = std::fs::read_to_string(&path)?;
+    let start = src
+        .find("const GREETING: &str = \"")
+        .context("greeting line")?;
+    let end = start + src[start..].find(";\n").context("greeting end")?;
+    let updated = format!(
+        "{}const GREETING: &str = \"{greeting}\"{}",
+        &src[..start],
+        &src[end..]
+    );
+    std::fs::write(path, updated)?;
+    Ok(())
+}
