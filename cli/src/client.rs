@@ -35,6 +35,21 @@ impl Client {
         Ok(Self { base, token, agent })
     }
 
+    /// The token in use.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The API's base URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The shared HTTP agent.
+    pub(crate) fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
     pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self
             .agent
@@ -57,6 +72,15 @@ impl Client {
         body: &serde_json::Value,
     ) -> Result<T> {
         let url = format!("{}{path}", self.base);
+        if method == "DELETE" {
+            let resp = self
+                .agent
+                .delete(&url)
+                .header("authorization", format!("Bearer {}", self.token))
+                .call()
+                .with_context(|| format!("cannot reach the Skiff API at {}; is `skiff up` running?", self.base))?;
+            return decode(resp);
+        }
         let req = match method {
             "POST" => self.agent.post(&url),
             "PATCH" => self.agent.patch(&url),
@@ -90,6 +114,7 @@ fn decode<T: DeserializeOwned>(mut resp: ureq::http::Response<ureq::Body>) -> Re
             .unwrap_or(text);
         bail!("{message}");
     }
+    let text = if text.trim().is_empty() { "null".to_owned() } else { text };
     serde_json::from_str(&text).with_context(|| format!("unexpected API response: {text}"))
 }
 

@@ -1,13 +1,16 @@
-//! The day-to-day commands, printed the way Heroku's CLI prints them.
+//! The day-to-day commands, printed the way Heroku's CLI prints them (`--json` for scripts).
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::Command as Process;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::Command;
-use crate::client::Client;
+use crate::client::{Client, host_of};
 
 /// `-a/--app NAME`, else the app behind the `skiff` git remote.
 #[derive(clap::Args, Debug)]
@@ -18,7 +21,7 @@ pub(crate) struct AppArg {
 }
 
 impl AppArg {
-    fn resolve(&self) -> Result<String> {
+    pub(crate) fn resolve(&self) -> Result<String> {
         if let Some(a) = &self.app {
             return Ok(a.clone());
         }
@@ -28,9 +31,7 @@ impl AppArg {
             .context("running git")?;
         let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() || url.is_empty() {
-            bail!(
-                "no app specified: pass -a APP, or run inside a repository with a `skiff` git remote"
-            );
+            bail!("no app specified: pass -a APP, or run inside a repository with a `skiff` git remote");
         }
         let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
         Ok(last.strip_suffix(".git").unwrap_or(last).to_owned())
@@ -40,6 +41,7 @@ impl AppArg {
 #[derive(Deserialize)]
 struct AppInfo {
     name: String,
+    owner: String,
     web_url: String,
     git_url: String,
     current_release: Option<u64>,
@@ -53,19 +55,49 @@ struct Release {
     description: String,
     created_by: String,
     created_at: i64,
+    slug: String,
+    slug_available: bool,
+    current: bool,
+    manifest: Value,
 }
 
-pub(crate) fn run(cmd: Command) -> Result<()> {
+#[derive(Deserialize)]
+struct Dyno {
+    name: String,
+    #[serde(rename = "type")]
+    process_type: String,
+    command: String,
+    state: String,
+    since: i64,
+}
+
+/// Prints `value` as JSON and returns true when `--json` was given.
+fn json_out(json: bool, value: &Value) -> Result<bool> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    }
+    Ok(json)
+}
+
+pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
     match cmd {
         Command::Buildpacks => {
+            let names = skiff_platform::builtin_buildpack_names();
+            if json_out(json, &json!(names))? {
+                return Ok(());
+            }
             println!("=== Buildpacks (detection order)");
-            for (i, name) in skiff_platform::builtin_buildpack_names().iter().enumerate() {
+            for (i, name) in names.iter().enumerate() {
                 println!("{}. {name}", i + 1);
             }
             Ok(())
         }
         Command::Apps => {
-            let apps: Vec<AppInfo> = Client::from_env()?.get("/apps")?;
+            let value: Value = Client::from_env()?.get("/apps")?;
+            if json_out(json, &value)? {
+                return Ok(());
+            }
+            let apps: Vec<AppInfo> = serde_json::from_value(value)?;
             println!("=== Apps");
             for a in apps {
                 println!("{}", a.name);
@@ -75,49 +107,83 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
         Command::AppsCreate { name, remote } => {
             let client = Client::from_env()?;
             let body = match &name {
-                Some(n) => serde_json::json!({ "name": n }),
-                None => serde_json::json!({}),
+                Some(n) => json!({ "name": n }),
+                None => json!({}),
             };
             let label = name.as_deref().unwrap_or("app");
             eprint!("Creating {label}... ");
             let app: AppInfo = client.send("POST", "/apps", &body)?;
             eprintln!("done");
             println!("{} | {}", app.web_url, app.git_url);
-            add_remote(&remote, &app.git_url);
+            add_remote(&remote, &app.git_url, false);
             Ok(())
         }
         Command::AppsInfo(app) => {
             let name = app.resolve()?;
-            let a: AppInfo = Client::from_env()?.get(&format!("/apps/{name}"))?;
+            let value: Value = Client::from_env()?.get(&format!("/apps/{name}"))?;
+            if json_out(json, &value)? {
+                return Ok(());
+            }
+            let a: AppInfo = serde_json::from_value(value)?;
             println!("=== {}", a.name);
+            println!("Owner:           {}", a.owner);
             println!("Web URL:         {}", a.web_url);
             println!("Git URL:         {}", a.git_url);
             println!(
                 "Release:         {}",
-                a.current_release
-                    .map(|v| format!("v{v}"))
-                    .unwrap_or_else(|| "none (push to deploy)".into())
+                a.current_release.map(|v| format!("v{v}")).unwrap_or_else(|| "none (push to deploy)".into())
             );
             println!(
                 "Running:         {}",
-                a.running_release
-                    .map(|v| format!("v{v}"))
-                    .unwrap_or_else(|| "nothing".into())
+                a.running_release.map(|v| format!("v{v}")).unwrap_or_else(|| "nothing".into())
             );
             println!("Process types:   {}", a.process_types.join(", "));
             Ok(())
         }
+        Command::AppsRename { app, new_name } => {
+            let name = app.resolve()?;
+            let client = Client::from_env()?;
+            let spin = Spinner::start(format!("Renaming {name} to {new_name}"));
+            let a: AppInfo = client.send("PATCH", &format!("/apps/{name}"), &json!({ "name": new_name }))?;
+            spin.done("done");
+            println!("{} | {}", a.web_url, a.git_url);
+            // Heroku updates the remote of the repository the command runs in.
+            let remote_matches = Process::new("git")
+                .args(["remote", "get-url", "skiff"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().ends_with(&format!("/{name}.git")))
+                .unwrap_or(false);
+            if remote_matches {
+                add_remote("skiff", &a.git_url, true);
+            }
+            Ok(())
+        }
+        Command::AppsDestroy { app, confirm } => {
+            let name = app.resolve()?;
+            if confirm.as_deref() != Some(name.as_str()) {
+                bail!("this deletes {name}, its releases, config and repository; run again with --confirm {name}");
+            }
+            let client = Client::from_env()?;
+            let spin = Spinner::start(format!("Destroying {name} (including all add-ons)"));
+            let _: Value = client.send("DELETE", &format!("/apps/{name}"), &Value::Null)?;
+            spin.done("done");
+            Ok(())
+        }
         Command::Releases(app) => {
             let name = app.resolve()?;
-            let releases: Vec<Release> =
-                Client::from_env()?.get(&format!("/apps/{name}/releases"))?;
+            let value: Value = Client::from_env()?.get(&format!("/apps/{name}/releases"))?;
+            if json_out(json, &value)? {
+                return Ok(());
+            }
+            let releases: Vec<Release> = serde_json::from_value(value)?;
             match releases.first() {
                 Some(r) => println!("=== {name} Releases - Current: v{}", r.version),
                 None => println!("=== {name} Releases (none yet: git push skiff main)"),
             }
             for r in releases {
+                let gone = if r.slug_available { "" } else { "  (slug pruned)" };
                 println!(
-                    "v{:<4} {:<40} {:<10} {}",
+                    "v{:<4} {:<40} {:<22} {}{gone}",
                     r.version,
                     r.description,
                     r.created_by,
@@ -126,10 +192,63 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::ReleasesInfo { app, version } => {
+            let name = app.resolve()?;
+            let client = Client::from_env()?;
+            let version = match version {
+                Some(v) => v.trim_start_matches('v').to_owned(),
+                None => {
+                    let all: Vec<Release> = client.get(&format!("/apps/{name}/releases"))?;
+                    all.first()
+                        .map(|r| r.version.to_string())
+                        .with_context(|| format!("{name} has no releases"))?
+                }
+            };
+            let value: Value = client.get(&format!("/apps/{name}/releases/{version}"))?;
+            if json_out(json, &value)? {
+                return Ok(());
+            }
+            let r: Release = serde_json::from_value(value)?;
+            println!("=== Release v{}{}", r.version, if r.current { " (current)" } else { "" });
+            println!("By:           {}", r.created_by);
+            println!("Change:       {}", r.description);
+            println!("When:         {}", timestamp(r.created_at));
+            println!(
+                "Slug:         {}{}",
+                &r.slug[..r.slug.len().min(12)],
+                if r.slug_available { "" } else { " (pruned: rollback not possible)" }
+            );
+            if let Some(types) = r.manifest.get("process_types").and_then(Value::as_object) {
+                for (t, spec) in types {
+                    println!("Process:      {t}: {}", spec.get("command").and_then(Value::as_str).unwrap_or(""));
+                }
+            }
+            Ok(())
+        }
+        Command::Rollback { app, version } => {
+            let name = app.resolve()?;
+            let target = match &version {
+                Some(v) => Some(
+                    v.trim_start_matches('v')
+                        .parse::<u64>()
+                        .with_context(|| format!("{v} is not a release version"))?,
+                ),
+                None => None,
+            };
+            let label = target.map(|v| format!("v{v}")).unwrap_or_else(|| "the previous release".into());
+            let client = Client::from_env()?;
+            let spin = Spinner::start(format!("Rolling back {name} to {label}"));
+            let r: Release = client.send("POST", &format!("/apps/{name}/releases"), &json!({ "rollback": target }))?;
+            spin.done(&format!("done, v{}", r.version));
+            Ok(())
+        }
         Command::Config(app) => {
             let name = app.resolve()?;
-            let vars: BTreeMap<String, String> =
-                Client::from_env()?.get(&format!("/apps/{name}/config"))?;
+            let value: Value = Client::from_env()?.get(&format!("/apps/{name}/config"))?;
+            if json_out(json, &value)? {
+                return Ok(());
+            }
+            let vars: BTreeMap<String, String> = serde_json::from_value(value)?;
             println!("=== {name} Config Vars");
             let width = vars.keys().map(|k| k.len()).max().unwrap_or(0) + 1;
             for (k, v) in vars {
@@ -139,8 +258,10 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
         }
         Command::ConfigGet { app, key } => {
             let name = app.resolve()?;
-            let vars: BTreeMap<String, String> =
-                Client::from_env()?.get(&format!("/apps/{name}/config"))?;
+            let vars: BTreeMap<String, String> = Client::from_env()?.get(&format!("/apps/{name}/config"))?;
+            if json_out(json, &json!(vars.get(&key)))? {
+                return Ok(());
+            }
             println!("{}", vars.get(&key).map(String::as_str).unwrap_or(""));
             Ok(())
         }
@@ -151,16 +272,13 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
                 let (k, v) = pair
                     .split_once('=')
                     .with_context(|| format!("{pair:?} is not KEY=VALUE"))?;
-                changes.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+                changes.insert(k.to_owned(), Value::String(v.to_owned()));
             }
             let keys: Vec<_> = changes.keys().cloned().collect();
-            eprint!("Setting {} and restarting {name}... ", keys.join(", "));
-            let out: serde_json::Value = Client::from_env()?.send(
-                "PATCH",
-                &format!("/apps/{name}/config"),
-                &serde_json::Value::Object(changes.clone()),
-            )?;
-            eprintln!("{}", release_suffix(&out));
+            let client = Client::from_env()?;
+            let spin = Spinner::start(format!("Setting {} and restarting {name}", keys.join(", ")));
+            let out: Value = client.send("PATCH", &format!("/apps/{name}/config"), &Value::Object(changes.clone()))?;
+            spin.done(&release_suffix(&out));
             for (k, v) in changes {
                 println!("{k}: {}", v.as_str().unwrap_or(""));
             }
@@ -168,32 +286,213 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
         }
         Command::ConfigUnset { app, keys } => {
             let name = app.resolve()?;
-            let changes: serde_json::Map<_, _> = keys
-                .iter()
-                .map(|k| (k.clone(), serde_json::Value::Null))
-                .collect();
-            eprint!("Unsetting {} and restarting {name}... ", keys.join(", "));
-            let out: serde_json::Value = Client::from_env()?.send(
-                "PATCH",
-                &format!("/apps/{name}/config"),
-                &serde_json::Value::Object(changes),
-            )?;
-            eprintln!("{}", release_suffix(&out));
+            let changes: serde_json::Map<_, _> = keys.iter().map(|k| (k.clone(), Value::Null)).collect();
+            let client = Client::from_env()?;
+            let spin = Spinner::start(format!("Unsetting {} and restarting {name}", keys.join(", ")));
+            let out: Value = client.send("PATCH", &format!("/apps/{name}/config"), &Value::Object(changes))?;
+            spin.done(&release_suffix(&out));
             Ok(())
         }
-        Command::Up(_) | Command::Hook { .. } => unreachable!("dispatched in main"),
+        Command::Ps(app) => {
+            let name = app.resolve()?;
+            let value: Value = Client::from_env()?.get(&format!("/apps/{name}/dynos"))?;
+            if json_out(json, &value)? {
+                return Ok(());
+            }
+            print_ps(&value)
+        }
+        Command::PsScale { app, pairs } => {
+            let name = app.resolve()?;
+            let mut body = serde_json::Map::new();
+            for pair in &pairs {
+                let (t, n) = pair
+                    .split_once('=')
+                    .with_context(|| format!("{pair:?} is not TYPE=COUNT"))?;
+                let n: u32 = n.parse().with_context(|| format!("{n:?} is not a number of dynos"))?;
+                body.insert(t.to_owned(), json!(n));
+            }
+            let client = Client::from_env()?;
+            let spin = Spinner::start(format!("Scaling dynos on {name}"));
+            let out: Value = client.send("PATCH", &format!("/apps/{name}/formation"), &Value::Object(body))?;
+            let now: Vec<String> = out
+                .get("formation")
+                .and_then(Value::as_object)
+                .map(|f| f.iter().map(|(t, n)| format!("{t}={n}")).collect())
+                .unwrap_or_default();
+            spin.done(&format!("done, now running {}", now.join(", ")));
+            Ok(())
+        }
+        Command::PsRestart { app, dyno } => {
+            let name = app.resolve()?;
+            let client = Client::from_env()?;
+            let (label, path) = match &dyno {
+                Some(d) => (d.clone(), format!("/apps/{name}/dynos/{d}")),
+                None => ("all dynos".to_owned(), format!("/apps/{name}/dynos")),
+            };
+            let spin = Spinner::start(format!("Restarting {label} on {name}"));
+            let _: Value = client.send("DELETE", &path, &Value::Null)?;
+            spin.done("done");
+            Ok(())
+        }
+        Command::PsStop { app, dyno } => {
+            let name = app.resolve()?;
+            let client = Client::from_env()?;
+            let spin = Spinner::start(format!("Stopping {dyno} on {name}"));
+            let _: Value = client.send("POST", &format!("/apps/{name}/dynos/{dyno}/actions/stop"), &json!({}))?;
+            spin.done("done");
+            Ok(())
+        }
+        Command::Login { token } => login(token),
+        Command::Logout => {
+            let client_base = std::env::var("SKIFF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+            let host = host_of(&client_base);
+            let path = skiff_platform::netrc::default_path().context("HOME is not set")?;
+            skiff_platform::netrc::remove(&path, &host).with_context(|| format!("updating {}", path.display()))?;
+            eprintln!("Logged out of {host}");
+            Ok(())
+        }
+        Command::AuthToken => {
+            println!("{}", Client::from_env()?.token());
+            Ok(())
+        }
+        Command::AuthWhoami => {
+            let who: Value = Client::from_env()?.get("/account")?;
+            if json_out(json, &who)? {
+                return Ok(());
+            }
+            println!("{}", who.get("email").and_then(Value::as_str).unwrap_or(""));
+            Ok(())
+        }
+        Command::UsersCreate { email } => {
+            let out: Value = Client::from_env()?.send("POST", "/users", &json!({ "email": email }))?;
+            if json_out(json, &out)? {
+                return Ok(());
+            }
+            eprintln!("Created user {email}. Their API token (shown once; they run `skiff login --token ...`):");
+            println!("{}", out.get("token").and_then(Value::as_str).unwrap_or(""));
+            Ok(())
+        }
+        Command::Access(app) => {
+            let name = app.resolve()?;
+            let value: Value = Client::from_env()?.get(&format!("/apps/{name}/collaborators"))?;
+            if json_out(json, &value)? {
+                return Ok(());
+            }
+            println!("=== {name} Access");
+            println!("{:<40} owner", value.get("owner").and_then(Value::as_str).unwrap_or(""));
+            for c in value.get("collaborators").and_then(Value::as_array).into_iter().flatten() {
+                println!("{:<40} collaborator", c.as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        Command::AccessAdd { app, email } => {
+            let name = app.resolve()?;
+            eprint!("Adding {email} access to the app {name}... ");
+            let _: Value = Client::from_env()?.send("POST", &format!("/apps/{name}/collaborators"), &json!({ "email": email }))?;
+            eprintln!("done");
+            Ok(())
+        }
+        Command::AccessRemove { app, email } => {
+            let name = app.resolve()?;
+            eprint!("Removing {email} access from the app {name}... ");
+            let _: Value = Client::from_env()?.send("DELETE", &format!("/apps/{name}/collaborators/{email}"), &Value::Null)?;
+            eprintln!("done");
+            Ok(())
+        }
+        Command::Up(_) | Command::Hook { .. } | Command::Run(_) => unreachable!("dispatched in main"),
     }
 }
 
-fn release_suffix(out: &serde_json::Value) -> String {
-    match out.get("release").and_then(|r| r.as_u64()) {
+fn print_ps(value: &Value) -> Result<()> {
+    let dynos: Vec<Dyno> = serde_json::from_value(value.get("dynos").cloned().unwrap_or(Value::Null))?;
+    if dynos.is_empty() {
+        println!("No dynos are running. Scale up with `skiff ps:scale web=1`, or push code.");
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let mut current = "";
+    for d in &dynos {
+        if d.process_type != current {
+            let count = dynos.iter().filter(|x| x.process_type == d.process_type).count();
+            println!("=== {} ({count}): {}", d.process_type, d.command);
+            current = &d.process_type;
+        }
+        println!("{}: {} {} ({} ago)", d.name, d.state, timestamp(d.since), ago(now - d.since));
+    }
+    Ok(())
+}
+
+fn login(token: Option<String>) -> Result<()> {
+    let base = std::env::var("SKIFF_API_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:5000".to_owned())
+        .trim_end_matches('/')
+        .to_owned();
+    let token = match token {
+        Some(t) => t,
+        None => {
+            eprint!("API token for {base}: ");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim().to_owned()
+        }
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = agent
+        .get(format!("{base}/account"))
+        .header("authorization", format!("Bearer {token}"))
+        .call()
+        .with_context(|| format!("cannot reach the Skiff API at {base}"))?;
+    if !resp.status().is_success() {
+        bail!("that token was refused by {base}");
+    }
+    let who: Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
+    let email = who.get("email").and_then(Value::as_str).unwrap_or("skiff").to_owned();
+    let path = skiff_platform::netrc::default_path().context("HOME is not set")?;
+    skiff_platform::netrc::upsert(&path, &host_of(&base), &email, &token)?;
+    eprintln!("Logged in as {email}");
+    Ok(())
+}
+
+fn release_suffix(out: &Value) -> String {
+    match out.get("release").and_then(Value::as_u64) {
         Some(v) => format!("done, v{v}"),
         None => "done".to_owned(),
     }
 }
 
-/// Adds (or repoints) the git remote, when run inside a repository.
-pub(crate) fn add_remote(remote: &str, url: &str) {
+/// A spinner on stderr while a call runs, when stderr is a terminal; a plain line otherwise.
+struct Spinner {
+    bar: Option<indicatif::ProgressBar>,
+    message: String,
+}
+
+impl Spinner {
+    fn start(message: String) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message(format!("{message}..."));
+            bar.enable_steady_tick(Duration::from_millis(100));
+            Self { bar: Some(bar), message }
+        } else {
+            eprint!("{message}... ");
+            Self { bar: None, message }
+        }
+    }
+
+    fn done(self, outcome: &str) {
+        match self.bar {
+            Some(bar) => bar.finish_with_message(format!("{}... {outcome}", self.message)),
+            None => eprintln!("{outcome}"),
+        }
+    }
+}
+
+/// Adds the git remote when run inside a repository; an existing one is repointed only when
+/// `replace` (a rename of the app it points to).
+pub(crate) fn add_remote(remote: &str, url: &str, replace: bool) {
     let inside = Process::new("git")
         .args(["rev-parse", "--git-dir"])
         .output()
@@ -207,23 +506,30 @@ pub(crate) fn add_remote(remote: &str, url: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
+    if exists && !replace {
+        eprintln!(" !    Git remote {remote} already exists and was left as it is; add this app with: git remote add NAME {url}");
+        return;
+    }
     let verb = if exists { "set-url" } else { "add" };
-    match Process::new("git")
-        .args(["remote", verb, remote, url])
-        .status()
-    {
-        Ok(s) if s.success() => eprintln!("Git remote {remote} added"),
-        _ => eprintln!(
-            " !    could not add the git remote {remote}; add it with: git remote add {remote} {url}"
-        ),
+    match Process::new("git").args(["remote", verb, remote, url]).status() {
+        Ok(s) if s.success() => eprintln!("Git remote {remote} {}", if exists { "updated" } else { "added" }),
+        _ => eprintln!(" !    could not add the git remote {remote}; add it with: git remote add {remote} {url}"),
+    }
+}
+
+fn ago(secs: i64) -> String {
+    match secs.max(0) {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
     }
 }
 
 /// `YYYY-MM-DD HH:MM:SS` UTC from Unix seconds.
-fn timestamp(secs: i64) -> String {
+pub(crate) fn timestamp(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the whole i64 day range used here.
+    // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -233,12 +539,7 @@ fn timestamp(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -249,5 +550,7 @@ mod tests {
     fn formats_timestamps() {
         assert_eq!(timestamp(0), "1970-01-01 00:00:00");
         assert_eq!(timestamp(1_795_873_600), "2026-11-28 13:46:40");
+        assert_eq!(ago(5), "5s");
+        assert_eq!(ago(7200), "2h");
     }
 }

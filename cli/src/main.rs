@@ -3,19 +3,21 @@
 mod client;
 mod commands;
 mod hook;
+mod run;
 mod up;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use commands::AppArg;
+
 #[derive(Parser)]
-#[command(
-    name = "skiff",
-    version,
-    about = "Skiff: git push your app, get it served as WebAssembly dynos"
-)]
+#[command(name = "skiff", version, about = "Skiff: git push your app, get it served as WebAssembly dynos")]
 struct Cli {
+    /// Print read commands' results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,16 +39,48 @@ enum Command {
     },
     /// Show an app's details.
     #[command(name = "apps:info")]
-    AppsInfo(commands::AppArg),
+    AppsInfo(AppArg),
+    /// Rename an app (its URL and git URL change; the `skiff` remote is updated).
+    #[command(name = "apps:rename")]
+    AppsRename {
+        #[command(flatten)]
+        app: AppArg,
+        /// The new name.
+        new_name: String,
+    },
+    /// Delete an app, its dynos, releases, config and repository.
+    #[command(name = "apps:destroy")]
+    AppsDestroy {
+        #[command(flatten)]
+        app: AppArg,
+        /// The app's name again, to confirm.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
     /// List an app's releases, newest first.
-    Releases(commands::AppArg),
+    Releases(AppArg),
+    /// Show one release.
+    #[command(name = "releases:info")]
+    ReleasesInfo {
+        #[command(flatten)]
+        app: AppArg,
+        /// The release (`v3` or `3`; default: the current one).
+        version: Option<String>,
+    },
+    /// Roll back to a previous release (default: the one before the current).
+    Rollback {
+        #[command(flatten)]
+        app: AppArg,
+        /// The release to return to (`v3` or `3`).
+        version: Option<String>,
+    },
     /// Show an app's config vars.
-    Config(commands::AppArg),
+    Config(AppArg),
     /// Print one config var's value.
     #[command(name = "config:get")]
     ConfigGet {
         #[command(flatten)]
-        app: commands::AppArg,
+        app: AppArg,
         /// The var's name.
         key: String,
     },
@@ -54,7 +88,7 @@ enum Command {
     #[command(name = "config:set")]
     ConfigSet {
         #[command(flatten)]
-        app: commands::AppArg,
+        app: AppArg,
         /// KEY=VALUE pairs.
         #[arg(required = true)]
         pairs: Vec<String>,
@@ -63,10 +97,77 @@ enum Command {
     #[command(name = "config:unset")]
     ConfigUnset {
         #[command(flatten)]
-        app: commands::AppArg,
+        app: AppArg,
         /// Names to remove.
         #[arg(required = true)]
         keys: Vec<String>,
+    },
+    /// List an app's dynos.
+    Ps(AppArg),
+    /// Scale process types: `ps:scale web=3 worker=1`.
+    #[command(name = "ps:scale")]
+    PsScale {
+        #[command(flatten)]
+        app: AppArg,
+        /// TYPE=COUNT pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Restart all dynos, or one (`web.1`).
+    #[command(name = "ps:restart")]
+    PsRestart {
+        #[command(flatten)]
+        app: AppArg,
+        /// The dyno to restart (default: all).
+        dyno: Option<String>,
+    },
+    /// Stop one dyno until the next restart, scale or release.
+    #[command(name = "ps:stop")]
+    PsStop {
+        #[command(flatten)]
+        app: AppArg,
+        /// The dyno (`web.2`, `worker.1`).
+        dyno: String,
+    },
+    /// Run a one-off dyno: `skiff run -a APP -- COMMAND ARGS...`.
+    Run(run::RunArgs),
+    /// Log in: check an API token and save it in ~/.netrc.
+    Login {
+        /// The token (prompted for when omitted).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Remove the saved token from ~/.netrc.
+    Logout,
+    /// Print the API token in use.
+    #[command(name = "auth:token")]
+    AuthToken,
+    /// Print who the token belongs to.
+    #[command(name = "auth:whoami")]
+    AuthWhoami,
+    /// Admin: create a user and print their API token (shown once).
+    #[command(name = "users:create")]
+    UsersCreate {
+        /// The user's email.
+        email: String,
+    },
+    /// List who can access an app.
+    Access(AppArg),
+    /// Give a user access to an app (push, deploy, config, scale).
+    #[command(name = "access:add")]
+    AccessAdd {
+        #[command(flatten)]
+        app: AppArg,
+        /// The user's email.
+        email: String,
+    },
+    /// Take a user's access to an app away.
+    #[command(name = "access:remove")]
+    AccessRemove {
+        #[command(flatten)]
+        app: AppArg,
+        /// The user's email.
+        email: String,
     },
     /// List the buildpacks this Skiff installs, in detection order.
     Buildpacks,
@@ -85,9 +186,19 @@ fn main() -> ExitCode {
         // tokio runtime), so it is dispatched before anything else.
         Command::Up(args) => up::run(args),
         Command::Hook { name } => return hook::run(&name),
+        Command::Run(args) => {
+            init_client_logging();
+            return match run::run(args) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!(" !    {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         other => {
             init_client_logging();
-            commands::run(other)
+            commands::run(other, cli.json)
         }
     };
     match result {

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json};
 use futures_util::TryStreamExt;
 use skiff_builder::BuildLog;
@@ -31,11 +31,20 @@ use skiff_core::BUILD_RESULT_MARKER as RESULT_MARKER;
 
 pub(crate) fn router(p: Shared) -> axum::Router {
     axum::Router::new()
+        .route("/account", get(account))
+        .route("/users", post(create_user))
         .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/{app}", get(app_info))
-        .route("/apps/{app}/releases", get(list_releases))
+        .route("/apps/{app}", get(app_info).patch(rename_app).delete(destroy_app))
+        .route("/apps/{app}/releases", get(list_releases).post(create_release))
+        .route("/apps/{app}/releases/{version}", get(release_info))
         .route("/apps/{app}/config", get(get_config).patch(patch_config))
         .route("/apps/{app}/builds", post(create_build))
+        .route("/apps/{app}/formation", get(list_dynos).patch(scale))
+        .route("/apps/{app}/dynos", get(list_dynos).post(crate::runs::create_run).delete(restart_all))
+        .route("/apps/{app}/dynos/{dyno}", delete(restart_dyno))
+        .route("/apps/{app}/dynos/{dyno}/actions/stop", post(stop_dyno))
+        .route("/apps/{app}/collaborators", get(list_collaborators).post(add_collaborator))
+        .route("/apps/{app}/collaborators/{email}", delete(remove_collaborator))
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
         .route("/{repo}/git-receive-pack", post(gitweb::service))
@@ -99,6 +108,8 @@ impl From<PlatformError> for ApiError {
     fn from(e: PlatformError) -> Self {
         let (status, id) = match &e {
             PlatformError::NoSuchApp(_) => (StatusCode::NOT_FOUND, "not_found"),
+            PlatformError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            PlatformError::ReleasePhase(_) => (StatusCode::UNPROCESSABLE_ENTITY, "release_failed"),
             PlatformError::AppExists(_) => (StatusCode::CONFLICT, "conflict"),
             PlatformError::Name(_) | PlatformError::BadRequest(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_params")
@@ -125,11 +136,30 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// The app, if `caller` may act on it (the admin, its owner, or a collaborator).
+pub(crate) fn authorize(p: &Platform, caller: &Caller, app: &str) -> Result<crate::AppRow, PlatformError> {
+    let row = p.state.app(app)?;
+    if p.state.can_access(&caller.0, &row)? || caller.0 == "git-push" {
+        Ok(row)
+    } else {
+        Err(PlatformError::Forbidden(app.to_owned()))
+    }
+}
+
+fn admin_only(caller: &Caller) -> Result<(), ApiError> {
+    if caller.0 == "admin" {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only the admin may do this"))
+    }
+}
 
 #[derive(serde::Serialize)]
 struct AppInfo {
     name: String,
+    owner: String,
     web_url: String,
     git_url: String,
     created_at: i64,
@@ -138,10 +168,13 @@ struct AppInfo {
     process_types: Vec<String>,
 }
 
-fn app_info_of(p: &Platform, name: &str, created_at: i64) -> ApiResult<AppInfo> {
+fn app_info_of(p: &Platform, row: &crate::AppRow) -> ApiResult<AppInfo> {
+    let name = row.name.as_str();
+    let created_at = row.created_at;
     let current = p.state.current_release(name)?;
     Ok(AppInfo {
         name: name.to_owned(),
+        owner: row.owner.clone(),
         web_url: p.config.app_url(name),
         git_url: p.config.git_url(name),
         created_at,
@@ -153,12 +186,13 @@ fn app_info_of(p: &Platform, name: &str, created_at: i64) -> ApiResult<AppInfo> 
     })
 }
 
-async fn list_apps(State(p): State<Shared>) -> ApiResult<Json<Vec<AppInfo>>> {
-    let apps = p.state.apps()?;
-    let infos = apps
-        .iter()
-        .map(|a| app_info_of(&p, &a.name, a.created_at))
-        .collect::<ApiResult<Vec<_>>>()?;
+async fn list_apps(State(p): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Vec<AppInfo>>> {
+    let mut infos = Vec::new();
+    for app in p.state.apps()? {
+        if p.state.can_access(&caller.0, &app)? {
+            infos.push(app_info_of(&p, &app)?);
+        }
+    }
     Ok(Json(infos))
 }
 
@@ -169,6 +203,7 @@ struct CreateApp {
 
 async fn create_app(
     State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
     body: Option<Json<CreateApp>>,
 ) -> ApiResult<(StatusCode, Json<AppInfo>)> {
     let requested = body.and_then(|Json(b)| b.name);
@@ -176,7 +211,7 @@ async fn create_app(
         Some(n) => AppName::parse(&n).map_err(PlatformError::from)?,
         None => random_name(&p)?,
     };
-    let row = p.state.create_app(&name)?;
+    let row = p.state.create_app(&name, &caller.0)?;
     skiff_builder::git::init_repo(&skiff_builder::git::repo_path(
         &p.repos_dir(),
         name.as_str(),
@@ -187,7 +222,7 @@ async fn create_app(
     tracing::info!(app = %name, "app created");
     Ok((
         StatusCode::CREATED,
-        Json(app_info_of(&p, &row.name, row.created_at)?),
+        Json(app_info_of(&p, &row)?),
     ))
 }
 
@@ -218,25 +253,336 @@ fn random_name(p: &Platform) -> Result<AppName, PlatformError> {
     ))
 }
 
-async fn app_info(State(p): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<AppInfo>> {
-    let row = p.state.app(&app)?;
-    Ok(Json(app_info_of(&p, &row.name, row.created_at)?))
+async fn app_info(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<AppInfo>> {
+    let row = authorize(&p, &caller, &app)?;
+    Ok(Json(app_info_of(&p, &row)?))
+}
+
+#[derive(serde::Deserialize)]
+struct Rename {
+    name: String,
+}
+
+async fn rename_app(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+    Json(body): Json<Rename>,
+) -> ApiResult<Json<AppInfo>> {
+    authorize(&p, &caller, &app)?;
+    let to = AppName::parse(&body.name).map_err(PlatformError::from)?;
+    let lock = p.app_lock(&app);
+    let _guard = lock.lock().await;
+    p.state.rename_app(&app, &to)?;
+    let from_repo = skiff_builder::git::repo_path(&p.repos_dir(), &app);
+    let to_repo = skiff_builder::git::repo_path(&p.repos_dir(), to.as_str());
+    if from_repo.exists() {
+        std::fs::rename(&from_repo, &to_repo).map_err(PlatformError::from)?;
+    }
+    let cache = p.config.data_dir.join("cache");
+    let _ = std::fs::rename(cache.join(&app), cache.join(to.as_str()));
+    p.dynos.remove_app(&app);
+    // The dynos carry the app's name in their environment: start them again under the new one.
+    deploy::restore(&p, to.as_str()).await?;
+    tracing::info!(from = %app, to = %to, "app renamed");
+    let row = p.state.app(to.as_str())?;
+    Ok(Json(app_info_of(&p, &row)?))
+}
+
+async fn destroy_app(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> ApiResult<StatusCode> {
+    let row = authorize(&p, &caller, &app)?;
+    if caller.0 != "admin" && caller.0 != row.owner {
+        return Err(PlatformError::Forbidden(app).into());
+    }
+    let lock = p.app_lock(&app);
+    let _guard = lock.lock().await;
+    let releases = p.state.releases(&app)?;
+    p.dynos.remove_app(&app);
+    p.state.destroy_app(&app)?;
+    let _ = std::fs::remove_dir_all(skiff_builder::git::repo_path(&p.repos_dir(), &app));
+    let _ = std::fs::remove_dir_all(p.config.data_dir.join("cache").join(&app));
+    // Slugs are shared by content: delete only those no remaining release refers to.
+    let in_use = p.state.all_slugs()?;
+    for r in releases {
+        if !in_use.contains(&r.slug) && p.slugs.contains(&r.slug) {
+            let _ = std::fs::remove_file(p.slugs.path(&r.slug));
+            let _ = std::fs::remove_dir_all(p.dynos.slug_dir(&r.slug));
+        }
+    }
+    tracing::info!(app, "app destroyed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Serialize)]
+struct ReleaseInfo {
+    #[serde(flatten)]
+    release: crate::ReleaseRow,
+    /// Whether the slug is still kept (rollback possible).
+    slug_available: bool,
+    current: bool,
+}
+
+fn release_info_of(p: &Platform, r: crate::ReleaseRow, current: bool) -> ReleaseInfo {
+    ReleaseInfo {
+        slug_available: p.slugs.contains(&r.slug),
+        current,
+        release: r,
+    }
 }
 
 async fn list_releases(
     State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
-) -> ApiResult<Json<Vec<crate::ReleaseRow>>> {
-    p.state.app(&app)?;
-    Ok(Json(p.state.releases(&app)?))
+) -> ApiResult<Json<Vec<ReleaseInfo>>> {
+    authorize(&p, &caller, &app)?;
+    let releases = p.state.releases(&app)?;
+    Ok(Json(
+        releases
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| release_info_of(&p, r, i == 0))
+            .collect(),
+    ))
+}
+
+async fn release_info(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((app, version)): Path<(String, String)>,
+) -> ApiResult<Json<ReleaseInfo>> {
+    authorize(&p, &caller, &app)?;
+    let wanted: u64 = version
+        .trim_start_matches('v')
+        .parse()
+        .map_err(|_| PlatformError::BadRequest(format!("{version} is not a release version (v1, v2, ...)")))?;
+    let releases = p.state.releases(&app)?;
+    let current = releases.first().map(|r| r.version);
+    let release = releases
+        .into_iter()
+        .find(|r| r.version == wanted)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{app} has no release v{wanted}")))?;
+    Ok(Json(release_info_of(&p, release, current == Some(wanted))))
+}
+
+#[derive(serde::Deserialize)]
+struct NewRelease {
+    /// Roll back to this version (`null`: the one before the current).
+    rollback: Option<u64>,
+}
+
+/// `POST /apps/{app}/releases {"rollback": N}`: a rollback is a new release.
+async fn create_release(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+    Json(body): Json<NewRelease>,
+) -> ApiResult<(StatusCode, Json<ReleaseInfo>)> {
+    authorize(&p, &caller, &app)?;
+    let release = deploy::rollback(&p, &app, body.rollback, &caller.0).await?;
+    Ok((StatusCode::CREATED, Json(release_info_of(&p, release, true))))
 }
 
 async fn get_config(
     State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<BTreeMap<String, String>>> {
-    p.state.app(&app)?;
+    authorize(&p, &caller, &app)?;
     Ok(Json(p.state.config(&app)?))
+}
+
+async fn list_dynos(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&p, &caller, &app)?;
+    let current = p.state.current_release(&app)?;
+    let formation = match &current {
+        Some(r) => deploy::quantities(&p, r)?,
+        None => BTreeMap::new(),
+    };
+    Ok(Json(serde_json::json!({
+        "formation": formation,
+        "dynos": p.dynos.ps(&app),
+    })))
+}
+
+/// `PATCH /apps/{app}/formation {"web": 3, "worker": 1}`.
+async fn scale(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+    Json(body): Json<BTreeMap<String, u32>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&p, &caller, &app)?;
+    let lock = p.app_lock(&app);
+    let _guard = lock.lock().await;
+    let release = p
+        .state
+        .current_release(&app)?
+        .ok_or_else(|| PlatformError::BadRequest(format!("{app} has no release yet: git push first")))?;
+    for (process_type, q) in &body {
+        if !release.manifest.process_types.contains_key(process_type) || process_type == "release" {
+            let types: Vec<_> = release
+                .manifest
+                .process_types
+                .keys()
+                .filter(|t| *t != "release")
+                .cloned()
+                .collect();
+            return Err(PlatformError::BadRequest(format!(
+                "no such process type {process_type} (this release has: {})",
+                types.join(", ")
+            ))
+            .into());
+        }
+        if *q > 100 {
+            return Err(PlatformError::BadRequest(format!("{process_type}={q}: at most 100 dynos per process type")).into());
+        }
+    }
+    p.state.set_quantities(&app, &body)?;
+    deploy::launch(&p, &release).await?;
+    tracing::info!(app, formation = ?body, "scaled");
+    Ok(Json(serde_json::json!({
+        "formation": deploy::quantities(&p, &release)?,
+        "dynos": p.dynos.ps(&app),
+    })))
+}
+
+async fn restart_all(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> ApiResult<StatusCode> {
+    authorize(&p, &caller, &app)?;
+    let lock = p.app_lock(&app);
+    let _guard = lock.lock().await;
+    if let Some(release) = p.state.current_release(&app)? {
+        deploy::launch(&p, &release).await?;
+    }
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn restart_dyno(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((app, dyno)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    authorize(&p, &caller, &app)?;
+    let lock = p.app_lock(&app);
+    let _guard = lock.lock().await;
+    p.dynos.restart_one(&app, &dyno).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn stop_dyno(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((app, dyno)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    authorize(&p, &caller, &app)?;
+    p.dynos.stop_one(&app, &dyno)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn account(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "email": caller.0 }))
+}
+
+#[derive(serde::Deserialize)]
+struct NewUser {
+    email: String,
+}
+
+/// Admin only: creates a user and returns their API token (shown once).
+async fn create_user(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewUser>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    admin_only(&caller)?;
+    let email = body.email.trim().to_owned();
+    let valid = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/');
+    if !valid {
+        return Err(PlatformError::BadRequest(format!("{email:?} is not an email address")).into());
+    }
+    let token = auth::new_token();
+    p.state.create_user(&email, &auth::hash_token(&token))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "email": email, "token": token })),
+    ))
+}
+
+async fn list_collaborators(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let row = authorize(&p, &caller, &app)?;
+    Ok(Json(serde_json::json!({
+        "owner": row.owner,
+        "collaborators": p.state.collaborators(&app)?,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct Collaborator {
+    email: String,
+}
+
+async fn add_collaborator(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+    Json(body): Json<Collaborator>,
+) -> ApiResult<StatusCode> {
+    let row = authorize(&p, &caller, &app)?;
+    if caller.0 != "admin" && caller.0 != row.owner {
+        return Err(PlatformError::Forbidden(app).into());
+    }
+    if !p.state.user_exists(&body.email)? {
+        return Err(PlatformError::BadRequest(format!(
+            "no user {}: the admin creates users with `skiff users:create EMAIL`",
+            body.email
+        ))
+        .into());
+    }
+    p.state.set_collaborator(&app, &body.email, true)?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn remove_collaborator(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path((app, email)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let row = authorize(&p, &caller, &app)?;
+    if caller.0 != "admin" && caller.0 != row.owner {
+        return Err(PlatformError::Forbidden(app).into());
+    }
+    if !p.state.set_collaborator(&app, &email, false)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{email} is not a collaborator on {app}"),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn patch_config(
@@ -245,7 +591,7 @@ async fn patch_config(
     Extension(caller): Extension<Caller>,
     Json(changes): Json<BTreeMap<String, Option<String>>>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    p.state.app(&app)?;
+    authorize(&p, &caller, &app)?;
     if changes.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -293,7 +639,7 @@ async fn create_build(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    p.state.app(&app)?;
+    authorize(&p, &caller, &app)?;
     // The hook acts for whoever pushed; only the hook's own token may say who that was.
     let by = match headers.get("x-skiff-pusher").and_then(|v| v.to_str().ok()) {
         Some(pusher) if caller.0 == "git-push" && !pusher.is_empty() => pusher.to_owned(),

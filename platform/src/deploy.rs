@@ -1,7 +1,8 @@
 //! Every change that moves an app to a new release goes through here: a push (build, then
-//! release), a config change (same slug, new config), and a platform restart (run what was
-//! last released). The order is always: prepare and start the new dynos, record the release,
-//! switch the routes, stop the old dynos. A failure before the record leaves the app as it was.
+//! release), a config change (same slug, new config), a rollback (an old slug and config), and
+//! a platform restart (run what was last released). The order is always: prepare the new
+//! release (unpack, compile), run its release phase, start its dynos, record it, switch the
+//! routes, stop the old dynos. A failure before the record leaves the app as it was.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +11,10 @@ use skiff_builder::{BuildLog, BuildRequest};
 use skiff_runtime::LoadedComponent;
 
 use crate::state::ReleaseRow;
-use crate::{Platform, PlatformError};
+use crate::{Platform, PlatformError, oneoff};
+
+/// How many releases keep their slugs, as Heroku keeps a rollback window.
+pub(crate) const KEEP_SLUGS: usize = 10;
 
 /// Brings back the app's last release after a restart.
 pub(crate) async fn restore(p: &Platform, app: &str) -> Result<(), PlatformError> {
@@ -24,29 +28,36 @@ pub(crate) async fn restore(p: &Platform, app: &str) -> Result<(), PlatformError
     }
 }
 
-/// Makes an already-recorded release the serving one.
+/// Starts the dynos of an already-recorded release and routes to them.
 pub(crate) async fn launch(p: &Platform, release: &ReleaseRow) -> Result<(), PlatformError> {
-    let (component, count) = prepare(p, release).await?;
-    let dynos = match component {
-        Some(component) if count > 0 => p.dynos.start_web(release, &component, count).await?,
-        _ => Vec::new(),
-    };
-    p.dynos.activate(&release.app, release.version, dynos);
+    let (component, quantities) = prepare(p, release).await?;
+    let formation = p.dynos.start(release, component, &quantities).await?;
+    p.dynos.activate(&release.app, formation);
     Ok(())
 }
 
-/// Unpacks the slug and loads its web component.
+/// Unpacks the slug, loads its web component and reads the formation.
 async fn prepare(
     p: &Platform,
     release: &ReleaseRow,
-) -> Result<(Option<LoadedComponent>, u32), PlatformError> {
+) -> Result<(Option<LoadedComponent>, BTreeMap<String, u32>), PlatformError> {
     ensure_unpacked(p, &release.slug).await?;
     let component = p.dynos.load_web(release).await?;
-    let count = p.state.quantity(&release.app, "web")?;
-    Ok((component, count))
+    Ok((component, quantities(p, release)?))
 }
 
-async fn ensure_unpacked(p: &Platform, slug: &str) -> Result<(), PlatformError> {
+/// How many dynos of each of the release's process types should run (never `release`).
+pub(crate) fn quantities(p: &Platform, release: &ReleaseRow) -> Result<BTreeMap<String, u32>, PlatformError> {
+    let mut out = BTreeMap::new();
+    for process_type in release.manifest.process_types.keys() {
+        if process_type != "release" {
+            out.insert(process_type.clone(), p.state.quantity(&release.app, process_type)?);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn ensure_unpacked(p: &Platform, slug: &str) -> Result<(), PlatformError> {
     let dir = p.dynos.slug_dir(slug);
     if dir.join("app").is_dir() {
         return Ok(());
@@ -61,6 +72,28 @@ async fn ensure_unpacked(p: &Platform, slug: &str) -> Result<(), PlatformError> 
     .await
     .map_err(|e| PlatformError::Io(std::io::Error::other(e)))??;
     Ok(())
+}
+
+/// Takes `draft` live: prepare, release phase, start dynos, `record`, switch, stop the old.
+async fn roll_out(
+    p: &Platform,
+    draft: &ReleaseRow,
+    log: &(dyn Fn(String) + Send + Sync),
+    record: impl FnOnce() -> Result<ReleaseRow, PlatformError>,
+) -> Result<ReleaseRow, PlatformError> {
+    let (component, quantities) = prepare(p, draft).await?;
+    oneoff::release_phase(p, draft, log).await?;
+    let formation = p.dynos.start(draft, component, &quantities).await?;
+    let release = match record() {
+        Ok(r) => r,
+        Err(e) => {
+            formation.abandon();
+            return Err(e);
+        }
+    };
+    p.dynos.activate(&release.app, formation);
+    prune_slugs(p, &release.app);
+    Ok(release)
 }
 
 /// Builds the source in `build_dir` and releases it. Output goes to `log`.
@@ -103,25 +136,12 @@ pub(crate) async fn build_and_release(
         created_by: by.to_owned(),
         created_at: 0,
     };
-    let (component, count) = prepare(p, &draft).await?;
-    let dynos = match component {
-        Some(component) if count > 0 => p.dynos.start_web(&draft, &component, count).await?,
-        _ => Vec::new(),
-    };
-    let release = match p
-        .state
-        .add_release(app, &built.digest, &built.manifest, &description, by)
-    {
-        Ok(r) => r,
-        Err(e) => {
-            for d in &dynos {
-                d.stop();
-            }
-            return Err(e);
-        }
-    };
-    p.dynos.activate(app, release.version, dynos);
-    Ok(release)
+    let write = |line: String| log.line(line);
+    roll_out(p, &draft, &write, || {
+        p.state
+            .add_release(app, &built.digest, &built.manifest, &description, by)
+    })
+    .await
 }
 
 /// Applies config changes; if the app is deployed, cuts a release and rolls the dynos.
@@ -133,16 +153,8 @@ pub(crate) async fn change_config(
 ) -> Result<Option<ReleaseRow>, PlatformError> {
     let lock = p.app_lock(app);
     let _guard = lock.lock().await;
-    let set: Vec<_> = changes
-        .iter()
-        .filter(|(_, v)| v.is_some())
-        .map(|(k, _)| k.as_str())
-        .collect();
-    let unset: Vec<_> = changes
-        .iter()
-        .filter(|(_, v)| v.is_none())
-        .map(|(k, _)| k.as_str())
-        .collect();
+    let set: Vec<_> = changes.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.as_str()).collect();
+    let unset: Vec<_> = changes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.as_str()).collect();
     let mut parts = Vec::new();
     if !set.is_empty() {
         parts.push(format!("Set {} config vars", set.join(", ")));
@@ -150,9 +162,91 @@ pub(crate) async fn change_config(
     if !unset.is_empty() {
         parts.push(format!("Remove {} config vars", unset.join(", ")));
     }
-    let release = p.state.change_config(app, changes, &parts.join("; "), by)?;
-    if let Some(release) = &release {
-        launch(p, release).await?;
+    let description = parts.join("; ");
+    let Some(current) = p.state.current_release(app)? else {
+        return p.state.change_config(app, changes, &description, by);
+    };
+    let mut config = p.state.config(app)?;
+    for (k, v) in changes {
+        match v {
+            Some(v) => config.insert(k.clone(), v.clone()),
+            None => config.remove(k),
+        };
     }
-    Ok(release)
+    let draft = ReleaseRow {
+        version: p.state.next_version(app)?,
+        config,
+        description: description.clone(),
+        created_by: by.to_owned(),
+        ..current
+    };
+    let release = roll_out(p, &draft, &|line| tracing::info!(app, "{line}"), || {
+        p.state
+            .change_config(app, changes, &description, by)?
+            .ok_or_else(|| PlatformError::BadRequest("the app has no release".into()))
+    })
+    .await?;
+    Ok(Some(release))
+}
+
+/// Rolls back to `target` (default: the release before the current one) by cutting a new
+/// release with that release's slug and config vars. Nothing is rebuilt.
+pub(crate) async fn rollback(p: &Platform, app: &str, target: Option<u64>, by: &str) -> Result<ReleaseRow, PlatformError> {
+    let lock = p.app_lock(app);
+    let _guard = lock.lock().await;
+    let releases = p.state.releases(app)?;
+    let current = releases
+        .first()
+        .ok_or_else(|| PlatformError::BadRequest(format!("{app} has no releases to roll back")))?;
+    let version = match target {
+        Some(v) => v,
+        None => current
+            .version
+            .checked_sub(1)
+            .filter(|v| *v > 0)
+            .ok_or_else(|| PlatformError::BadRequest(format!("{app} has only one release; nothing to roll back to")))?,
+    };
+    let old = releases
+        .iter()
+        .find(|r| r.version == version)
+        .ok_or_else(|| PlatformError::BadRequest(format!("{app} has no release v{version}")))?;
+    if !p.slugs.contains(&old.slug) {
+        return Err(PlatformError::BadRequest(format!(
+            "v{version}'s slug is no longer kept (Skiff keeps the slugs of the last {KEEP_SLUGS} releases); deploy that code again instead"
+        )));
+    }
+    let description = format!("Rollback to v{version}");
+    let draft = ReleaseRow {
+        version: p.state.next_version(app)?,
+        description: description.clone(),
+        created_by: by.to_owned(),
+        ..old.clone()
+    };
+    roll_out(p, &draft, &|line| tracing::info!(app, "{line}"), || {
+        p.state
+            .add_release_with_config(app, &old.slug, &old.manifest, &old.config, &description, by)
+    })
+    .await
+}
+
+/// Deletes slugs that only releases outside every app's rollback window use.
+fn prune_slugs(p: &Platform, app: &str) {
+    let result = (|| -> Result<(), PlatformError> {
+        let releases = p.state.releases(app)?;
+        if releases.len() <= KEEP_SLUGS {
+            return Ok(());
+        }
+        let keep = p.state.slugs_in_use(KEEP_SLUGS)?;
+        for old in &releases[KEEP_SLUGS..] {
+            if !keep.contains(&old.slug) && p.slugs.contains(&old.slug) {
+                std::fs::remove_file(p.slugs.path(&old.slug))?;
+                let _ = std::fs::remove_dir_all(p.dynos.slug_dir(&old.slug));
+                tracing::info!(app, slug = %old.slug, version = old.version, "pruned a slug outside the rollback window");
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(app, error = %e, "could not prune old slugs");
+    }
 }

@@ -1,34 +1,91 @@
-//! The running dynos of every app, and the routes that point at them. A new release's dynos
-//! are started first; only once they are up does the route table switch, and then the old
-//! dynos stop, so a deploy drops no request.
+//! The running dynos of every app (the formation), and the routes that point at them. A new
+//! release's dynos are started first; only once they are up does the route table switch, and
+//! then the old dynos stop, so a deploy drops no request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use skiff_core::ProcessKind;
 use skiff_router::{Backend, RouteTable};
-use skiff_runtime::{DynoHandle, DynoSpec, Limits, LoadedComponent, Runtime};
+use skiff_runtime::{CommandSpec, DynoHandle, DynoSpec, Exit, Limits, LoadedCommand, LoadedComponent, Output, Runtime};
+use tokio::sync::mpsc;
 
 use crate::PlatformError;
 use crate::state::ReleaseRow;
 
-struct Running {
-    release: u64,
-    dynos: Vec<DynoHandle>,
+/// What `skiff ps` shows of a dyno.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct DynoInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub process_type: String,
+    pub command: String,
+    pub state: String,
+    /// Unix seconds of the last state change.
+    pub since: i64,
+    pub release: u64,
+}
+
+enum Handle {
+    Web(DynoHandle),
+    Worker(tokio::task::AbortHandle),
+}
+
+struct Dyno {
+    info: Arc<Mutex<DynoInfo>>,
+    handle: Handle,
+}
+
+impl Dyno {
+    fn stop(&self) {
+        match &self.handle {
+            Handle::Web(h) => h.stop(),
+            Handle::Worker(h) => h.abort(),
+        }
+    }
+
+    fn name(&self) -> String {
+        lock(&self.info).name.clone()
+    }
+}
+
+/// A release's dynos, started but not necessarily routed yet.
+pub(crate) struct Formation {
+    release: ReleaseRow,
+    web: Option<LoadedComponent>,
+    dynos: Vec<Dyno>,
+}
+
+impl Formation {
+    /// Stops every dyno of a formation that never went live.
+    pub(crate) fn abandon(self) {
+        for d in &self.dynos {
+            d.stop();
+        }
+    }
 }
 
 pub(crate) struct Dynos {
     runtime: Runtime,
     routes: Arc<RouteTable>,
     apps_dir: PathBuf,
-    running: Mutex<HashMap<String, Running>>,
+    running: Mutex<HashMap<String, Formation>>,
     /// Loaded components by (slug, path): a rollback or config change reuses them.
     loaded: Mutex<HashMap<(String, String), LoadedComponent>>,
+    commands: Mutex<HashMap<(String, String), LoadedCommand>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 impl Dynos {
@@ -39,7 +96,12 @@ impl Dynos {
             apps_dir,
             running: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
+            commands: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// Where a slug is unpacked.
@@ -48,10 +110,7 @@ impl Dynos {
     }
 
     /// Compiles (or fetches from cache) the web component of `release`.
-    pub(crate) async fn load_web(
-        &self,
-        release: &ReleaseRow,
-    ) -> Result<Option<LoadedComponent>, PlatformError> {
+    pub(crate) async fn load_web(&self, release: &ReleaseRow) -> Result<Option<LoadedComponent>, PlatformError> {
         let Some(web) = release.manifest.process_types.get("web") else {
             return Ok(None);
         };
@@ -66,10 +125,7 @@ impl Dynos {
             return Ok(Some(found.clone()));
         }
         let runtime = self.runtime.clone();
-        let path = self
-            .slug_dir(&release.slug)
-            .join("app")
-            .join(&web.component);
+        let path = self.slug_dir(&release.slug).join("app").join(&web.component);
         let slug = release.slug.clone();
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&slug, &path))
             .await
@@ -78,60 +134,193 @@ impl Dynos {
         Ok(Some(loaded))
     }
 
-    /// Starts `count` web dynos of `release` without routing to them yet.
-    pub(crate) async fn start_web(
+    /// Compiles (or fetches from cache) a command component of the slug.
+    pub(crate) async fn load_command(&self, slug: &str, component: &std::path::Path) -> Result<LoadedCommand, PlatformError> {
+        let key = (slug.to_owned(), component.display().to_string());
+        if let Some(found) = lock(&self.commands).get(&key) {
+            return Ok(found.clone());
+        }
+        let runtime = self.runtime.clone();
+        let path = self.slug_dir(slug).join("app").join(component);
+        if !path.is_file() {
+            return Err(PlatformError::BadRequest(format!("{} is not in the slug", component.display())));
+        }
+        let slug_owned = slug.to_owned();
+        let loaded = tokio::task::spawn_blocking(move || runtime.load_command(&slug_owned, &path))
+            .await
+            .map_err(|e| PlatformError::Io(std::io::Error::other(e)))??;
+        lock(&self.commands).insert(key, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Starts the dynos `quantities` asks for (web and workers) without routing to them.
+    pub(crate) async fn start(
         &self,
         release: &ReleaseRow,
-        component: &LoadedComponent,
-        count: u32,
-    ) -> Result<Vec<DynoHandle>, PlatformError> {
-        let app_dir = self.slug_dir(&release.slug).join("app");
-        let mut started = Vec::new();
-        for i in 1..=count {
-            let name = format!("web.{i}");
-            let spec = DynoSpec {
-                app: release.app.clone(),
-                name: name.clone(),
-                release: release.version,
-                component: component.clone(),
-                env: dyno_env(release, &name),
-                app_dir: app_dir.clone(),
-                limits: Limits::default(),
-            };
-            match self.runtime.start_web_dyno(spec).await {
-                Ok(handle) => started.push(handle),
-                Err(e) => {
-                    for d in &started {
-                        d.stop();
+        web: Option<LoadedComponent>,
+        quantities: &BTreeMap<String, u32>,
+    ) -> Result<Formation, PlatformError> {
+        let mut formation = Formation {
+            release: release.clone(),
+            web,
+            dynos: Vec::new(),
+        };
+        for (process_type, count) in quantities {
+            for i in 1..=*count {
+                match self.spawn(&formation, process_type, i).await {
+                    Ok(d) => formation.dynos.push(d),
+                    Err(e) => {
+                        formation.abandon();
+                        return Err(e);
                     }
-                    return Err(e.into());
                 }
             }
         }
-        Ok(started)
+        Ok(formation)
     }
 
-    /// Routes the app to `dynos` (the new release) and stops whatever ran before.
-    pub(crate) fn activate(&self, app: &str, release: u64, dynos: Vec<DynoHandle>) {
-        let backends = dynos
-            .iter()
-            .map(|d| Backend {
-                dyno: d.name.clone(),
-                addr: d.addr,
-            })
-            .collect();
-        self.routes.set_app(app, backends);
-        let old = lock(&self.running).insert(app.to_owned(), Running { release, dynos });
+    async fn spawn(&self, formation: &Formation, process_type: &str, index: u32) -> Result<Dyno, PlatformError> {
+        let release = &formation.release;
+        let name = format!("{process_type}.{index}");
+        let spec = release
+            .manifest
+            .process_types
+            .get(process_type)
+            .ok_or_else(|| PlatformError::BadRequest(format!("no process type {process_type} in v{}", release.version)))?;
+        let info = Arc::new(Mutex::new(DynoInfo {
+            name: name.clone(),
+            process_type: process_type.to_owned(),
+            command: spec.command.clone(),
+            state: "starting".into(),
+            since: now(),
+            release: release.version,
+        }));
+        let app_dir = self.slug_dir(&release.slug).join("app");
+        if process_type == "web" {
+            let component = formation
+                .web
+                .clone()
+                .ok_or_else(|| PlatformError::Unrunnable("the release has no web component".into()))?;
+            let handle = self
+                .runtime
+                .start_web_dyno(DynoSpec {
+                    app: release.app.clone(),
+                    name: name.clone(),
+                    release: release.version,
+                    component,
+                    env: dyno_env(release, &name),
+                    app_dir,
+                    limits: Limits::default(),
+                })
+                .await?;
+            set_state(&info, "up");
+            return Ok(Dyno {
+                info,
+                handle: Handle::Web(handle),
+            });
+        }
+        if spec.kind != ProcessKind::Command {
+            return Err(PlatformError::Unrunnable(format!(
+                "{process_type} ({}) must be a wasi:cli command component to run as a worker",
+                spec.command
+            )));
+        }
+        let command = self.load_command(&release.slug, std::path::Path::new(&spec.component)).await?;
+        let mut argv = vec![spec.component.clone()];
+        argv.extend(spec.args.iter().cloned());
+        let run = CommandSpec {
+            app: release.app.clone(),
+            name: name.clone(),
+            command,
+            args: argv,
+            env: dyno_env(release, &name),
+            app_dir,
+            memory_bytes: Limits::default().memory_bytes,
+            timeout: Duration::from_secs(365 * 24 * 3600),
+        };
+        let task = tokio::spawn(supervise(self.runtime.clone(), run, info.clone()));
+        Ok(Dyno {
+            info,
+            handle: Handle::Worker(task.abort_handle()),
+        })
+    }
+
+    /// Routes the app to `formation`'s web dynos and stops whatever ran before.
+    pub(crate) fn activate(&self, app: &str, formation: Formation) {
+        self.routes.set_app(app, web_backends(&formation));
+        let old = lock(&self.running).insert(app.to_owned(), formation);
         if let Some(old) = old {
-            for d in old.dynos {
-                d.stop();
-            }
+            old.abandon();
         }
     }
 
     /// The release the app's dynos run, if any.
     pub(crate) fn running_release(&self, app: &str) -> Option<u64> {
-        lock(&self.running).get(app).map(|r| r.release)
+        lock(&self.running).get(app).map(|r| r.release.version)
+    }
+
+    /// What `ps` shows.
+    pub(crate) fn ps(&self, app: &str) -> Vec<DynoInfo> {
+        let running = lock(&self.running);
+        let mut out: Vec<DynoInfo> = running
+            .get(app)
+            .map(|f| f.dynos.iter().map(|d| lock(&d.info).clone()).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| (&a.process_type, a.name.len(), &a.name).cmp(&(&b.process_type, b.name.len(), &b.name)));
+        out
+    }
+
+    /// Restarts one dyno in place (same name, same release).
+    pub(crate) async fn restart_one(&self, app: &str, name: &str) -> Result<(), PlatformError> {
+        let (process_type, index, probe) = {
+            let running = lock(&self.running);
+            let formation = running.get(app).ok_or_else(|| PlatformError::BadRequest(format!("{app} has no running dynos")))?;
+            let dyno = formation
+                .dynos
+                .iter()
+                .find(|d| d.name() == name)
+                .ok_or_else(|| PlatformError::BadRequest(format!("no dyno {name} is running")))?;
+            let info = lock(&dyno.info).clone();
+            let index: u32 = name.rsplit('.').next().and_then(|i| i.parse().ok()).unwrap_or(1);
+            (
+                info.process_type,
+                index,
+                Formation {
+                    release: formation.release.clone(),
+                    web: formation.web.clone(),
+                    dynos: Vec::new(),
+                },
+            )
+        };
+        let fresh = self.spawn(&probe, &process_type, index).await?;
+        let mut running = lock(&self.running);
+        let Some(formation) = running.get_mut(app) else {
+            fresh.stop();
+            return Ok(());
+        };
+        if let Some(slot) = formation.dynos.iter_mut().find(|d| d.name() == name) {
+            let old = std::mem::replace(slot, fresh);
+            old.stop();
+        } else {
+            formation.dynos.push(fresh);
+        }
+        self.routes.set_app(app, web_backends(formation));
+        Ok(())
+    }
+
+    /// Stops one dyno until the next restart, scale or release.
+    pub(crate) fn stop_one(&self, app: &str, name: &str) -> Result<(), PlatformError> {
+        let mut running = lock(&self.running);
+        let formation = running.get_mut(app).ok_or_else(|| PlatformError::BadRequest(format!("{app} has no running dynos")))?;
+        let pos = formation
+            .dynos
+            .iter()
+            .position(|d| d.name() == name)
+            .ok_or_else(|| PlatformError::BadRequest(format!("no dyno {name} is running")))?;
+        let dyno = formation.dynos.remove(pos);
+        self.routes.set_app(app, web_backends(formation));
+        dyno.stop();
+        Ok(())
     }
 
     /// Routes an app that has no running dynos (a created app, or one without a web process).
@@ -141,28 +330,85 @@ impl Dynos {
         }
     }
 
+    /// Stops an app's dynos and forgets its routes (destroy, rename).
+    pub(crate) fn remove_app(&self, app: &str) {
+        self.routes.remove_app(app);
+        if let Some(f) = lock(&self.running).remove(app) {
+            f.abandon();
+        }
+    }
+
     /// Stops every dyno (platform shutdown).
     pub(crate) fn stop_all(&self) {
-        for (_, running) in lock(&self.running).drain() {
-            for d in running.dynos {
-                d.stop();
-            }
+        for (_, formation) in lock(&self.running).drain() {
+            formation.abandon();
         }
     }
 }
 
+fn web_backends(formation: &Formation) -> Vec<Backend> {
+    formation
+        .dynos
+        .iter()
+        .filter_map(|d| match &d.handle {
+            Handle::Web(h) => Some(Backend {
+                dyno: h.name.clone(),
+                addr: h.addr,
+            }),
+            Handle::Worker(_) => None,
+        })
+        .collect()
+}
+
+fn set_state(info: &Arc<Mutex<DynoInfo>>, state: &str) {
+    let mut i = lock(info);
+    i.state = state.to_owned();
+    i.since = now();
+}
+
+/// Keeps a worker running: a crash or exit restarts it after a backoff that doubles up to five
+/// minutes, and resets once a run has lasted a while (Heroku's crash-restart policy).
+async fn supervise(runtime: Runtime, spec: CommandSpec, info: Arc<Mutex<DynoInfo>>) {
+    const MAX_BACKOFF: Duration = Duration::from_secs(300);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        set_state(&info, "up");
+        let started = Instant::now();
+        let (tx, mut rx) = mpsc::channel(64);
+        let app = spec.app.clone();
+        let dyno = spec.name.clone();
+        let printer = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                let (Output::Stdout(b) | Output::Stderr(b)) = chunk;
+                for line in String::from_utf8_lossy(&b).lines() {
+                    tracing::info!(target: "skiff::app", app = %app, dyno = %dyno, "{line}");
+                }
+            }
+        });
+        let exit = runtime.run_command(spec.clone(), tx).await;
+        let _ = printer.await;
+        set_state(&info, "crashed");
+        match &exit {
+            Exit::Code(c) => tracing::warn!(app = %spec.app, dyno = %spec.name, code = c, "worker exited; restarting"),
+            other => tracing::warn!(app = %spec.app, dyno = %spec.name, exit = ?other, "worker crashed; restarting"),
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// A dyno's environment: the release's config vars, then Skiff's own (which win).
-fn dyno_env(release: &ReleaseRow, dyno: &str) -> Vec<(String, String)> {
+pub(crate) fn dyno_env(release: &ReleaseRow, dyno: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = release
         .config
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.push(("SKIFF_APP".into(), release.app.clone()));
-    env.push((
-        "SKIFF_RELEASE_VERSION".into(),
-        format!("v{}", release.version),
-    ));
+    env.push(("SKIFF_RELEASE_VERSION".into(), format!("v{}", release.version)));
     env.push(("DYNO".into(), dyno.to_owned()));
     env
 }

@@ -18,10 +18,10 @@ use crate::{Platform, PlatformError};
 
 type Shared = Arc<Platform>;
 
-fn app_of(p: &Platform, repo: &str) -> Result<String, ApiError> {
+fn app_of(p: &Platform, caller: &Caller, repo: &str) -> Result<String, ApiError> {
     let name = repo.strip_suffix(".git").unwrap_or(repo);
     let app = AppName::parse(name).map_err(PlatformError::from)?;
-    p.state.app(app.as_str())?;
+    crate::api::authorize(p, caller, app.as_str())?;
     Ok(app.to_string())
 }
 
@@ -54,7 +54,7 @@ async fn serve(
     req: Request,
     tail: &str,
 ) -> Result<Response, ApiError> {
-    let app = app_of(&p, &repo)?;
+    let app = app_of(&p, &caller, &repo)?;
     let root = p.repos_dir();
     let path = repo_path(&root, &app);
     if !path.join("HEAD").exists() {

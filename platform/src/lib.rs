@@ -7,6 +7,8 @@ mod auth;
 mod deploy;
 mod dynos;
 mod gitweb;
+mod oneoff;
+mod runs;
 pub mod netrc;
 mod state;
 
@@ -48,6 +50,12 @@ pub enum PlatformError {
     /// A release could not be started.
     #[error(transparent)]
     Runtime(#[from] skiff_runtime::RuntimeError),
+    /// The release phase failed; the release did not go live.
+    #[error("release phase failed: {0}")]
+    ReleasePhase(String),
+    /// The caller may not act on this app.
+    #[error("You do not have access to the app {0}")]
+    Forbidden(String),
     /// The release cannot run with today's runtime.
     #[error("{0}")]
     Unrunnable(String),

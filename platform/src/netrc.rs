@@ -29,13 +29,19 @@ pub fn lookup(path: &Path, host: &str) -> Option<String> {
     None
 }
 
-/// Sets (replacing any previous one) the entry for `host`, keeping every other entry.
-pub fn upsert(path: &Path, host: &str, login: &str, password: &str) -> std::io::Result<()> {
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
+/// Removes the entry for `host`, keeping every other entry.
+pub fn remove(path: &Path, host: &str) -> std::io::Result<()> {
+    let Ok(existing) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    crate::write_private(path, &without_host(&existing, host))
+}
+
+fn without_host(existing: &str, host: &str) -> String {
     let mut out = String::new();
     let mut skipping = false;
     // Entries are kept line by line; the one for `host` (in Skiff's one-line form or spread
-    // over several lines) is dropped and written again at the end.
+    // over several lines) is dropped.
     for line in existing.lines() {
         let first = line.split_whitespace().next();
         if first == Some("machine") || first == Some("default") {
@@ -46,6 +52,13 @@ pub fn upsert(path: &Path, host: &str, login: &str, password: &str) -> std::io::
             out.push('\n');
         }
     }
+    out
+}
+
+/// Sets (replacing any previous one) the entry for `host`, keeping every other entry.
+pub fn upsert(path: &Path, host: &str, login: &str, password: &str) -> std::io::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = without_host(&existing, host);
     out.push_str(&format!(
         "machine {host} login {login} password {password}\n"
     ));
@@ -65,5 +78,8 @@ mod tests {
         assert_eq!(lookup(&p, "127.0.0.1").as_deref(), Some("new"));
         assert_eq!(lookup(&p, "example.org").as_deref(), Some("one"));
         assert_eq!(lookup(&p, "other"), None);
+        remove(&p, "127.0.0.1").expect("remove");
+        assert_eq!(lookup(&p, "127.0.0.1"), None);
+        assert_eq!(lookup(&p, "example.org").as_deref(), Some("one"));
     }
 }

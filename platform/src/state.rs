@@ -12,7 +12,11 @@ use skiff_core::{AppName, SlugManifest};
 
 use crate::PlatformError;
 
-const SCHEMA: &str = "
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied. Never edit
+/// a shipped entry: append a new one.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS apps (
     name        TEXT PRIMARY KEY,
     created_at  INTEGER NOT NULL
@@ -47,6 +51,32 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 ";
 
+/// Users other than the admin, app owners, and collaborators.
+const SCHEMA_V2: &str = "
+ALTER TABLE apps ADD COLUMN owner TEXT NOT NULL DEFAULT 'admin';
+CREATE TABLE IF NOT EXISTS users (
+    email      TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS collaborators (
+    app   TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    email TEXT NOT NULL,
+    PRIMARY KEY (app, email)
+);
+";
+
+fn migrate(conn: &mut Connection) -> Result<(), PlatformError> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "state schema migrated");
+    }
+    Ok(())
+}
+
 /// One release as stored.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReleaseRow {
@@ -74,6 +104,8 @@ pub struct ReleaseRow {
 pub struct AppRow {
     /// The name.
     pub name: String,
+    /// Who created it (`admin` or a user's email).
+    pub owner: String,
     /// Unix seconds.
     pub created_at: i64,
 }
@@ -98,7 +130,8 @@ impl State {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = conn;
+        migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -129,17 +162,18 @@ impl State {
     }
 
     /// Creates an app; fails if the name is taken.
-    pub fn create_app(&self, name: &AppName) -> Result<AppRow, PlatformError> {
+    pub fn create_app(&self, name: &AppName, owner: &str) -> Result<AppRow, PlatformError> {
         let created_at = now();
         let inserted = self.db().execute(
-            "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?1, ?2)",
-            params![name.as_str(), created_at],
+            "INSERT OR IGNORE INTO apps (name, created_at, owner) VALUES (?1, ?2, ?3)",
+            params![name.as_str(), created_at, owner],
         )?;
         if inserted == 0 {
             return Err(PlatformError::AppExists(name.to_string()));
         }
         Ok(AppRow {
             name: name.to_string(),
+            owner: owner.to_owned(),
             created_at,
         })
     }
@@ -147,12 +181,13 @@ impl State {
     /// Lists apps by name.
     pub fn apps(&self) -> Result<Vec<AppRow>, PlatformError> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT name, created_at FROM apps ORDER BY name")?;
+        let mut stmt = db.prepare("SELECT name, created_at, owner FROM apps ORDER BY name")?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(AppRow {
                     name: r.get(0)?,
                     created_at: r.get(1)?,
+                    owner: r.get(2)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -163,12 +198,13 @@ impl State {
     pub fn app(&self, name: &str) -> Result<AppRow, PlatformError> {
         self.db()
             .query_row(
-                "SELECT name, created_at FROM apps WHERE name = ?1",
+                "SELECT name, created_at, owner FROM apps WHERE name = ?1",
                 [name],
                 |r| {
                     Ok(AppRow {
                         name: r.get(0)?,
                         created_at: r.get(1)?,
+                        owner: r.get(2)?,
                     })
                 },
             )
@@ -274,6 +310,172 @@ impl State {
         Ok(rows)
     }
 
+    /// Records a release of `slug` that also restores `config` as the app's config vars
+    /// (a rollback brings back the config it ran with).
+    pub fn add_release_with_config(
+        &self,
+        app: &str,
+        slug: &str,
+        manifest: &SlugManifest,
+        config: &BTreeMap<String, String>,
+        description: &str,
+        by: &str,
+    ) -> Result<ReleaseRow, PlatformError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("DELETE FROM config_vars WHERE app = ?1", [app])?;
+        for (k, v) in config {
+            tx.execute(
+                "INSERT INTO config_vars (app, key, value) VALUES (?1, ?2, ?3)",
+                params![app, k, v],
+            )?;
+        }
+        let row = insert_release_in(&tx, app, slug, manifest, config, description, by)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Slugs used by the newest `keep` releases of any app: these must stay stored.
+    pub fn slugs_in_use(&self, keep: usize) -> Result<std::collections::HashSet<String>, PlatformError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT slug FROM (SELECT slug, ROW_NUMBER() OVER (PARTITION BY app ORDER BY version DESC) AS n FROM releases) WHERE n <= ?1",
+        )?;
+        let rows = stmt
+            .query_map([keep as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Every slug any release refers to.
+    pub fn all_slugs(&self) -> Result<std::collections::HashSet<String>, PlatformError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT DISTINCT slug FROM releases")?;
+        let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Renames an app everywhere in one transaction.
+    pub fn rename_app(&self, from: &str, to: &AppName) -> Result<(), PlatformError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        // Child rows are updated after the parent inside the same transaction.
+        tx.pragma_update(None, "defer_foreign_keys", "ON")?;
+        let taken: Option<String> = tx
+            .query_row("SELECT name FROM apps WHERE name = ?1", [to.as_str()], |r| r.get(0))
+            .optional()?;
+        if taken.is_some() {
+            return Err(PlatformError::AppExists(to.to_string()));
+        }
+        let n = tx.execute("UPDATE apps SET name = ?2 WHERE name = ?1", params![from, to.as_str()])?;
+        if n == 0 {
+            return Err(PlatformError::NoSuchApp(from.to_owned()));
+        }
+        for table in APP_TABLES {
+            tx.execute(&format!("UPDATE {table} SET app = ?2 WHERE app = ?1"), params![from, to.as_str()])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes an app and everything recorded about it.
+    pub fn destroy_app(&self, name: &str) -> Result<(), PlatformError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for table in APP_TABLES {
+            tx.execute(&format!("DELETE FROM {table} WHERE app = ?1"), [name])?;
+        }
+        let n = tx.execute("DELETE FROM apps WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(PlatformError::NoSuchApp(name.to_owned()));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets how many dynos of each process type run.
+    pub fn set_quantities(&self, app: &str, quantities: &BTreeMap<String, u32>) -> Result<(), PlatformError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for (process_type, q) in quantities {
+            tx.execute(
+                "INSERT INTO formation (app, process_type, quantity) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (app, process_type) DO UPDATE SET quantity = excluded.quantity",
+                params![app, process_type, q],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Creates a user (not the admin); fails if the email is taken.
+    pub fn create_user(&self, email: &str, token_hash: &str) -> Result<(), PlatformError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO users (email, created_at) VALUES (?1, ?2)",
+            params![email, now()],
+        )?;
+        if inserted == 0 || email == "admin" {
+            return Err(PlatformError::BadRequest(format!("user {email} already exists")));
+        }
+        tx.execute(
+            "INSERT INTO tokens (hash, name, created_at) VALUES (?1, ?2, ?3)",
+            params![token_hash, email, now()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether `email` names a user.
+    pub fn user_exists(&self, email: &str) -> Result<bool, PlatformError> {
+        let found: Option<String> = self
+            .db()
+            .query_row("SELECT email FROM users WHERE email = ?1", [email], |r| r.get(0))
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// Collaborators of an app.
+    pub fn collaborators(&self, app: &str) -> Result<Vec<String>, PlatformError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT email FROM collaborators WHERE app = ?1 ORDER BY email")?;
+        let rows = stmt.query_map([app], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Adds or removes a collaborator.
+    pub fn set_collaborator(&self, app: &str, email: &str, present: bool) -> Result<bool, PlatformError> {
+        let n = if present {
+            self.db().execute(
+                "INSERT OR IGNORE INTO collaborators (app, email) VALUES (?1, ?2)",
+                params![app, email],
+            )?
+        } else {
+            self.db().execute(
+                "DELETE FROM collaborators WHERE app = ?1 AND email = ?2",
+                params![app, email],
+            )?
+        };
+        Ok(n > 0)
+    }
+
+    /// Whether `who` may see and change `app`: the admin, its owner, or a collaborator.
+    pub fn can_access(&self, who: &str, app: &AppRow) -> Result<bool, PlatformError> {
+        if who == "admin" || app.owner == who {
+            return Ok(true);
+        }
+        let found: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT email FROM collaborators WHERE app = ?1 AND email = ?2",
+                params![app.name, who],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
     /// How many dynos of `process_type` the app should run (web defaults to 1).
     pub fn quantity(&self, app: &str, process_type: &str) -> Result<u32, PlatformError> {
         let q: Option<i64> = self
@@ -288,6 +490,9 @@ impl State {
             .unwrap_or(if process_type == "web" { 1 } else { 0 }))
     }
 }
+
+/// Tables holding per-app rows, keyed by an `app` column.
+const APP_TABLES: &[&str] = &["releases", "config_vars", "formation", "collaborators"];
 
 const RELEASE_SELECT: &str = "SELECT app, version, slug, manifest, config, description, created_by, created_at FROM releases";
 

@@ -82,11 +82,11 @@ impl DynoHandle {
 
 /// Store data of one request's instance.
 pub(crate) struct DynoState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    hooks: ClosedOutbound,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) hooks: ClosedOutbound,
 }
 
 impl WasiView for DynoState {
@@ -109,7 +109,7 @@ impl WasiHttpView for DynoState {
 }
 
 /// Outbound HTTP is closed by default: a dyno reaches only what the platform grants it.
-struct ClosedOutbound;
+pub(crate) struct ClosedOutbound;
 
 type BoxFuture<T> = Box<dyn Future<Output = T> + Send>;
 

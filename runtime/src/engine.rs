@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::RuntimeError;
@@ -39,6 +40,12 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct LoadedComponent {
     pub(crate) pre: ProxyPre<DynoState>,
+}
+
+/// A command component (`wasi:cli/run`), compiled and linked.
+#[derive(Clone)]
+pub struct LoadedCommand {
+    pub(crate) pre: CommandPre<DynoState>,
 }
 
 impl Runtime {
@@ -103,5 +110,18 @@ impl Runtime {
             )
         })?;
         Ok(LoadedComponent { pre })
+    }
+
+    /// Loads a command component (`wasi:cli/run`) the same way as [`Runtime::load`].
+    pub fn load_command(&self, slug: &str, path: &Path) -> Result<LoadedCommand, RuntimeError> {
+        let component: Component = self.inner.cache.load(&self.inner.engine, slug, path)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::wasm("linking the component", e))?;
+        let pre = CommandPre::new(pre)
+            .map_err(|e| RuntimeError::wasm("the component does not export wasi:cli/run", e))?;
+        Ok(LoadedCommand { pre })
     }
 }

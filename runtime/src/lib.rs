@@ -7,11 +7,13 @@
 //! stall another.
 
 pub mod cache;
+pub mod command;
 pub mod dyno;
 pub mod engine;
 
 pub use dyno::{DynoHandle, DynoSpec, Limits};
-pub use engine::{LoadedComponent, Runtime};
+pub use command::{CommandSpec, Exit, Output};
+pub use engine::{LoadedCommand, LoadedComponent, Runtime};
 
 /// Errors from loading or running dynos.
 #[derive(Debug, thiserror::Error)]
