@@ -78,7 +78,12 @@ impl Client {
                 .delete(&url)
                 .header("authorization", format!("Bearer {}", self.token))
                 .call()
-                .with_context(|| format!("cannot reach the Skiff API at {}; is `skiff up` running?", self.base))?;
+                .with_context(|| {
+                    format!(
+                        "cannot reach the Skiff API at {}; is `skiff up` running?",
+                        self.base
+                    )
+                })?;
             return decode(resp);
         }
         let req = match method {
@@ -114,7 +119,11 @@ fn decode<T: DeserializeOwned>(mut resp: ureq::http::Response<ureq::Body>) -> Re
             .unwrap_or(text);
         bail!("{message}");
     }
-    let text = if text.trim().is_empty() { "null".to_owned() } else { text };
+    let text = if text.trim().is_empty() {
+        "null".to_owned()
+    } else {
+        text
+    };
     serde_json::from_str(&text).with_context(|| format!("unexpected API response: {text}"))
 }
 

@@ -31,7 +31,9 @@ impl AppArg {
             .context("running git")?;
         let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() || url.is_empty() {
-            bail!("no app specified: pass -a APP, or run inside a repository with a `skiff` git remote");
+            bail!(
+                "no app specified: pass -a APP, or run inside a repository with a `skiff` git remote"
+            );
         }
         let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
         Ok(last.strip_suffix(".git").unwrap_or(last).to_owned())
@@ -131,11 +133,15 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             println!("Git URL:         {}", a.git_url);
             println!(
                 "Release:         {}",
-                a.current_release.map(|v| format!("v{v}")).unwrap_or_else(|| "none (push to deploy)".into())
+                a.current_release
+                    .map(|v| format!("v{v}"))
+                    .unwrap_or_else(|| "none (push to deploy)".into())
             );
             println!(
                 "Running:         {}",
-                a.running_release.map(|v| format!("v{v}")).unwrap_or_else(|| "nothing".into())
+                a.running_release
+                    .map(|v| format!("v{v}"))
+                    .unwrap_or_else(|| "nothing".into())
             );
             println!("Process types:   {}", a.process_types.join(", "));
             Ok(())
@@ -144,14 +150,22 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let name = app.resolve()?;
             let client = Client::from_env()?;
             let spin = Spinner::start(format!("Renaming {name} to {new_name}"));
-            let a: AppInfo = client.send("PATCH", &format!("/apps/{name}"), &json!({ "name": new_name }))?;
+            let a: AppInfo = client.send(
+                "PATCH",
+                &format!("/apps/{name}"),
+                &json!({ "name": new_name }),
+            )?;
             spin.done("done");
             println!("{} | {}", a.web_url, a.git_url);
             // Heroku updates the remote of the repository the command runs in.
             let remote_matches = Process::new("git")
                 .args(["remote", "get-url", "skiff"])
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().ends_with(&format!("/{name}.git")))
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .ends_with(&format!("/{name}.git"))
+                })
                 .unwrap_or(false);
             if remote_matches {
                 add_remote("skiff", &a.git_url, true);
@@ -161,7 +175,9 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::AppsDestroy { app, confirm } => {
             let name = app.resolve()?;
             if confirm.as_deref() != Some(name.as_str()) {
-                bail!("this deletes {name}, its releases, config and repository; run again with --confirm {name}");
+                bail!(
+                    "this deletes {name}, its releases, config and repository; run again with --confirm {name}"
+                );
             }
             let client = Client::from_env()?;
             let spin = Spinner::start(format!("Destroying {name} (including all add-ons)"));
@@ -181,7 +197,11 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 None => println!("=== {name} Releases (none yet: git push skiff main)"),
             }
             for r in releases {
-                let gone = if r.slug_available { "" } else { "  (slug pruned)" };
+                let gone = if r.slug_available {
+                    ""
+                } else {
+                    "  (slug pruned)"
+                };
                 println!(
                     "v{:<4} {:<40} {:<22} {}{gone}",
                     r.version,
@@ -209,18 +229,29 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 return Ok(());
             }
             let r: Release = serde_json::from_value(value)?;
-            println!("=== Release v{}{}", r.version, if r.current { " (current)" } else { "" });
+            println!(
+                "=== Release v{}{}",
+                r.version,
+                if r.current { " (current)" } else { "" }
+            );
             println!("By:           {}", r.created_by);
             println!("Change:       {}", r.description);
             println!("When:         {}", timestamp(r.created_at));
             println!(
                 "Slug:         {}{}",
                 &r.slug[..r.slug.len().min(12)],
-                if r.slug_available { "" } else { " (pruned: rollback not possible)" }
+                if r.slug_available {
+                    ""
+                } else {
+                    " (pruned: rollback not possible)"
+                }
             );
             if let Some(types) = r.manifest.get("process_types").and_then(Value::as_object) {
                 for (t, spec) in types {
-                    println!("Process:      {t}: {}", spec.get("command").and_then(Value::as_str).unwrap_or(""));
+                    println!(
+                        "Process:      {t}: {}",
+                        spec.get("command").and_then(Value::as_str).unwrap_or("")
+                    );
                 }
             }
             Ok(())
@@ -235,10 +266,16 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 ),
                 None => None,
             };
-            let label = target.map(|v| format!("v{v}")).unwrap_or_else(|| "the previous release".into());
+            let label = target
+                .map(|v| format!("v{v}"))
+                .unwrap_or_else(|| "the previous release".into());
             let client = Client::from_env()?;
             let spin = Spinner::start(format!("Rolling back {name} to {label}"));
-            let r: Release = client.send("POST", &format!("/apps/{name}/releases"), &json!({ "rollback": target }))?;
+            let r: Release = client.send(
+                "POST",
+                &format!("/apps/{name}/releases"),
+                &json!({ "rollback": target }),
+            )?;
             spin.done(&format!("done, v{}", r.version));
             Ok(())
         }
@@ -258,7 +295,8 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         }
         Command::ConfigGet { app, key } => {
             let name = app.resolve()?;
-            let vars: BTreeMap<String, String> = Client::from_env()?.get(&format!("/apps/{name}/config"))?;
+            let vars: BTreeMap<String, String> =
+                Client::from_env()?.get(&format!("/apps/{name}/config"))?;
             if json_out(json, &json!(vars.get(&key)))? {
                 return Ok(());
             }
@@ -277,7 +315,11 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let keys: Vec<_> = changes.keys().cloned().collect();
             let client = Client::from_env()?;
             let spin = Spinner::start(format!("Setting {} and restarting {name}", keys.join(", ")));
-            let out: Value = client.send("PATCH", &format!("/apps/{name}/config"), &Value::Object(changes.clone()))?;
+            let out: Value = client.send(
+                "PATCH",
+                &format!("/apps/{name}/config"),
+                &Value::Object(changes.clone()),
+            )?;
             spin.done(&release_suffix(&out));
             for (k, v) in changes {
                 println!("{k}: {}", v.as_str().unwrap_or(""));
@@ -286,10 +328,18 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         }
         Command::ConfigUnset { app, keys } => {
             let name = app.resolve()?;
-            let changes: serde_json::Map<_, _> = keys.iter().map(|k| (k.clone(), Value::Null)).collect();
+            let changes: serde_json::Map<_, _> =
+                keys.iter().map(|k| (k.clone(), Value::Null)).collect();
             let client = Client::from_env()?;
-            let spin = Spinner::start(format!("Unsetting {} and restarting {name}", keys.join(", ")));
-            let out: Value = client.send("PATCH", &format!("/apps/{name}/config"), &Value::Object(changes))?;
+            let spin = Spinner::start(format!(
+                "Unsetting {} and restarting {name}",
+                keys.join(", ")
+            ));
+            let out: Value = client.send(
+                "PATCH",
+                &format!("/apps/{name}/config"),
+                &Value::Object(changes),
+            )?;
             spin.done(&release_suffix(&out));
             Ok(())
         }
@@ -308,12 +358,18 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 let (t, n) = pair
                     .split_once('=')
                     .with_context(|| format!("{pair:?} is not TYPE=COUNT"))?;
-                let n: u32 = n.parse().with_context(|| format!("{n:?} is not a number of dynos"))?;
+                let n: u32 = n
+                    .parse()
+                    .with_context(|| format!("{n:?} is not a number of dynos"))?;
                 body.insert(t.to_owned(), json!(n));
             }
             let client = Client::from_env()?;
             let spin = Spinner::start(format!("Scaling dynos on {name}"));
-            let out: Value = client.send("PATCH", &format!("/apps/{name}/formation"), &Value::Object(body))?;
+            let out: Value = client.send(
+                "PATCH",
+                &format!("/apps/{name}/formation"),
+                &Value::Object(body),
+            )?;
             let now: Vec<String> = out
                 .get("formation")
                 .and_then(Value::as_object)
@@ -338,16 +394,22 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             let name = app.resolve()?;
             let client = Client::from_env()?;
             let spin = Spinner::start(format!("Stopping {dyno} on {name}"));
-            let _: Value = client.send("POST", &format!("/apps/{name}/dynos/{dyno}/actions/stop"), &json!({}))?;
+            let _: Value = client.send(
+                "POST",
+                &format!("/apps/{name}/dynos/{dyno}/actions/stop"),
+                &json!({}),
+            )?;
             spin.done("done");
             Ok(())
         }
         Command::Login { token } => login(token),
         Command::Logout => {
-            let client_base = std::env::var("SKIFF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+            let client_base =
+                std::env::var("SKIFF_API_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
             let host = host_of(&client_base);
             let path = skiff_platform::netrc::default_path().context("HOME is not set")?;
-            skiff_platform::netrc::remove(&path, &host).with_context(|| format!("updating {}", path.display()))?;
+            skiff_platform::netrc::remove(&path, &host)
+                .with_context(|| format!("updating {}", path.display()))?;
             eprintln!("Logged out of {host}");
             Ok(())
         }
@@ -364,11 +426,14 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             Ok(())
         }
         Command::UsersCreate { email } => {
-            let out: Value = Client::from_env()?.send("POST", "/users", &json!({ "email": email }))?;
+            let out: Value =
+                Client::from_env()?.send("POST", "/users", &json!({ "email": email }))?;
             if json_out(json, &out)? {
                 return Ok(());
             }
-            eprintln!("Created user {email}. Their API token (shown once; they run `skiff login --token ...`):");
+            eprintln!(
+                "Created user {email}. Their API token (shown once; they run `skiff login --token ...`):"
+            );
             println!("{}", out.get("token").and_then(Value::as_str).unwrap_or(""));
             Ok(())
         }
@@ -379,8 +444,16 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 return Ok(());
             }
             println!("=== {name} Access");
-            println!("{:<40} owner", value.get("owner").and_then(Value::as_str).unwrap_or(""));
-            for c in value.get("collaborators").and_then(Value::as_array).into_iter().flatten() {
+            println!(
+                "{:<40} owner",
+                value.get("owner").and_then(Value::as_str).unwrap_or("")
+            );
+            for c in value
+                .get("collaborators")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 println!("{:<40} collaborator", c.as_str().unwrap_or(""));
             }
             Ok(())
@@ -388,23 +461,34 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::AccessAdd { app, email } => {
             let name = app.resolve()?;
             eprint!("Adding {email} access to the app {name}... ");
-            let _: Value = Client::from_env()?.send("POST", &format!("/apps/{name}/collaborators"), &json!({ "email": email }))?;
+            let _: Value = Client::from_env()?.send(
+                "POST",
+                &format!("/apps/{name}/collaborators"),
+                &json!({ "email": email }),
+            )?;
             eprintln!("done");
             Ok(())
         }
         Command::AccessRemove { app, email } => {
             let name = app.resolve()?;
             eprint!("Removing {email} access from the app {name}... ");
-            let _: Value = Client::from_env()?.send("DELETE", &format!("/apps/{name}/collaborators/{email}"), &Value::Null)?;
+            let _: Value = Client::from_env()?.send(
+                "DELETE",
+                &format!("/apps/{name}/collaborators/{email}"),
+                &Value::Null,
+            )?;
             eprintln!("done");
             Ok(())
         }
-        Command::Up(_) | Command::Hook { .. } | Command::Run(_) => unreachable!("dispatched in main"),
+        Command::Up(_) | Command::Hook { .. } | Command::Run(_) => {
+            unreachable!("dispatched in main")
+        }
     }
 }
 
 fn print_ps(value: &Value) -> Result<()> {
-    let dynos: Vec<Dyno> = serde_json::from_value(value.get("dynos").cloned().unwrap_or(Value::Null))?;
+    let dynos: Vec<Dyno> =
+        serde_json::from_value(value.get("dynos").cloned().unwrap_or(Value::Null))?;
     if dynos.is_empty() {
         println!("No dynos are running. Scale up with `skiff ps:scale web=1`, or push code.");
         return Ok(());
@@ -416,11 +500,20 @@ fn print_ps(value: &Value) -> Result<()> {
     let mut current = "";
     for d in &dynos {
         if d.process_type != current {
-            let count = dynos.iter().filter(|x| x.process_type == d.process_type).count();
+            let count = dynos
+                .iter()
+                .filter(|x| x.process_type == d.process_type)
+                .count();
             println!("=== {} ({count}): {}", d.process_type, d.command);
             current = &d.process_type;
         }
-        println!("{}: {} {} ({} ago)", d.name, d.state, timestamp(d.since), ago(now - d.since));
+        println!(
+            "{}: {} {} ({} ago)",
+            d.name,
+            d.state,
+            timestamp(d.since),
+            ago(now - d.since)
+        );
     }
     Ok(())
 }
@@ -439,7 +532,10 @@ fn login(token: Option<String>) -> Result<()> {
             line.trim().to_owned()
         }
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let mut resp = agent
         .get(format!("{base}/account"))
         .header("authorization", format!("Bearer {token}"))
@@ -449,7 +545,11 @@ fn login(token: Option<String>) -> Result<()> {
         bail!("that token was refused by {base}");
     }
     let who: Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
-    let email = who.get("email").and_then(Value::as_str).unwrap_or("skiff").to_owned();
+    let email = who
+        .get("email")
+        .and_then(Value::as_str)
+        .unwrap_or("skiff")
+        .to_owned();
     let path = skiff_platform::netrc::default_path().context("HOME is not set")?;
     skiff_platform::netrc::upsert(&path, &host_of(&base), &email, &token)?;
     eprintln!("Logged in as {email}");
@@ -475,7 +575,10 @@ impl Spinner {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_message(format!("{message}..."));
             bar.enable_steady_tick(Duration::from_millis(100));
-            Self { bar: Some(bar), message }
+            Self {
+                bar: Some(bar),
+                message,
+            }
         } else {
             eprint!("{message}... ");
             Self { bar: None, message }
@@ -507,13 +610,23 @@ pub(crate) fn add_remote(remote: &str, url: &str, replace: bool) {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if exists && !replace {
-        eprintln!(" !    Git remote {remote} already exists and was left as it is; add this app with: git remote add NAME {url}");
+        eprintln!(
+            " !    Git remote {remote} already exists and was left as it is; add this app with: git remote add NAME {url}"
+        );
         return;
     }
     let verb = if exists { "set-url" } else { "add" };
-    match Process::new("git").args(["remote", verb, remote, url]).status() {
-        Ok(s) if s.success() => eprintln!("Git remote {remote} {}", if exists { "updated" } else { "added" }),
-        _ => eprintln!(" !    could not add the git remote {remote}; add it with: git remote add {remote} {url}"),
+    match Process::new("git")
+        .args(["remote", verb, remote, url])
+        .status()
+    {
+        Ok(s) if s.success() => eprintln!(
+            "Git remote {remote} {}",
+            if exists { "updated" } else { "added" }
+        ),
+        _ => eprintln!(
+            " !    could not add the git remote {remote}; add it with: git remote add {remote} {url}"
+        ),
     }
 }
 
@@ -539,7 +652,12 @@ pub(crate) fn timestamp(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use commands::AppArg;
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "Skiff: git push your app, get it served as WebAssembly dynos")]
+#[command(
+    name = "skiff",
+    version,
+    about = "Skiff: git push your app, get it served as WebAssembly dynos"
+)]
 struct Cli {
     /// Print read commands' results as JSON.
     #[arg(long, global = true)]

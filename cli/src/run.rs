@@ -65,7 +65,10 @@ pub(crate) fn run(args: RunArgs) -> Result<u8> {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut reader, &mut text)?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        eprintln!("done, {}", v.get("name").and_then(Value::as_str).unwrap_or("run"));
+        eprintln!(
+            "done, {}",
+            v.get("name").and_then(Value::as_str).unwrap_or("run")
+        );
         eprintln!("Run `skiff logs -a {name}` to see its output.");
         return Ok(0);
     }
@@ -76,7 +79,8 @@ pub(crate) fn run(args: RunArgs) -> Result<u8> {
         if reader.read_line(&mut line)? == 0 {
             bail!("the connection to the platform ended before the run finished");
         }
-        let event: Value = serde_json::from_str(line.trim()).context("unexpected output from the platform")?;
+        let event: Value =
+            serde_json::from_str(line.trim()).context("unexpected output from the platform")?;
         if let Some(text) = event.get("stdout").and_then(Value::as_str) {
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes())?;

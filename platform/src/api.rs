@@ -34,17 +34,34 @@ pub(crate) fn router(p: Shared) -> axum::Router {
         .route("/account", get(account))
         .route("/users", post(create_user))
         .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/{app}", get(app_info).patch(rename_app).delete(destroy_app))
-        .route("/apps/{app}/releases", get(list_releases).post(create_release))
+        .route(
+            "/apps/{app}",
+            get(app_info).patch(rename_app).delete(destroy_app),
+        )
+        .route(
+            "/apps/{app}/releases",
+            get(list_releases).post(create_release),
+        )
         .route("/apps/{app}/releases/{version}", get(release_info))
         .route("/apps/{app}/config", get(get_config).patch(patch_config))
         .route("/apps/{app}/builds", post(create_build))
         .route("/apps/{app}/formation", get(list_dynos).patch(scale))
-        .route("/apps/{app}/dynos", get(list_dynos).post(crate::runs::create_run).delete(restart_all))
+        .route(
+            "/apps/{app}/dynos",
+            get(list_dynos)
+                .post(crate::runs::create_run)
+                .delete(restart_all),
+        )
         .route("/apps/{app}/dynos/{dyno}", delete(restart_dyno))
         .route("/apps/{app}/dynos/{dyno}/actions/stop", post(stop_dyno))
-        .route("/apps/{app}/collaborators", get(list_collaborators).post(add_collaborator))
-        .route("/apps/{app}/collaborators/{email}", delete(remove_collaborator))
+        .route(
+            "/apps/{app}/collaborators",
+            get(list_collaborators).post(add_collaborator),
+        )
+        .route(
+            "/apps/{app}/collaborators/{email}",
+            delete(remove_collaborator),
+        )
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
         .route("/{repo}/git-receive-pack", post(gitweb::service))
@@ -139,7 +156,11 @@ impl IntoResponse for ApiError {
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The app, if `caller` may act on it (the admin, its owner, or a collaborator).
-pub(crate) fn authorize(p: &Platform, caller: &Caller, app: &str) -> Result<crate::AppRow, PlatformError> {
+pub(crate) fn authorize(
+    p: &Platform,
+    caller: &Caller,
+    app: &str,
+) -> Result<crate::AppRow, PlatformError> {
     let row = p.state.app(app)?;
     if p.state.can_access(&caller.0, &row)? || caller.0 == "git-push" {
         Ok(row)
@@ -152,7 +173,11 @@ fn admin_only(caller: &Caller) -> Result<(), ApiError> {
     if caller.0 == "admin" {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only the admin may do this"))
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the admin may do this",
+        ))
     }
 }
 
@@ -186,7 +211,10 @@ fn app_info_of(p: &Platform, row: &crate::AppRow) -> ApiResult<AppInfo> {
     })
 }
 
-async fn list_apps(State(p): State<Shared>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Vec<AppInfo>>> {
+async fn list_apps(
+    State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<AppInfo>>> {
     let mut infos = Vec::new();
     for app in p.state.apps()? {
         if p.state.can_access(&caller.0, &app)? {
@@ -220,10 +248,7 @@ async fn create_app(
     .map_err(PlatformError::from)?;
     p.dynos.route_without_dynos(name.as_str());
     tracing::info!(app = %name, "app created");
-    Ok((
-        StatusCode::CREATED,
-        Json(app_info_of(&p, &row)?),
-    ))
+    Ok((StatusCode::CREATED, Json(app_info_of(&p, &row)?)))
 }
 
 fn random_name(p: &Platform) -> Result<AppName, PlatformError> {
@@ -360,16 +385,21 @@ async fn release_info(
     Path((app, version)): Path<(String, String)>,
 ) -> ApiResult<Json<ReleaseInfo>> {
     authorize(&p, &caller, &app)?;
-    let wanted: u64 = version
-        .trim_start_matches('v')
-        .parse()
-        .map_err(|_| PlatformError::BadRequest(format!("{version} is not a release version (v1, v2, ...)")))?;
+    let wanted: u64 = version.trim_start_matches('v').parse().map_err(|_| {
+        PlatformError::BadRequest(format!("{version} is not a release version (v1, v2, ...)"))
+    })?;
     let releases = p.state.releases(&app)?;
     let current = releases.first().map(|r| r.version);
     let release = releases
         .into_iter()
         .find(|r| r.version == wanted)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{app} has no release v{wanted}")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{app} has no release v{wanted}"),
+            )
+        })?;
     Ok(Json(release_info_of(&p, release, current == Some(wanted))))
 }
 
@@ -388,7 +418,10 @@ async fn create_release(
 ) -> ApiResult<(StatusCode, Json<ReleaseInfo>)> {
     authorize(&p, &caller, &app)?;
     let release = deploy::rollback(&p, &app, body.rollback, &caller.0).await?;
-    Ok((StatusCode::CREATED, Json(release_info_of(&p, release, true))))
+    Ok((
+        StatusCode::CREATED,
+        Json(release_info_of(&p, release, true)),
+    ))
 }
 
 async fn get_config(
@@ -427,10 +460,9 @@ async fn scale(
     authorize(&p, &caller, &app)?;
     let lock = p.app_lock(&app);
     let _guard = lock.lock().await;
-    let release = p
-        .state
-        .current_release(&app)?
-        .ok_or_else(|| PlatformError::BadRequest(format!("{app} has no release yet: git push first")))?;
+    let release = p.state.current_release(&app)?.ok_or_else(|| {
+        PlatformError::BadRequest(format!("{app} has no release yet: git push first"))
+    })?;
     for (process_type, q) in &body {
         if !release.manifest.process_types.contains_key(process_type) || process_type == "release" {
             let types: Vec<_> = release
@@ -447,7 +479,10 @@ async fn scale(
             .into());
         }
         if *q > 100 {
-            return Err(PlatformError::BadRequest(format!("{process_type}={q}: at most 100 dynos per process type")).into());
+            return Err(PlatformError::BadRequest(format!(
+                "{process_type}={q}: at most 100 dynos per process type"
+            ))
+            .into());
         }
     }
     p.state.set_quantities(&app, &body)?;
@@ -516,7 +551,9 @@ async fn create_user(
         && email
             .split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/');
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/');
     if !valid {
         return Err(PlatformError::BadRequest(format!("{email:?} is not an email address")).into());
     }

@@ -47,11 +47,17 @@ async fn prepare(
 }
 
 /// How many dynos of each of the release's process types should run (never `release`).
-pub(crate) fn quantities(p: &Platform, release: &ReleaseRow) -> Result<BTreeMap<String, u32>, PlatformError> {
+pub(crate) fn quantities(
+    p: &Platform,
+    release: &ReleaseRow,
+) -> Result<BTreeMap<String, u32>, PlatformError> {
     let mut out = BTreeMap::new();
     for process_type in release.manifest.process_types.keys() {
         if process_type != "release" {
-            out.insert(process_type.clone(), p.state.quantity(&release.app, process_type)?);
+            out.insert(
+                process_type.clone(),
+                p.state.quantity(&release.app, process_type)?,
+            );
         }
     }
     Ok(out)
@@ -153,8 +159,16 @@ pub(crate) async fn change_config(
 ) -> Result<Option<ReleaseRow>, PlatformError> {
     let lock = p.app_lock(app);
     let _guard = lock.lock().await;
-    let set: Vec<_> = changes.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.as_str()).collect();
-    let unset: Vec<_> = changes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.as_str()).collect();
+    let set: Vec<_> = changes
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let unset: Vec<_> = changes
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| k.as_str())
+        .collect();
     let mut parts = Vec::new();
     if !set.is_empty() {
         parts.push(format!("Set {} config vars", set.join(", ")));
@@ -191,7 +205,12 @@ pub(crate) async fn change_config(
 
 /// Rolls back to `target` (default: the release before the current one) by cutting a new
 /// release with that release's slug and config vars. Nothing is rebuilt.
-pub(crate) async fn rollback(p: &Platform, app: &str, target: Option<u64>, by: &str) -> Result<ReleaseRow, PlatformError> {
+pub(crate) async fn rollback(
+    p: &Platform,
+    app: &str,
+    target: Option<u64>,
+    by: &str,
+) -> Result<ReleaseRow, PlatformError> {
     let lock = p.app_lock(app);
     let _guard = lock.lock().await;
     let releases = p.state.releases(app)?;
@@ -204,7 +223,11 @@ pub(crate) async fn rollback(p: &Platform, app: &str, target: Option<u64>, by: &
             .version
             .checked_sub(1)
             .filter(|v| *v > 0)
-            .ok_or_else(|| PlatformError::BadRequest(format!("{app} has only one release; nothing to roll back to")))?,
+            .ok_or_else(|| {
+                PlatformError::BadRequest(format!(
+                    "{app} has only one release; nothing to roll back to"
+                ))
+            })?,
     };
     let old = releases
         .iter()
@@ -223,8 +246,14 @@ pub(crate) async fn rollback(p: &Platform, app: &str, target: Option<u64>, by: &
         ..old.clone()
     };
     roll_out(p, &draft, &|line| tracing::info!(app, "{line}"), || {
-        p.state
-            .add_release_with_config(app, &old.slug, &old.manifest, &old.config, &description, by)
+        p.state.add_release_with_config(
+            app,
+            &old.slug,
+            &old.manifest,
+            &old.config,
+            &description,
+            by,
+        )
     })
     .await
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use skiff_core::ProcessKind;
 use skiff_router::{Backend, RouteTable};
-use skiff_runtime::{CommandSpec, DynoHandle, DynoSpec, Exit, Limits, LoadedCommand, LoadedComponent, Output, Runtime};
+use skiff_runtime::{
+    CommandSpec, DynoHandle, DynoSpec, Exit, Limits, LoadedCommand, LoadedComponent, Output,
+    Runtime,
+};
 use tokio::sync::mpsc;
 
 use crate::PlatformError;
@@ -110,7 +113,10 @@ impl Dynos {
     }
 
     /// Compiles (or fetches from cache) the web component of `release`.
-    pub(crate) async fn load_web(&self, release: &ReleaseRow) -> Result<Option<LoadedComponent>, PlatformError> {
+    pub(crate) async fn load_web(
+        &self,
+        release: &ReleaseRow,
+    ) -> Result<Option<LoadedComponent>, PlatformError> {
         let Some(web) = release.manifest.process_types.get("web") else {
             return Ok(None);
         };
@@ -125,7 +131,10 @@ impl Dynos {
             return Ok(Some(found.clone()));
         }
         let runtime = self.runtime.clone();
-        let path = self.slug_dir(&release.slug).join("app").join(&web.component);
+        let path = self
+            .slug_dir(&release.slug)
+            .join("app")
+            .join(&web.component);
         let slug = release.slug.clone();
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&slug, &path))
             .await
@@ -135,7 +144,11 @@ impl Dynos {
     }
 
     /// Compiles (or fetches from cache) a command component of the slug.
-    pub(crate) async fn load_command(&self, slug: &str, component: &std::path::Path) -> Result<LoadedCommand, PlatformError> {
+    pub(crate) async fn load_command(
+        &self,
+        slug: &str,
+        component: &std::path::Path,
+    ) -> Result<LoadedCommand, PlatformError> {
         let key = (slug.to_owned(), component.display().to_string());
         if let Some(found) = lock(&self.commands).get(&key) {
             return Ok(found.clone());
@@ -143,7 +156,10 @@ impl Dynos {
         let runtime = self.runtime.clone();
         let path = self.slug_dir(slug).join("app").join(component);
         if !path.is_file() {
-            return Err(PlatformError::BadRequest(format!("{} is not in the slug", component.display())));
+            return Err(PlatformError::BadRequest(format!(
+                "{} is not in the slug",
+                component.display()
+            )));
         }
         let slug_owned = slug.to_owned();
         let loaded = tokio::task::spawn_blocking(move || runtime.load_command(&slug_owned, &path))
@@ -179,14 +195,24 @@ impl Dynos {
         Ok(formation)
     }
 
-    async fn spawn(&self, formation: &Formation, process_type: &str, index: u32) -> Result<Dyno, PlatformError> {
+    async fn spawn(
+        &self,
+        formation: &Formation,
+        process_type: &str,
+        index: u32,
+    ) -> Result<Dyno, PlatformError> {
         let release = &formation.release;
         let name = format!("{process_type}.{index}");
         let spec = release
             .manifest
             .process_types
             .get(process_type)
-            .ok_or_else(|| PlatformError::BadRequest(format!("no process type {process_type} in v{}", release.version)))?;
+            .ok_or_else(|| {
+                PlatformError::BadRequest(format!(
+                    "no process type {process_type} in v{}",
+                    release.version
+                ))
+            })?;
         let info = Arc::new(Mutex::new(DynoInfo {
             name: name.clone(),
             process_type: process_type.to_owned(),
@@ -197,10 +223,9 @@ impl Dynos {
         }));
         let app_dir = self.slug_dir(&release.slug).join("app");
         if process_type == "web" {
-            let component = formation
-                .web
-                .clone()
-                .ok_or_else(|| PlatformError::Unrunnable("the release has no web component".into()))?;
+            let component = formation.web.clone().ok_or_else(|| {
+                PlatformError::Unrunnable("the release has no web component".into())
+            })?;
             let handle = self
                 .runtime
                 .start_web_dyno(DynoSpec {
@@ -225,7 +250,9 @@ impl Dynos {
                 spec.command
             )));
         }
-        let command = self.load_command(&release.slug, std::path::Path::new(&spec.component)).await?;
+        let command = self
+            .load_command(&release.slug, std::path::Path::new(&spec.component))
+            .await?;
         let mut argv = vec![spec.component.clone()];
         argv.extend(spec.args.iter().cloned());
         let run = CommandSpec {
@@ -266,7 +293,9 @@ impl Dynos {
             .get(app)
             .map(|f| f.dynos.iter().map(|d| lock(&d.info).clone()).collect())
             .unwrap_or_default();
-        out.sort_by(|a, b| (&a.process_type, a.name.len(), &a.name).cmp(&(&b.process_type, b.name.len(), &b.name)));
+        out.sort_by(|a, b| {
+            (&a.process_type, a.name.len(), &a.name).cmp(&(&b.process_type, b.name.len(), &b.name))
+        });
         out
     }
 
@@ -274,14 +303,20 @@ impl Dynos {
     pub(crate) async fn restart_one(&self, app: &str, name: &str) -> Result<(), PlatformError> {
         let (process_type, index, probe) = {
             let running = lock(&self.running);
-            let formation = running.get(app).ok_or_else(|| PlatformError::BadRequest(format!("{app} has no running dynos")))?;
+            let formation = running
+                .get(app)
+                .ok_or_else(|| PlatformError::BadRequest(format!("{app} has no running dynos")))?;
             let dyno = formation
                 .dynos
                 .iter()
                 .find(|d| d.name() == name)
                 .ok_or_else(|| PlatformError::BadRequest(format!("no dyno {name} is running")))?;
             let info = lock(&dyno.info).clone();
-            let index: u32 = name.rsplit('.').next().and_then(|i| i.parse().ok()).unwrap_or(1);
+            let index: u32 = name
+                .rsplit('.')
+                .next()
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(1);
             (
                 info.process_type,
                 index,
@@ -311,7 +346,9 @@ impl Dynos {
     /// Stops one dyno until the next restart, scale or release.
     pub(crate) fn stop_one(&self, app: &str, name: &str) -> Result<(), PlatformError> {
         let mut running = lock(&self.running);
-        let formation = running.get_mut(app).ok_or_else(|| PlatformError::BadRequest(format!("{app} has no running dynos")))?;
+        let formation = running
+            .get_mut(app)
+            .ok_or_else(|| PlatformError::BadRequest(format!("{app} has no running dynos")))?;
         let pos = formation
             .dynos
             .iter()
@@ -389,8 +426,12 @@ async fn supervise(runtime: Runtime, spec: CommandSpec, info: Arc<Mutex<DynoInfo
         let _ = printer.await;
         set_state(&info, "crashed");
         match &exit {
-            Exit::Code(c) => tracing::warn!(app = %spec.app, dyno = %spec.name, code = c, "worker exited; restarting"),
-            other => tracing::warn!(app = %spec.app, dyno = %spec.name, exit = ?other, "worker crashed; restarting"),
+            Exit::Code(c) => {
+                tracing::warn!(app = %spec.app, dyno = %spec.name, code = c, "worker exited; restarting")
+            }
+            other => {
+                tracing::warn!(app = %spec.app, dyno = %spec.name, exit = ?other, "worker crashed; restarting")
+            }
         }
         if started.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_secs(1);
@@ -408,7 +449,10 @@ pub(crate) fn dyno_env(release: &ReleaseRow, dyno: &str) -> Vec<(String, String)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.push(("SKIFF_APP".into(), release.app.clone()));
-    env.push(("SKIFF_RELEASE_VERSION".into(), format!("v{}", release.version)));
+    env.push((
+        "SKIFF_RELEASE_VERSION".into(),
+        format!("v{}", release.version),
+    ));
     env.push(("DYNO".into(), dyno.to_owned()));
     env
 }

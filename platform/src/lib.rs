@@ -7,9 +7,9 @@ mod auth;
 mod deploy;
 mod dynos;
 mod gitweb;
+pub mod netrc;
 mod oneoff;
 mod runs;
-pub mod netrc;
 mod state;
 
 use std::net::SocketAddr;

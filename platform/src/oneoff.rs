@@ -19,12 +19,21 @@ pub(crate) const RELEASE_PHASE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Finds what `command args...` means for this release: a process type from the Procfile
 /// (its arguments first), a component path in the app, or `bin/<command>.wasm` (the way a
 /// shell finds programs on PATH).
-pub(crate) fn resolve(release: &ReleaseRow, app_dir: &Path, command: &str, args: &[String]) -> Result<(PathBuf, Vec<String>), PlatformError> {
+pub(crate) fn resolve(
+    release: &ReleaseRow,
+    app_dir: &Path,
+    command: &str,
+    args: &[String],
+) -> Result<(PathBuf, Vec<String>), PlatformError> {
     let (component, mut argv) = if let Some(spec) = release.manifest.process_types.get(command) {
         (spec.component.clone(), spec.args.clone())
     } else {
         let (first, rest) = split_command(command);
-        let candidates = [first.clone(), format!("bin/{first}.wasm"), format!("bin/{first}")];
+        let candidates = [
+            first.clone(),
+            format!("bin/{first}.wasm"),
+            format!("bin/{first}"),
+        ];
         let found = candidates
             .into_iter()
             .find(|c| relative(c).is_some_and(|rel| app_dir.join(rel).is_file()));
@@ -39,7 +48,9 @@ pub(crate) fn resolve(release: &ReleaseRow, app_dir: &Path, command: &str, args:
             }
         }
     };
-    let rel = relative(&component).ok_or_else(|| PlatformError::BadRequest(format!("{component}: path must stay inside the app")))?;
+    let rel = relative(&component).ok_or_else(|| {
+        PlatformError::BadRequest(format!("{component}: path must stay inside the app"))
+    })?;
     argv.extend(args.iter().cloned());
     argv.insert(0, component.clone());
     Ok((rel, argv))
@@ -85,7 +96,11 @@ pub(crate) async fn run(
 
 /// Runs the Procfile's `release` process, if any, writing its output as build lines. An
 /// error means the release must not go live.
-pub(crate) async fn release_phase(p: &Platform, release: &ReleaseRow, log: &(dyn Fn(String) + Send + Sync)) -> Result<(), PlatformError> {
+pub(crate) async fn release_phase(
+    p: &Platform,
+    release: &ReleaseRow,
+    log: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), PlatformError> {
     let Some(spec) = release.manifest.process_types.get("release") else {
         return Ok(());
     };
@@ -93,7 +108,15 @@ pub(crate) async fn release_phase(p: &Platform, release: &ReleaseRow, log: &(dyn
     let app_dir = p.dynos.slug_dir(&release.slug).join("app");
     let (component, argv) = resolve(release, &app_dir, "release", &[])?;
     let (tx, mut rx) = mpsc::channel(64);
-    let run = run(p, release, "release", &component, argv, RELEASE_PHASE_TIMEOUT, tx);
+    let run = run(
+        p,
+        release,
+        "release",
+        &component,
+        argv,
+        RELEASE_PHASE_TIMEOUT,
+        tx,
+    );
     tokio::pin!(run);
     let mut pending = String::new();
     let exit = loop {
@@ -120,7 +143,10 @@ pub(crate) async fn release_phase(p: &Platform, release: &ReleaseRow, log: &(dyn
         Exit::Code(0) => Ok(()),
         other => Err(PlatformError::ReleasePhase(match other {
             Exit::Code(c) => format!("exited with status {c}"),
-            Exit::TimedOut => format!("ran longer than {} minutes", RELEASE_PHASE_TIMEOUT.as_secs() / 60),
+            Exit::TimedOut => format!(
+                "ran longer than {} minutes",
+                RELEASE_PHASE_TIMEOUT.as_secs() / 60
+            ),
             Exit::Trapped(t) => format!("crashed: {}", t.lines().next().unwrap_or_default()),
         })),
     }

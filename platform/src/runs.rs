@@ -37,10 +37,9 @@ pub(crate) async fn create_run(
     Json(req): Json<RunRequest>,
 ) -> ApiResult<Response> {
     authorize(&p, &caller, &app)?;
-    let release = p
-        .state
-        .current_release(&app)?
-        .ok_or_else(|| PlatformError::BadRequest(format!("{app} has no release yet: git push first")))?;
+    let release = p.state.current_release(&app)?.ok_or_else(|| {
+        PlatformError::BadRequest(format!("{app} has no release yet: git push first"))
+    })?;
     deploy::ensure_unpacked(&p, &release.slug).await?;
     let app_dir = p.dynos.slug_dir(&release.slug).join("app");
     let (component, argv) = oneoff::resolve(&release, &app_dir, &req.command, &req.args)?;
@@ -58,7 +57,10 @@ pub(crate) async fn create_run(
     let platform = p.clone();
     let task_name = name.clone();
     let handle = tokio::spawn(async move {
-        oneoff::run(&platform, &release, &task_name, &component, argv, timeout, tx).await
+        oneoff::run(
+            &platform, &release, &task_name, &component, argv, timeout, tx,
+        )
+        .await
     });
 
     if req.detach {
@@ -72,12 +74,22 @@ pub(crate) async fn create_run(
                 }
             }
             match handle.await {
-                Ok(Ok(exit)) => tracing::info!(app = %app_name, dyno = %dyno, code = exit.code(), "one-off dyno finished"),
-                Ok(Err(e)) => tracing::warn!(app = %app_name, dyno = %dyno, error = %e, "one-off dyno failed"),
-                Err(e) => tracing::warn!(app = %app_name, dyno = %dyno, error = %e, "one-off dyno task failed"),
+                Ok(Ok(exit)) => {
+                    tracing::info!(app = %app_name, dyno = %dyno, code = exit.code(), "one-off dyno finished")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(app = %app_name, dyno = %dyno, error = %e, "one-off dyno failed")
+                }
+                Err(e) => {
+                    tracing::warn!(app = %app_name, dyno = %dyno, error = %e, "one-off dyno task failed")
+                }
             }
         });
-        return Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "name": name, "detached": true }))).into_response());
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "name": name, "detached": true })),
+        )
+            .into_response());
     }
 
     let events = async_stream(rx, handle, name.clone());
@@ -109,8 +121,17 @@ fn async_stream(
                         Ok(Ok(exit)) => {
                             let mut v = serde_json::json!({ "exit": exit.code() });
                             match exit {
-                                Exit::TimedOut => v["error"] = "the run reached its time limit and was stopped".into(),
-                                Exit::Trapped(t) => v["error"] = format!("{name} crashed: {}", t.lines().next().unwrap_or_default()).into(),
+                                Exit::TimedOut => {
+                                    v["error"] =
+                                        "the run reached its time limit and was stopped".into()
+                                }
+                                Exit::Trapped(t) => {
+                                    v["error"] = format!(
+                                        "{name} crashed: {}",
+                                        t.lines().next().unwrap_or_default()
+                                    )
+                                    .into()
+                                }
                                 Exit::Code(_) => {}
                             }
                             v

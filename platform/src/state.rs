@@ -336,7 +336,10 @@ impl State {
     }
 
     /// Slugs used by the newest `keep` releases of any app: these must stay stored.
-    pub fn slugs_in_use(&self, keep: usize) -> Result<std::collections::HashSet<String>, PlatformError> {
+    pub fn slugs_in_use(
+        &self,
+        keep: usize,
+    ) -> Result<std::collections::HashSet<String>, PlatformError> {
         let db = self.db();
         let mut stmt = db.prepare(
             "SELECT slug FROM (SELECT slug, ROW_NUMBER() OVER (PARTITION BY app ORDER BY version DESC) AS n FROM releases) WHERE n <= ?1",
@@ -351,7 +354,9 @@ impl State {
     pub fn all_slugs(&self) -> Result<std::collections::HashSet<String>, PlatformError> {
         let db = self.db();
         let mut stmt = db.prepare("SELECT DISTINCT slug FROM releases")?;
-        let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
@@ -362,17 +367,27 @@ impl State {
         // Child rows are updated after the parent inside the same transaction.
         tx.pragma_update(None, "defer_foreign_keys", "ON")?;
         let taken: Option<String> = tx
-            .query_row("SELECT name FROM apps WHERE name = ?1", [to.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT name FROM apps WHERE name = ?1",
+                [to.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
         if taken.is_some() {
             return Err(PlatformError::AppExists(to.to_string()));
         }
-        let n = tx.execute("UPDATE apps SET name = ?2 WHERE name = ?1", params![from, to.as_str()])?;
+        let n = tx.execute(
+            "UPDATE apps SET name = ?2 WHERE name = ?1",
+            params![from, to.as_str()],
+        )?;
         if n == 0 {
             return Err(PlatformError::NoSuchApp(from.to_owned()));
         }
         for table in APP_TABLES {
-            tx.execute(&format!("UPDATE {table} SET app = ?2 WHERE app = ?1"), params![from, to.as_str()])?;
+            tx.execute(
+                &format!("UPDATE {table} SET app = ?2 WHERE app = ?1"),
+                params![from, to.as_str()],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -394,7 +409,11 @@ impl State {
     }
 
     /// Sets how many dynos of each process type run.
-    pub fn set_quantities(&self, app: &str, quantities: &BTreeMap<String, u32>) -> Result<(), PlatformError> {
+    pub fn set_quantities(
+        &self,
+        app: &str,
+        quantities: &BTreeMap<String, u32>,
+    ) -> Result<(), PlatformError> {
         let mut db = self.db();
         let tx = db.transaction()?;
         for (process_type, q) in quantities {
@@ -417,7 +436,9 @@ impl State {
             params![email, now()],
         )?;
         if inserted == 0 || email == "admin" {
-            return Err(PlatformError::BadRequest(format!("user {email} already exists")));
+            return Err(PlatformError::BadRequest(format!(
+                "user {email} already exists"
+            )));
         }
         tx.execute(
             "INSERT INTO tokens (hash, name, created_at) VALUES (?1, ?2, ?3)",
@@ -431,7 +452,9 @@ impl State {
     pub fn user_exists(&self, email: &str) -> Result<bool, PlatformError> {
         let found: Option<String> = self
             .db()
-            .query_row("SELECT email FROM users WHERE email = ?1", [email], |r| r.get(0))
+            .query_row("SELECT email FROM users WHERE email = ?1", [email], |r| {
+                r.get(0)
+            })
             .optional()?;
         Ok(found.is_some())
     }
@@ -439,13 +462,21 @@ impl State {
     /// Collaborators of an app.
     pub fn collaborators(&self, app: &str) -> Result<Vec<String>, PlatformError> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT email FROM collaborators WHERE app = ?1 ORDER BY email")?;
-        let rows = stmt.query_map([app], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut stmt =
+            db.prepare("SELECT email FROM collaborators WHERE app = ?1 ORDER BY email")?;
+        let rows = stmt
+            .query_map([app], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
     /// Adds or removes a collaborator.
-    pub fn set_collaborator(&self, app: &str, email: &str, present: bool) -> Result<bool, PlatformError> {
+    pub fn set_collaborator(
+        &self,
+        app: &str,
+        email: &str,
+        present: bool,
+    ) -> Result<bool, PlatformError> {
         let n = if present {
             self.db().execute(
                 "INSERT OR IGNORE INTO collaborators (app, email) VALUES (?1, ?2)",
@@ -596,9 +627,9 @@ mod tests {
         let app = AppName::parse("hello").expect("name");
         {
             let s = State::open(&path).expect("open");
-            s.create_app(&app).expect("create");
+            s.create_app(&app, "admin").expect("create");
             assert!(matches!(
-                s.create_app(&app),
+                s.create_app(&app, "admin"),
                 Err(PlatformError::AppExists(_))
             ));
             let mut changes = BTreeMap::new();

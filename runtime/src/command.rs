@@ -90,7 +90,11 @@ impl Runtime {
     }
 }
 
-async fn run(spec: &CommandSpec, stdout: tokio::io::DuplexStream, stderr: tokio::io::DuplexStream) -> Exit {
+async fn run(
+    spec: &CommandSpec,
+    stdout: tokio::io::DuplexStream,
+    stderr: tokio::io::DuplexStream,
+) -> Exit {
     let mut wasi = WasiCtx::builder();
     wasi.envs(&spec.env)
         .args(&spec.args)
@@ -150,7 +154,12 @@ async fn forward(
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if open && to.send(wrap(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                if open
+                    && to
+                        .send(wrap(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                {
                     // Keep draining so the guest never blocks on a reader that left.
                     open = false;
                 }

@@ -11,8 +11,8 @@ pub mod command;
 pub mod dyno;
 pub mod engine;
 
-pub use dyno::{DynoHandle, DynoSpec, Limits};
 pub use command::{CommandSpec, Exit, Output};
+pub use dyno::{DynoHandle, DynoSpec, Limits};
 pub use engine::{LoadedCommand, LoadedComponent, Runtime};
 
 /// Errors from loading or running dynos.

@@ -138,6 +138,47 @@ impl Skiff {
         Ok(())
     }
 
+    /// Kills the platform with SIGKILL, as a crash or an OOM kill would.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the CLI as another user: its own HOME and an explicit token.
+    pub fn cli_as(&self, token: &str, cwd: &Path, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(SKIFF);
+        self.env(&mut cmd);
+        let home = self
+            .dir
+            .path()
+            .join(format!("home-{}", &token[..8.min(token.len())]));
+        std::fs::create_dir_all(&home)?;
+        Ok(cmd
+            .current_dir(cwd)
+            .env("HOME", home)
+            .env("SKIFF_API_TOKEN", token)
+            .args(args)
+            .output()?)
+    }
+
+    /// A git command with the platform's environment, not yet started.
+    pub fn git_command(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("git");
+        self.env(&mut cmd);
+        cmd.current_dir(cwd)
+            .args([
+                "-c",
+                "user.name=Skiff Test",
+                "-c",
+                "user.email=test@skiff.invalid",
+            ])
+            .args(args);
+        cmd
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -322,4 +363,14 @@ pub fn set_greeting(repo: &Path, greeting: &str) -> Result<()> {
     );
     std::fs::write(path, updated)?;
     Ok(())
+}
+
+/// Stdout of a command as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr of a command as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
