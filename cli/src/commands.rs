@@ -18,7 +18,7 @@ pub(crate) struct AppArg {
 }
 
 impl AppArg {
-    fn resolve(&self) -> Result<String> {
+    pub(crate) fn resolve(&self) -> Result<String> {
         if let Some(a) = &self.app {
             return Ok(a.clone());
         }
@@ -181,6 +181,10 @@ pub(crate) fn run(cmd: Command) -> Result<()> {
             eprintln!("{}", release_suffix(&out));
             Ok(())
         }
+        Command::Logs(args) => crate::logs::run(args),
+        Command::Drains(app) => crate::logs::list_drains(app),
+        Command::DrainsAdd { app, url } => crate::logs::add_drain(app, &url),
+        Command::DrainsRemove { app, url } => crate::logs::remove_drain(app, &url),
         Command::Up(_) | Command::Hook { .. } => unreachable!("dispatched in main"),
     }
 }

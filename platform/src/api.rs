@@ -16,6 +16,7 @@ use skiff_builder::BuildLog;
 use skiff_core::{AppName, ConfigKey};
 use tokio::io::AsyncWriteExt;
 
+use crate::logs::Source;
 use crate::{Platform, PlatformError, auth, deploy, gitweb};
 
 type Shared = Arc<Platform>;
@@ -36,6 +37,7 @@ pub(crate) fn router(p: Shared) -> axum::Router {
         .route("/apps/{app}/releases", get(list_releases))
         .route("/apps/{app}/config", get(get_config).patch(patch_config))
         .route("/apps/{app}/builds", post(create_build))
+        .merge(crate::logs::routes())
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
         .route("/{repo}/git-receive-pack", post(gitweb::service))
@@ -321,7 +323,19 @@ async fn create_build(
     .map_err(|e| PlatformError::Io(std::io::Error::other(e)))?
     .map_err(|e| PlatformError::BadRequest(format!("the pushed source could not be read: {e}")))?;
 
-    let (log, rx) = BuildLog::channel();
+    let (log, mut build_rx) = BuildLog::channel();
+    // Build output goes to the app's logs too, even if the pusher hangs up mid-build.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let hub = p.logs.clone();
+    let log_app = app.clone();
+    tokio::spawn(async move {
+        while let Some(line) = build_rx.recv().await {
+            if !line.starts_with(RESULT_MARKER) {
+                hub.push(&log_app, Source::Build, "build", &line);
+            }
+            let _ = tx.send(line);
+        }
+    });
     let platform = p.clone();
     tokio::spawn(async move {
         let outcome = deploy::build_and_release(&platform, &app, &src, commit, &by, &log).await;

@@ -9,8 +9,22 @@ use std::path::Path;
 use skiff_builder::{BuildLog, BuildRequest};
 use skiff_runtime::LoadedComponent;
 
+use crate::logs::Source;
 use crate::state::ReleaseRow;
 use crate::{Platform, PlatformError};
+
+/// Tells the app's logs about a recorded release, as Heroku's API does.
+fn log_release(p: &Platform, release: &ReleaseRow) {
+    p.logs.push(
+        &release.app,
+        Source::Platform,
+        "api",
+        &format!(
+            "Release v{} created by {}",
+            release.version, release.created_by
+        ),
+    );
+}
 
 /// Brings back the app's last release after a restart.
 pub(crate) async fn restore(p: &Platform, app: &str) -> Result<(), PlatformError> {
@@ -120,6 +134,7 @@ pub(crate) async fn build_and_release(
             return Err(e);
         }
     };
+    log_release(p, &release);
     p.dynos.activate(app, release.version, dynos);
     Ok(release)
 }
@@ -152,6 +167,7 @@ pub(crate) async fn change_config(
     }
     let release = p.state.change_config(app, changes, &parts.join("; "), by)?;
     if let Some(release) = &release {
+        log_release(p, release);
         launch(p, release).await?;
     }
     Ok(release)

@@ -11,6 +11,7 @@ use skiff_router::{Backend, RouteTable};
 use skiff_runtime::{DynoHandle, DynoSpec, Limits, LoadedComponent, Runtime};
 
 use crate::PlatformError;
+use crate::logs::{LogHub, Source};
 use crate::state::ReleaseRow;
 
 struct Running {
@@ -22,6 +23,7 @@ pub(crate) struct Dynos {
     runtime: Runtime,
     routes: Arc<RouteTable>,
     apps_dir: PathBuf,
+    logs: Arc<LogHub>,
     running: Mutex<HashMap<String, Running>>,
     /// Loaded components by (slug, path): a rollback or config change reuses them.
     loaded: Mutex<HashMap<(String, String), LoadedComponent>>,
@@ -32,11 +34,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Dynos {
-    pub(crate) fn new(runtime: Runtime, routes: Arc<RouteTable>, apps_dir: PathBuf) -> Self {
+    pub(crate) fn new(
+        runtime: Runtime,
+        routes: Arc<RouteTable>,
+        apps_dir: PathBuf,
+        logs: Arc<LogHub>,
+    ) -> Self {
         Self {
             runtime,
             routes,
             apps_dir,
+            logs,
             running: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
         }
@@ -97,6 +105,7 @@ impl Dynos {
                 env: dyno_env(release, &name),
                 app_dir: app_dir.clone(),
                 limits: Limits::default(),
+                log: self.logs.clone(),
             };
             match self.runtime.start_web_dyno(spec).await {
                 Ok(handle) => started.push(handle),
@@ -121,10 +130,24 @@ impl Dynos {
             })
             .collect();
         self.routes.set_app(app, backends);
+        for d in &dynos {
+            self.logs.push(
+                app,
+                Source::Platform,
+                &d.name,
+                &format!("State changed from starting to up (v{release})"),
+            );
+        }
         let old = lock(&self.running).insert(app.to_owned(), Running { release, dynos });
         if let Some(old) = old {
             for d in old.dynos {
                 d.stop();
+                self.logs.push(
+                    app,
+                    Source::Platform,
+                    &d.name,
+                    &format!("State changed from up to down (v{} replaced)", old.release),
+                );
             }
         }
     }
@@ -143,8 +166,10 @@ impl Dynos {
 
     /// Stops every dyno (platform shutdown).
     pub(crate) fn stop_all(&self) {
-        for (_, running) in lock(&self.running).drain() {
+        for (app, running) in lock(&self.running).drain() {
             for d in running.dynos {
+                self.logs
+                    .push(&app, Source::Platform, &d.name, "Stopping all processes");
                 d.stop();
             }
         }

@@ -10,7 +10,7 @@ pub mod cache;
 pub mod dyno;
 pub mod engine;
 
-pub use dyno::{DynoHandle, DynoSpec, Limits};
+pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
 pub use engine::{LoadedComponent, Runtime};
 
 /// Errors from loading or running dynos.
