@@ -106,6 +106,65 @@ impl Client {
     }
 }
 
+impl Client {
+    /// GET with query parameters, returning the body as a stream (for long responses like
+    /// `logs --tail`).
+    pub(crate) fn get_reader(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<impl std::io::Read + use<>> {
+        let mut req = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token));
+        for (k, v) in query {
+            req = req.query(*k, v);
+        }
+        let mut resp = req.call().with_context(|| {
+            format!(
+                "cannot reach the Skiff API at {}; is `skiff up` running?",
+                self.base
+            )
+        })?;
+        if !resp.status().is_success() {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            bail!("{}", error_message(text));
+        }
+        Ok(resp.into_body().into_reader())
+    }
+
+    /// DELETE with query parameters.
+    pub(crate) fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let mut req = self
+            .agent
+            .delete(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token));
+        for (k, v) in query {
+            req = req.query(*k, v);
+        }
+        let resp = req.call().with_context(|| {
+            format!(
+                "cannot reach the Skiff API at {}; is `skiff up` running?",
+                self.base
+            )
+        })?;
+        decode(resp)
+    }
+}
+
+/// The API's `{"message"}`, or the raw text when the body is not an API error.
+fn error_message(text: String) -> String {
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or(text)
+}
+
 fn decode<T: DeserializeOwned>(mut resp: ureq::http::Response<ureq::Body>) -> Result<T> {
     let status = resp.status();
     let text = resp
@@ -113,11 +172,7 @@ fn decode<T: DeserializeOwned>(mut resp: ureq::http::Response<ureq::Body>) -> Re
         .read_to_string()
         .context("reading the API response")?;
     if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or(text);
-        bail!("{message}");
+        bail!("{}", error_message(text));
     }
     let text = if text.trim().is_empty() {
         "null".to_owned()

@@ -480,6 +480,10 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             eprintln!("done");
             Ok(())
         }
+        Command::Logs(args) => crate::logs::run(args),
+        Command::Drains(app) => crate::logs::list_drains(app),
+        Command::DrainsAdd { app, url } => crate::logs::add_drain(app, &url),
+        Command::DrainsRemove { app, url } => crate::logs::remove_drain(app, &url),
         Command::Up(_) | Command::Hook { .. } | Command::Run(_) => {
             unreachable!("dispatched in main")
         }

@@ -3,6 +3,7 @@
 mod client;
 mod commands;
 mod hook;
+mod logs;
 mod run;
 mod up;
 
@@ -172,6 +173,26 @@ enum Command {
         app: AppArg,
         /// The user's email.
         email: String,
+    },
+    /// Show an app's recent log lines; with --tail, keep printing new ones.
+    Logs(logs::LogsArgs),
+    /// List an app's log drains.
+    Drains(commands::AppArg),
+    /// Send an app's logs to a syslog+tcp:// or http:// URL.
+    #[command(name = "drains:add")]
+    DrainsAdd {
+        #[command(flatten)]
+        app: commands::AppArg,
+        /// syslog+tcp://HOST:PORT or http://HOST[:PORT]/PATH
+        url: String,
+    },
+    /// Stop sending an app's logs to a URL.
+    #[command(name = "drains:remove")]
+    DrainsRemove {
+        #[command(flatten)]
+        app: commands::AppArg,
+        /// The drain's URL, as `skiff drains` lists it.
+        url: String,
     },
     /// List the buildpacks this Skiff installs, in detection order.
     Buildpacks,

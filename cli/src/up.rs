@@ -6,7 +6,7 @@ use std::process::Command as Process;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use skiff_platform::PlatformConfig;
+use skiff_platform::{Logs, PlatformConfig};
 use skiff_router::{RouteTable, RouterConfig};
 
 #[derive(clap::Args, Debug)]
@@ -56,12 +56,15 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     }
 
     // Pingora owns its threads and runtimes: start it before any tokio runtime exists.
+    // The router writes each request's line to the app's logs, so the hub exists first too.
     let routes = Arc::new(RouteTable::new(&config.domain));
+    let logs = Logs::new();
     let router = skiff_router::spawn_router(
         RouterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
             threads: args.router_threads,
             run_dir: data_dir.join("run"),
+            access_log: Some(logs.access_log()),
         },
         routes.clone(),
     )?;
@@ -70,7 +73,7 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
         .enable_all()
         .thread_name("skiff")
         .build()?;
-    let result = runtime.block_on(serve(config, routes, token, args.demo));
+    let result = runtime.block_on(serve(config, routes, logs, token, args.demo));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     router.shutdown();
     println!("Skiff stopped.");
@@ -80,6 +83,7 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
 async fn serve(
     config: PlatformConfig,
     routes: Arc<RouteTable>,
+    logs: Logs,
     token: String,
     demo: bool,
 ) -> Result<()> {
@@ -88,6 +92,7 @@ async fn serve(
     let mut platform = tokio::spawn(skiff_platform::run(
         config.clone(),
         routes,
+        logs,
         stop_rx,
         ready_tx,
     ));

@@ -16,6 +16,7 @@ use skiff_builder::BuildLog;
 use skiff_core::{AppName, ConfigKey};
 use tokio::io::AsyncWriteExt;
 
+use crate::logs::Source;
 use crate::{Platform, PlatformError, auth, deploy, gitweb};
 
 type Shared = Arc<Platform>;
@@ -62,6 +63,7 @@ pub(crate) fn router(p: Shared) -> axum::Router {
             "/apps/{app}/collaborators/{email}",
             delete(remove_collaborator),
         )
+        .merge(crate::logs::routes())
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
         .route("/{repo}/git-receive-pack", post(gitweb::service))
@@ -487,7 +489,13 @@ async fn scale(
     }
     p.state.set_quantities(&app, &body)?;
     deploy::launch(&p, &release).await?;
-    tracing::info!(app, formation = ?body, "scaled");
+    let summary: Vec<String> = body.iter().map(|(t, q)| format!("{t}@{q}")).collect();
+    p.dynos.logs().push(
+        &app,
+        crate::logs::Source::Platform,
+        "api",
+        &format!("Scaled to {} by user {}", summary.join(" "), caller.0),
+    );
     Ok(Json(serde_json::json!({
         "formation": deploy::quantities(&p, &release)?,
         "dynos": p.dynos.ps(&app),
@@ -503,6 +511,12 @@ async fn restart_all(
     let lock = p.app_lock(&app);
     let _guard = lock.lock().await;
     if let Some(release) = p.state.current_release(&app)? {
+        p.dynos.logs().push(
+            &app,
+            crate::logs::Source::Platform,
+            "api",
+            &format!("Restart all dynos by user {}", caller.0),
+        );
         deploy::launch(&p, &release).await?;
     }
     Ok(StatusCode::ACCEPTED)
@@ -704,7 +718,19 @@ async fn create_build(
     .map_err(|e| PlatformError::Io(std::io::Error::other(e)))?
     .map_err(|e| PlatformError::BadRequest(format!("the pushed source could not be read: {e}")))?;
 
-    let (log, rx) = BuildLog::channel();
+    let (log, mut build_rx) = BuildLog::channel();
+    // Build output goes to the app's logs too, even if the pusher hangs up mid-build.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let hub = p.logs.clone();
+    let log_app = app.clone();
+    tokio::spawn(async move {
+        while let Some(line) = build_rx.recv().await {
+            if !line.starts_with(RESULT_MARKER) {
+                hub.push(&log_app, Source::Build, "build", &line);
+            }
+            let _ = tx.send(line);
+        }
+    });
     let platform = p.clone();
     tokio::spawn(async move {
         let outcome = deploy::build_and_release(&platform, &app, &src, commit, &by, &log).await;

@@ -10,11 +10,25 @@ use std::path::Path;
 use skiff_builder::{BuildLog, BuildRequest};
 use skiff_runtime::LoadedComponent;
 
+use crate::logs::Source;
 use crate::state::ReleaseRow;
 use crate::{Platform, PlatformError, oneoff};
 
 /// How many releases keep their slugs, as Heroku keeps a rollback window.
 pub(crate) const KEEP_SLUGS: usize = 10;
+
+/// Tells the app's logs about a recorded release, as Heroku's API does.
+fn log_release(p: &Platform, release: &ReleaseRow) {
+    p.logs.push(
+        &release.app,
+        Source::Platform,
+        "api",
+        &format!(
+            "Release v{} created by {}",
+            release.version, release.created_by
+        ),
+    );
+}
 
 /// Brings back the app's last release after a restart.
 pub(crate) async fn restore(p: &Platform, app: &str) -> Result<(), PlatformError> {
@@ -97,6 +111,7 @@ async fn roll_out(
             return Err(e);
         }
     };
+    log_release(p, &release);
     p.dynos.activate(&release.app, formation);
     prune_slugs(p, &release.app);
     Ok(release)

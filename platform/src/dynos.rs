@@ -16,6 +16,7 @@ use skiff_runtime::{
 use tokio::sync::mpsc;
 
 use crate::PlatformError;
+use crate::logs::{LogHub, Source};
 use crate::state::ReleaseRow;
 
 /// What `skiff ps` shows of a dyno.
@@ -74,6 +75,7 @@ pub(crate) struct Dynos {
     runtime: Runtime,
     routes: Arc<RouteTable>,
     apps_dir: PathBuf,
+    logs: Arc<LogHub>,
     running: Mutex<HashMap<String, Formation>>,
     /// Loaded components by (slug, path): a rollback or config change reuses them.
     loaded: Mutex<HashMap<(String, String), LoadedComponent>>,
@@ -92,11 +94,17 @@ fn now() -> i64 {
 }
 
 impl Dynos {
-    pub(crate) fn new(runtime: Runtime, routes: Arc<RouteTable>, apps_dir: PathBuf) -> Self {
+    pub(crate) fn new(
+        runtime: Runtime,
+        routes: Arc<RouteTable>,
+        apps_dir: PathBuf,
+        logs: Arc<LogHub>,
+    ) -> Self {
         Self {
             runtime,
             routes,
             apps_dir,
+            logs,
             running: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             commands: Mutex::new(HashMap::new()),
@@ -236,6 +244,7 @@ impl Dynos {
                     env: dyno_env(release, &name),
                     app_dir,
                     limits: Limits::default(),
+                    log: self.logs.clone(),
                 })
                 .await?;
             set_state(&info, "up");
@@ -265,7 +274,12 @@ impl Dynos {
             memory_bytes: Limits::default().memory_bytes,
             timeout: Duration::from_secs(365 * 24 * 3600),
         };
-        let task = tokio::spawn(supervise(self.runtime.clone(), run, info.clone()));
+        let task = tokio::spawn(supervise(
+            self.runtime.clone(),
+            run,
+            info.clone(),
+            self.logs.clone(),
+        ));
         Ok(Dyno {
             info,
             handle: Handle::Worker(task.abort_handle()),
@@ -275,8 +289,28 @@ impl Dynos {
     /// Routes the app to `formation`'s web dynos and stops whatever ran before.
     pub(crate) fn activate(&self, app: &str, formation: Formation) {
         self.routes.set_app(app, web_backends(&formation));
+        let version = formation.release.version;
+        for d in &formation.dynos {
+            self.logs.push(
+                app,
+                Source::Platform,
+                &d.name(),
+                &format!("State changed from starting to up (v{version})"),
+            );
+        }
         let old = lock(&self.running).insert(app.to_owned(), formation);
         if let Some(old) = old {
+            for d in &old.dynos {
+                self.logs.push(
+                    app,
+                    Source::Platform,
+                    &d.name(),
+                    &format!(
+                        "State changed from up to down (v{} replaced)",
+                        old.release.version
+                    ),
+                );
+            }
             old.abandon();
         }
     }
@@ -377,9 +411,18 @@ impl Dynos {
 
     /// Stops every dyno (platform shutdown).
     pub(crate) fn stop_all(&self) {
-        for (_, formation) in lock(&self.running).drain() {
+        for (app, formation) in lock(&self.running).drain() {
+            for d in &formation.dynos {
+                self.logs
+                    .push(&app, Source::Platform, &d.name(), "Stopping all processes");
+            }
             formation.abandon();
         }
+    }
+
+    /// The log hub, for platform events about this app's dynos.
+    pub(crate) fn logs(&self) -> &Arc<LogHub> {
+        &self.logs
     }
 }
 
@@ -405,39 +448,75 @@ fn set_state(info: &Arc<Mutex<DynoInfo>>, state: &str) {
 
 /// Keeps a worker running: a crash or exit restarts it after a backoff that doubles up to five
 /// minutes, and resets once a run has lasted a while (Heroku's crash-restart policy).
-async fn supervise(runtime: Runtime, spec: CommandSpec, info: Arc<Mutex<DynoInfo>>) {
+async fn supervise(
+    runtime: Runtime,
+    spec: CommandSpec,
+    info: Arc<Mutex<DynoInfo>>,
+    logs: Arc<LogHub>,
+) {
     const MAX_BACKOFF: Duration = Duration::from_secs(300);
     let mut backoff = Duration::from_secs(1);
     loop {
         set_state(&info, "up");
         let started = Instant::now();
-        let (tx, mut rx) = mpsc::channel(64);
-        let app = spec.app.clone();
-        let dyno = spec.name.clone();
-        let printer = tokio::spawn(async move {
-            while let Some(chunk) = rx.recv().await {
-                let (Output::Stdout(b) | Output::Stderr(b)) = chunk;
-                for line in String::from_utf8_lossy(&b).lines() {
-                    tracing::info!(target: "skiff::app", app = %app, dyno = %dyno, "{line}");
-                }
-            }
-        });
+        let (tx, rx) = mpsc::channel(64);
+        let printer = tokio::spawn(output_to_logs(
+            rx,
+            logs.clone(),
+            spec.app.clone(),
+            spec.name.clone(),
+        ));
         let exit = runtime.run_command(spec.clone(), tx).await;
         let _ = printer.await;
         set_state(&info, "crashed");
-        match &exit {
-            Exit::Code(c) => {
-                tracing::warn!(app = %spec.app, dyno = %spec.name, code = c, "worker exited; restarting")
+        let what = match &exit {
+            Exit::Code(c) => format!("Process exited with status {c}"),
+            Exit::TimedOut => "Process ran past its time limit".to_owned(),
+            Exit::Trapped(t) => {
+                format!("Process crashed: {}", t.lines().next().unwrap_or_default())
             }
-            other => {
-                tracing::warn!(app = %spec.app, dyno = %spec.name, exit = ?other, "worker crashed; restarting")
-            }
-        }
+        };
+        logs.push(&spec.app, Source::Platform, &spec.name, &what);
+        logs.push(
+            &spec.app,
+            Source::Platform,
+            &spec.name,
+            &format!(
+                "State changed from up to crashed; restarting in {}s",
+                backoff.as_secs()
+            ),
+        );
         if started.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_secs(1);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Sends a command's output to the app's logs line by line, as `app[<dyno>]`.
+pub(crate) async fn output_to_logs(
+    mut rx: mpsc::Receiver<Output>,
+    logs: Arc<LogHub>,
+    app: String,
+    dyno: String,
+) {
+    let mut pending = String::new();
+    while let Some(chunk) = rx.recv().await {
+        let (Output::Stdout(b) | Output::Stderr(b)) = chunk;
+        pending.push_str(&String::from_utf8_lossy(&b));
+        while let Some(i) = pending.find('\n') {
+            logs.push(
+                &app,
+                Source::App,
+                &dyno,
+                pending[..i].trim_end_matches('\r'),
+            );
+            pending.drain(..=i);
+        }
+    }
+    if !pending.is_empty() {
+        logs.push(&app, Source::App, &dyno, &pending);
     }
 }
 

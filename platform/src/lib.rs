@@ -5,8 +5,10 @@
 mod api;
 mod auth;
 mod deploy;
+mod drains;
 mod dynos;
 mod gitweb;
+mod logs;
 pub mod netrc;
 mod oneoff;
 mod runs;
@@ -23,8 +25,9 @@ use skiff_runtime::Runtime;
 use tokio::sync::watch;
 
 pub use auth::hash_token;
+pub use logs::Logs;
 pub use skiff_builder::builtin_buildpacks as builtin_buildpack_names;
-pub use state::{AppRow, ReleaseRow, State};
+pub use state::{AppRow, DrainRow, ReleaseRow, State};
 
 /// Errors the platform reports; the API turns each into a status code and a message.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +132,9 @@ pub(crate) struct Platform {
     pub builder: Builder,
     pub slugs: SlugStore,
     pub dynos: dynos::Dynos,
+    pub logs: Arc<logs::LogHub>,
+    /// Turns true when the platform stops; long-lived responses (log tails) end on it.
+    pub shutdown: watch::Receiver<bool>,
     pub hook_token: String,
     pub deploy_locks:
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -196,11 +202,13 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> 
     std::fs::rename(&tmp, path)
 }
 
-/// Runs the platform until `shutdown` turns true: restores every app's dynos and routes,
-/// then serves the API and git endpoint. `routes` is the table the router reads.
+/// Runs the platform until `shutdown` turns true: restores every app's dynos, routes and log
+/// drains, then serves the API and git endpoint. `routes` is the table the router reads;
+/// `logs` is the hub the router's access log writes to.
 pub async fn run(
     config: PlatformConfig,
     routes: Arc<RouteTable>,
+    logs: Logs,
     mut shutdown: watch::Receiver<bool>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), PlatformError> {
@@ -231,7 +239,8 @@ pub async fn run(
     let slugs = SlugStore::new(data.join("slugs"), config.max_slug_bytes)?;
     let builder = Builder::new(buildpacks, slugs.clone(), config.build_timeout);
     let runtime = Runtime::new(data.join("precompiled"))?;
-    let dynos = dynos::Dynos::new(runtime, routes, data.join("apps"));
+    let logs = logs.0;
+    let dynos = dynos::Dynos::new(runtime, routes, data.join("apps"), logs.clone());
     let platform = Arc::new(Platform {
         hook_token: auth::new_token(),
         config: config.clone(),
@@ -239,10 +248,16 @@ pub async fn run(
         builder,
         slugs,
         dynos,
+        logs,
+        shutdown: shutdown.clone(),
         deploy_locks: Default::default(),
     });
 
     for app in platform.state.apps()? {
+        // Drains first, so they also get the restore's own lines.
+        if let Err(e) = drains::restart(&platform, &app.name) {
+            tracing::error!(app = %app.name, error = %e, "could not start the app's log drains");
+        }
         if let Err(e) = deploy::restore(&platform, &app.name).await {
             tracing::error!(app = %app.name, error = %e, "could not restore the app's dynos");
         }

@@ -15,6 +15,7 @@ use skiff_runtime::{Exit, Output};
 use tokio::sync::mpsc;
 
 use crate::api::{ApiResult, Caller, authorize};
+use crate::logs::Source;
 use crate::{Platform, PlatformError, deploy, oneoff};
 
 #[derive(serde::Deserialize)]
@@ -53,7 +54,7 @@ pub(crate) async fn create_run(
     let name = format!("run.{}", run_number());
     tracing::info!(app, dyno = %name, command = %argv.join(" "), by = %caller.0, "starting one-off dyno");
 
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(64);
     let platform = p.clone();
     let task_name = name.clone();
     let handle = tokio::spawn(async move {
@@ -66,24 +67,21 @@ pub(crate) async fn create_run(
     if req.detach {
         let app_name = app.clone();
         let dyno = name.clone();
+        let logs = p.dynos.logs().clone();
         tokio::spawn(async move {
-            while let Some(chunk) = rx.recv().await {
-                let (Output::Stdout(b) | Output::Stderr(b)) = chunk;
-                for line in String::from_utf8_lossy(&b).lines() {
-                    tracing::info!(target: "skiff::app", app = %app_name, dyno = %dyno, "{line}");
-                }
-            }
-            match handle.await {
-                Ok(Ok(exit)) => {
-                    tracing::info!(app = %app_name, dyno = %dyno, code = exit.code(), "one-off dyno finished")
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(app = %app_name, dyno = %dyno, error = %e, "one-off dyno failed")
-                }
-                Err(e) => {
-                    tracing::warn!(app = %app_name, dyno = %dyno, error = %e, "one-off dyno task failed")
-                }
-            }
+            logs.push(
+                &app_name,
+                Source::Platform,
+                &dyno,
+                "Starting process (detached one-off)",
+            );
+            crate::dynos::output_to_logs(rx, logs.clone(), app_name.clone(), dyno.clone()).await;
+            let what = match handle.await {
+                Ok(Ok(exit)) => format!("Process exited with status {}", exit.code()),
+                Ok(Err(e)) => format!("Process failed: {e}"),
+                Err(e) => format!("Process failed: {e}"),
+            };
+            logs.push(&app_name, Source::Platform, &dyno, &what);
         });
         return Ok((
             StatusCode::ACCEPTED,

@@ -44,6 +44,14 @@ CREATE TABLE IF NOT EXISTS formation (
     quantity     INTEGER NOT NULL,
     PRIMARY KEY (app, process_type)
 );
+CREATE TABLE IF NOT EXISTS log_drains (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    app        TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    url        TEXT NOT NULL,
+    token      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (app, url)
+);
 CREATE TABLE IF NOT EXISTS tokens (
     hash       TEXT PRIMARY KEY,
     name       TEXT NOT NULL,
@@ -108,6 +116,17 @@ pub struct AppRow {
     pub owner: String,
     /// Unix seconds.
     pub created_at: i64,
+}
+
+/// One log drain as stored.
+#[derive(Debug, Clone)]
+pub struct DrainRow {
+    /// Row id.
+    pub id: i64,
+    /// Where lines go (`syslog+tcp://...`, `http://...`).
+    pub url: String,
+    /// `d.<hex>`, sent to HTTP drains as `Logplex-Drain-Token`.
+    pub token: String,
 }
 
 /// The state database.
@@ -520,6 +539,54 @@ impl State {
         Ok(q.map(|q| q.clamp(0, 1000) as u32)
             .unwrap_or(if process_type == "web" { 1 } else { 0 }))
     }
+
+    /// The app's log drains, oldest first.
+    pub fn drains(&self, app: &str) -> Result<Vec<DrainRow>, PlatformError> {
+        let db = self.db();
+        let mut stmt =
+            db.prepare("SELECT id, url, token FROM log_drains WHERE app = ?1 ORDER BY id")?;
+        let rows = stmt
+            .query_map([app], |r| {
+                Ok(DrainRow {
+                    id: r.get(0)?,
+                    url: r.get(1)?,
+                    token: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Adds a drain; `None` if the app already has that URL.
+    pub fn add_drain(
+        &self,
+        app: &str,
+        url: &str,
+        token: &str,
+    ) -> Result<Option<DrainRow>, PlatformError> {
+        let db = self.db();
+        let inserted = db.execute(
+            "INSERT OR IGNORE INTO log_drains (app, url, token, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![app, url, token, now()],
+        )?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        Ok(Some(DrainRow {
+            id: db.last_insert_rowid(),
+            url: url.to_owned(),
+            token: token.to_owned(),
+        }))
+    }
+
+    /// Removes a drain; `false` if the app had no such URL.
+    pub fn remove_drain(&self, app: &str, url: &str) -> Result<bool, PlatformError> {
+        let removed = self.db().execute(
+            "DELETE FROM log_drains WHERE app = ?1 AND url = ?2",
+            params![app, url],
+        )?;
+        Ok(removed > 0)
+    }
 }
 
 /// Tables holding per-app rows, keyed by an `app` column.
@@ -668,5 +735,13 @@ mod tests {
         );
         assert_eq!(s.quantity("hello", "web").expect("q"), 1);
         assert!(matches!(s.app("nope"), Err(PlatformError::NoSuchApp(_))));
+
+        let url = "syslog+tcp://127.0.0.1:514";
+        assert!(s.add_drain("hello", url, "d.1").expect("add").is_some());
+        assert!(s.add_drain("hello", url, "d.2").expect("again").is_none());
+        assert_eq!(s.drains("hello").expect("drains")[0].token, "d.1");
+        assert!(s.remove_drain("hello", url).expect("remove"));
+        assert!(!s.remove_drain("hello", url).expect("remove again"));
+        assert!(s.drains("hello").expect("drains").is_empty());
     }
 }

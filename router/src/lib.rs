@@ -6,7 +6,7 @@ mod pages;
 mod proxy;
 mod table;
 
-pub use proxy::{RouterConfig, RouterHandle, spawn_router};
+pub use proxy::{AccessLog, RouterConfig, RouterHandle, spawn_router};
 pub use table::{Backend, RouteTable};
 
 /// Errors from starting the router.

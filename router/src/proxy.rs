@@ -20,8 +20,15 @@ use crate::RouterError;
 use crate::pages::page;
 use crate::table::{AppRoute, RouteTable};
 
+/// Receives one Heroku-style router line per routed request. Called on the router's threads
+/// after each response, so implementations must not block.
+pub trait AccessLog: Send + Sync {
+    /// `line` is `at=info method=GET path="/" host=... status=200 ...` for `app`.
+    fn request(&self, app: &str, line: &str);
+}
+
 /// Where and how the router runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouterConfig {
     /// The public HTTP listen address.
     pub listen: SocketAddr,
@@ -29,6 +36,19 @@ pub struct RouterConfig {
     pub threads: usize,
     /// A private folder for Pingora's pid and upgrade socket files.
     pub run_dir: PathBuf,
+    /// Gets every routed request's line (the app's `router` logs), besides `tracing`.
+    pub access_log: Option<Arc<dyn AccessLog>>,
+}
+
+impl std::fmt::Debug for RouterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterConfig")
+            .field("listen", &self.listen)
+            .field("threads", &self.threads)
+            .field("run_dir", &self.run_dir)
+            .field("access_log", &self.access_log.is_some())
+            .finish()
+    }
 }
 
 /// A running router; [`RouterHandle::shutdown`] stops it and waits for its thread.
@@ -87,6 +107,7 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
         Router {
             table,
             port: config.listen.port(),
+            access_log: config.access_log.clone(),
         },
         "skiff-router",
     );
@@ -114,6 +135,7 @@ impl ShutdownSignalWatch for StopWatch {
 struct Router {
     table: Arc<RouteTable>,
     port: u16,
+    access_log: Option<Arc<dyn AccessLog>>,
 }
 
 /// Per-request state.
@@ -161,6 +183,18 @@ impl ProxyHttp for Router {
                 "This app has no web dynos running (H14). Deploy it, or scale it with `skiff ps:scale web=1`.",
             );
             tracing::warn!(target: "skiff::router", app = %route.app, code = "H14", "no web dynos running");
+            if let Some(log) = &self.access_log {
+                log.request(
+                    &route.app,
+                    &format!(
+                        "at=error code=H14 desc=\"No web processes running\" method={} path=\"{}\" host={} request_id={} dyno=none status=503",
+                        req.method,
+                        req.uri.path(),
+                        route.app,
+                        ctx.request_id,
+                    ),
+                );
+            }
             respond(session, 503, body, &ctx.request_id).await?;
             return Ok(true);
         }
@@ -267,8 +301,7 @@ impl ProxyHttp for Router {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let app = ctx.route.as_ref().map(|r| r.app.as_str()).unwrap_or("");
-        tracing::info!(
-            target: "skiff::router",
+        let line = format!(
             "at=info method={} path=\"{}\" host={} request_id={} dyno={} service={}ms status={} bytes={}",
             req.method,
             req.uri.path(),
@@ -279,6 +312,11 @@ impl ProxyHttp for Router {
             status,
             session.body_bytes_sent(),
         );
+        tracing::info!(target: "skiff::router", "{line}");
+        // Requests for unknown hosts belong to no app, so only routed ones reach its logs.
+        if let (Some(log), Some(route)) = (&self.access_log, &ctx.route) {
+            log.request(&route.app, &line);
+        }
     }
 }
 

@@ -45,6 +45,13 @@ impl Default for Limits {
     }
 }
 
+/// Where a dyno's stdout and stderr lines go. Called once per line after each request, from
+/// the dyno's tokio tasks, so implementations must not block.
+pub trait LogSink: Send + Sync {
+    /// One line of the app's output, without its newline.
+    fn line(&self, app: &str, dyno: &str, text: &str);
+}
+
 /// What a web dyno runs.
 #[derive(Clone)]
 pub struct DynoSpec {
@@ -62,6 +69,8 @@ pub struct DynoSpec {
     pub app_dir: PathBuf,
     /// Limits.
     pub limits: Limits,
+    /// Receives the app's output.
+    pub log: Arc<dyn LogSink>,
 }
 
 /// A running dyno. Dropping the handle does not stop it; call [`DynoHandle::stop`].
@@ -196,6 +205,7 @@ async fn handle(
         let bytes = pipe.contents();
         for line in String::from_utf8_lossy(&bytes).lines() {
             tracing::info!(target: "skiff::app", app = %spec.app, dyno = %spec.name, stream, "{line}");
+            spec.log.line(&spec.app, &spec.name, line);
         }
     }
     match result {

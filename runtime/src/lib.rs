@@ -12,7 +12,7 @@ pub mod dyno;
 pub mod engine;
 
 pub use command::{CommandSpec, Exit, Output};
-pub use dyno::{DynoHandle, DynoSpec, Limits};
+pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
 pub use engine::{LoadedCommand, LoadedComponent, Runtime};
 
 /// Errors from loading or running dynos.

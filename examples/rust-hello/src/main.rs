@@ -18,6 +18,8 @@ struct Info<'a> {
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let path = request.uri().path().to_owned();
+    // One line per request on stderr: Skiff shows it in `skiff logs` as app[web.1].
+    eprintln!("{} {path}", request.method());
     match (request.method(), path.as_str()) {
         (&Method::GET, "/") => text(StatusCode::OK, format!("{GREETING}\n")),
         (&Method::GET, "/json") => {
