@@ -198,16 +198,7 @@ async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
-    let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
-    let result = run_guest(&spec, req, stdout.clone(), stderr.clone()).await;
-    for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
-        let bytes = pipe.contents();
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            tracing::info!(target: "skiff::app", app = %spec.app, dyno = %spec.name, stream, "{line}");
-            spec.log.line(&spec.app, &spec.name, line);
-        }
-    }
+    let result = run_guest(&spec, req).await;
     match result {
         Ok(resp) => {
             tracing::debug!(app = %spec.app, dyno = %spec.name, %method, path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
@@ -235,14 +226,27 @@ fn error_response() -> hyper::Response<ResponseBody> {
     resp
 }
 
+/// Hands the request's captured output to the dyno's log sink, one call per line.
+fn emit_output(spec: &DynoSpec, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) {
+    for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
+        let bytes = pipe.contents();
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            tracing::info!(target: "skiff::app", app = %spec.app, dyno = %spec.name, stream, "{line}");
+            spec.log.line(&spec.app, &spec.name, line);
+        }
+    }
+}
+
 async fn run_guest(
-    spec: &DynoSpec,
+    spec: &Arc<DynoSpec>,
     req: hyper::Request<Incoming>,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
 ) -> Result<hyper::Response<ResponseBody>, String> {
+    let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
+    let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
     let mut wasi = WasiCtx::builder();
-    wasi.envs(&spec.env).stdout(stdout).stderr(stderr);
+    wasi.envs(&spec.env)
+        .stdout(stdout.clone())
+        .stderr(stderr.clone());
     wasi.preopened_dir(&spec.app_dir, "/app", FsPerms::ReadOnly)
         .map_err(|e| format!("opening /app: {e:?}"))?;
     let state = DynoState {
@@ -273,12 +277,20 @@ async fn run_guest(
         .http()
         .new_response_outparam(sender)
         .map_err(|e| format!("{e:?}"))?;
+    let spec = spec.clone();
     let task = tokio::spawn(async move {
-        let proxy = pre.instantiate_async(&mut store).await?;
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, incoming, out)
-            .await
+        let result = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, out)
+                .await
+        }
+        .await;
+        // The guest may go on printing while its response body streams, so its output is
+        // read once it has finished (or trapped), not when the response head is ready.
+        emit_output(&spec, &stdout, &stderr);
+        result
     });
     match receiver.await {
         Ok(Ok(resp)) => Ok(resp),
