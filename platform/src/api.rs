@@ -313,6 +313,8 @@ async fn rename_app(
     let cache = p.config.data_dir.join("cache");
     let _ = std::fs::rename(cache.join(&app), cache.join(to.as_str()));
     p.dynos.remove_app(&app);
+    p.logs.forget(&app);
+    crate::drains::restart(&p, to.as_str())?;
     // The dynos carry the app's name in their environment: start them again under the new one.
     deploy::restore(&p, to.as_str()).await?;
     tracing::info!(from = %app, to = %to, "app renamed");
@@ -334,6 +336,7 @@ async fn destroy_app(
     let releases = p.state.releases(&app)?;
     p.dynos.remove_app(&app);
     p.state.destroy_app(&app)?;
+    p.logs.forget(&app);
     let _ = std::fs::remove_dir_all(skiff_builder::git::repo_path(&p.repos_dir(), &app));
     let _ = std::fs::remove_dir_all(p.config.data_dir.join("cache").join(&app));
     // Slugs are shared by content: delete only those no remaining release refers to.
@@ -490,7 +493,7 @@ async fn scale(
     p.state.set_quantities(&app, &body)?;
     deploy::launch(&p, &release).await?;
     let summary: Vec<String> = body.iter().map(|(t, q)| format!("{t}@{q}")).collect();
-    p.dynos.logs().push(
+    p.logs.push(
         &app,
         crate::logs::Source::Platform,
         "api",
@@ -511,7 +514,7 @@ async fn restart_all(
     let lock = p.app_lock(&app);
     let _guard = lock.lock().await;
     if let Some(release) = p.state.current_release(&app)? {
-        p.dynos.logs().push(
+        p.logs.push(
             &app,
             crate::logs::Source::Platform,
             "api",

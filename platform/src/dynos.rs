@@ -419,11 +419,6 @@ impl Dynos {
             formation.abandon();
         }
     }
-
-    /// The log hub, for platform events about this app's dynos.
-    pub(crate) fn logs(&self) -> &Arc<LogHub> {
-        &self.logs
-    }
 }
 
 fn web_backends(formation: &Formation) -> Vec<Backend> {

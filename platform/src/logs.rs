@@ -245,6 +245,11 @@ impl LogHub {
         );
     }
 
+    /// Forgets an app's lines and stops its drains (destroy, rename).
+    pub(crate) fn forget(&self, app: &str) {
+        self.lock().remove(app);
+    }
+
     /// Lines each of the app's drains dropped, by URL.
     pub(crate) fn drain_drops(&self, app: &str) -> HashMap<String, u64> {
         self.lock()

@@ -67,7 +67,7 @@ pub(crate) async fn create_run(
     if req.detach {
         let app_name = app.clone();
         let dyno = name.clone();
-        let logs = p.dynos.logs().clone();
+        let logs = p.logs.clone();
         tokio::spawn(async move {
             logs.push(
                 &app_name,

@@ -590,7 +590,13 @@ impl State {
 }
 
 /// Tables holding per-app rows, keyed by an `app` column.
-const APP_TABLES: &[&str] = &["releases", "config_vars", "formation", "collaborators"];
+const APP_TABLES: &[&str] = &[
+    "releases",
+    "config_vars",
+    "formation",
+    "collaborators",
+    "log_drains",
+];
 
 const RELEASE_SELECT: &str = "SELECT app, version, slug, manifest, config, description, created_by, created_at FROM releases";
 
