@@ -155,6 +155,11 @@ fn releases_rollback_scale_run_and_access() -> Result<()> {
         stderr(&out).contains("You do not have access to the app other"),
         "{out:?}"
     );
+    let out = s.cli_as(&bob, &repo, &["logs", "-a", "other"])?;
+    assert!(
+        stderr(&out).contains("You do not have access to the app other"),
+        "{out:?}"
+    );
     let apps = json(s.cli_as(&bob, &repo, &["apps", "--json"])?)?;
     assert_eq!(apps.as_array().map(Vec::len), Some(1), "{apps}");
     let other_git = format!("http://bob:{bob}@127.0.0.1:{}/other.git", s.api_port);

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::api::{ApiError, Caller};
+use crate::api::{ApiError, Caller, authorize};
 use crate::drains::{self, DrainSender};
 use crate::{Platform, PlatformError};
 
@@ -335,10 +335,11 @@ struct LogQuery {
 /// the platform stops.
 async fn get_logs(
     State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    p.state.app(&app)?;
+    authorize(&p, &caller, &app)?;
     let source = match q.source.as_deref() {
         None | Some("") => None,
         Some(s) => Some(Source::parse(s).ok_or_else(|| {
@@ -422,9 +423,10 @@ struct DrainInfo {
 
 async fn list_drains(
     State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
 ) -> Result<Json<Vec<DrainInfo>>, ApiError> {
-    p.state.app(&app)?;
+    authorize(&p, &caller, &app)?;
     let drops = p.logs.drain_drops(&app);
     let drains = p
         .state
@@ -451,7 +453,7 @@ async fn add_drain(
     Extension(caller): Extension<Caller>,
     Json(body): Json<DrainBody>,
 ) -> Result<(StatusCode, Json<DrainInfo>), ApiError> {
-    p.state.app(&app)?;
+    authorize(&p, &caller, &app)?;
     let url = body.url.trim();
     drains::Target::parse(url).map_err(PlatformError::BadRequest)?;
     let token = drains::new_token().map_err(PlatformError::Io)?;
@@ -479,10 +481,11 @@ struct DrainQuery {
 
 async fn remove_drain(
     State(p): State<Shared>,
+    Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
     Query(q): Query<DrainQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.state.app(&app)?;
+    authorize(&p, &caller, &app)?;
     let url = q.url.trim();
     if !p.state.remove_drain(&app, url)? {
         return Err(ApiError::new(
