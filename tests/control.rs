@@ -97,7 +97,7 @@ fn releases_rollback_scale_run_and_access() -> Result<()> {
         .filter_map(|d| d["name"].as_str())
         .collect();
     assert_eq!(names, vec!["web.1", "web.2", "worker.1"], "{ps}");
-    assert_eq!(ps["formation"]["web"], 2);
+    assert_eq!(ps["formation"]["web"]["quantity"], 2);
     for _ in 0..4 {
         assert_eq!(s.request(&host, "GET", "/", None)?.0, 200);
     }

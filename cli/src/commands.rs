@@ -70,6 +70,7 @@ struct Dyno {
     process_type: String,
     command: String,
     state: String,
+    size: String,
     since: i64,
 }
 
@@ -370,12 +371,26 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
                 &format!("/apps/{name}/formation"),
                 &Value::Object(body),
             )?;
-            let now: Vec<String> = out
-                .get("formation")
-                .and_then(Value::as_object)
-                .map(|f| f.iter().map(|(t, n)| format!("{t}={n}")).collect())
-                .unwrap_or_default();
-            spin.done(&format!("done, now running {}", now.join(", ")));
+            spin.done(&format!("done, now running {}", formation_summary(&out)));
+            Ok(())
+        }
+        Command::PsResize { app, pairs } => {
+            let name = app.resolve()?;
+            let mut body = serde_json::Map::new();
+            for pair in &pairs {
+                let (t, size) = pair
+                    .split_once('=')
+                    .with_context(|| format!("{pair:?} is not TYPE=SIZE"))?;
+                body.insert(t.to_owned(), json!({ "size": size }));
+            }
+            let client = Client::from_env()?;
+            let spin = Spinner::start(format!("Resizing dynos on {name}"));
+            let out: Value = client.send(
+                "PATCH",
+                &format!("/apps/{name}/formation"),
+                &Value::Object(body),
+            )?;
+            spin.done(&format!("done, now running {}", formation_summary(&out)));
             Ok(())
         }
         Command::PsRestart { app, dyno } => {
@@ -490,6 +505,25 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
     }
 }
 
+/// `web at 2:standard-1x, worker at 1:eco`, as Heroku prints a formation.
+fn formation_summary(out: &Value) -> String {
+    out.get("formation")
+        .and_then(Value::as_object)
+        .map(|f| {
+            f.iter()
+                .map(|(t, s)| {
+                    format!(
+                        "{t} at {}:{}",
+                        s["quantity"],
+                        s["size"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 fn print_ps(value: &Value) -> Result<()> {
     let dynos: Vec<Dyno> =
         serde_json::from_value(value.get("dynos").cloned().unwrap_or(Value::Null))?;
@@ -508,7 +542,10 @@ fn print_ps(value: &Value) -> Result<()> {
                 .iter()
                 .filter(|x| x.process_type == d.process_type)
                 .count();
-            println!("=== {} ({count}): {}", d.process_type, d.command);
+            println!(
+                "=== {} ({}): {} ({count})",
+                d.process_type, d.size, d.command
+            );
             current = &d.process_type;
         }
         println!(

@@ -118,6 +118,16 @@ enum Command {
         #[arg(required = true)]
         pairs: Vec<String>,
     },
+    /// Change dyno sizes: `ps:resize web=standard-2x` (sizes: eco, basic, standard-1x,
+    /// standard-2x, performance-m).
+    #[command(name = "ps:resize", alias = "ps:type")]
+    PsResize {
+        #[command(flatten)]
+        app: AppArg,
+        /// TYPE=SIZE pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
     /// Restart all dynos, or one (`web.1`).
     #[command(name = "ps:restart")]
     PsRestart {

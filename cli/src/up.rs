@@ -26,6 +26,12 @@ pub(crate) struct UpArgs {
     /// Router worker threads.
     #[arg(long, default_value_t = 2)]
     router_threads: usize,
+    /// Instance slots of the pooling allocator (0: allocate instances on demand).
+    #[arg(long, default_value_t = 1000)]
+    pool_instances: u32,
+    /// Meter fuel per request: enables CPU budgets (SKIFF_REQUEST_FUEL) and `fuel=` log lines.
+    #[arg(long)]
+    fuel: bool,
     /// Do not write the API token to ~/.netrc.
     #[arg(long)]
     no_netrc: bool,
@@ -44,6 +50,8 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     config.api_addr = SocketAddr::from(([127, 0, 0, 1], args.api_port));
     config.http_port = args.http_port;
     config.domain = args.domain.clone();
+    config.pool_instances = (args.pool_instances > 0).then_some(args.pool_instances);
+    config.fuel = args.fuel;
 
     let token = skiff_platform::ensure_admin_token(&data_dir)?;
     let api_host = config.api_addr.ip().to_string();
@@ -260,5 +268,9 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
     });
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .try_init();
 }

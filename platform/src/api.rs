@@ -455,12 +455,23 @@ async fn list_dynos(
     })))
 }
 
-/// `PATCH /apps/{app}/formation {"web": 3, "worker": 1}`.
+/// A formation change for one process type: a count (`3`), or `{"quantity", "size"}`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ScaleChange {
+    Count(u32),
+    Change {
+        quantity: Option<u32>,
+        size: Option<String>,
+    },
+}
+
+/// `PATCH /apps/{app}/formation {"web": 3, "worker": {"quantity": 1, "size": "eco"}}`.
 async fn scale(
     State(p): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
-    Json(body): Json<BTreeMap<String, u32>>,
+    Json(body): Json<BTreeMap<String, ScaleChange>>,
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&p, &caller, &app)?;
     let lock = p.app_lock(&app);
@@ -468,8 +479,11 @@ async fn scale(
     let release = p.state.current_release(&app)?.ok_or_else(|| {
         PlatformError::BadRequest(format!("{app} has no release yet: git push first"))
     })?;
-    for (process_type, q) in &body {
-        if !release.manifest.process_types.contains_key(process_type) || process_type == "release" {
+    let mut quantities = BTreeMap::new();
+    let mut sizes = BTreeMap::new();
+    for (process_type, change) in body {
+        if !release.manifest.process_types.contains_key(&process_type) || process_type == "release"
+        {
             let types: Vec<_> = release
                 .manifest
                 .process_types
@@ -483,16 +497,38 @@ async fn scale(
             ))
             .into());
         }
-        if *q > 100 {
-            return Err(PlatformError::BadRequest(format!(
-                "{process_type}={q}: at most 100 dynos per process type"
-            ))
-            .into());
+        let (quantity, size) = match change {
+            ScaleChange::Count(q) => (Some(q), None),
+            ScaleChange::Change { quantity, size } => (quantity, size),
+        };
+        if let Some(q) = quantity {
+            if q > 100 {
+                return Err(PlatformError::BadRequest(format!(
+                    "{process_type}={q}: at most 100 dynos per process type"
+                ))
+                .into());
+            }
+            quantities.insert(process_type.clone(), q);
+        }
+        if let Some(size) = size {
+            let known = skiff_core::sizes::size(&size).ok_or_else(|| {
+                let names: Vec<_> = skiff_core::sizes::SIZES.iter().map(|s| s.name).collect();
+                PlatformError::BadRequest(format!(
+                    "unknown dyno size {size} (sizes: {})",
+                    names.join(", ")
+                ))
+            })?;
+            sizes.insert(process_type.clone(), known.name.to_owned());
         }
     }
-    p.state.set_quantities(&app, &body)?;
+    p.state.set_quantities(&app, &quantities)?;
+    p.state.set_sizes(&app, &sizes)?;
     deploy::launch(&p, &release).await?;
-    let summary: Vec<String> = body.iter().map(|(t, q)| format!("{t}@{q}")).collect();
+    let now = deploy::quantities(&p, &release)?;
+    let summary: Vec<String> = now
+        .iter()
+        .map(|(t, s)| format!("{t}@{}:{}", s.quantity, s.size))
+        .collect();
     p.logs.push(
         &app,
         crate::logs::Source::Platform,
@@ -500,7 +536,7 @@ async fn scale(
         &format!("Scaled to {} by user {}", summary.join(" "), caller.0),
     );
     Ok(Json(serde_json::json!({
-        "formation": deploy::quantities(&p, &release)?,
+        "formation": now,
         "dynos": p.dynos.ps(&app),
     })))
 }

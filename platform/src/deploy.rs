@@ -54,27 +54,38 @@ pub(crate) async fn launch(p: &Platform, release: &ReleaseRow) -> Result<(), Pla
 async fn prepare(
     p: &Platform,
     release: &ReleaseRow,
-) -> Result<(Option<LoadedComponent>, BTreeMap<String, u32>), PlatformError> {
+) -> Result<(Option<LoadedComponent>, BTreeMap<String, Scale>), PlatformError> {
     ensure_unpacked(p, &release.slug).await?;
     let component = p.dynos.load_web(release).await?;
     Ok((component, quantities(p, release)?))
 }
 
-/// How many dynos of each of the release's process types should run (never `release`).
+/// How many dynos of each of the release's process types should run, and their size
+/// (never `release`, which runs once per release).
 pub(crate) fn quantities(
     p: &Platform,
     release: &ReleaseRow,
-) -> Result<BTreeMap<String, u32>, PlatformError> {
+) -> Result<BTreeMap<String, Scale>, PlatformError> {
     let mut out = BTreeMap::new();
     for process_type in release.manifest.process_types.keys() {
         if process_type != "release" {
             out.insert(
                 process_type.clone(),
-                p.state.quantity(&release.app, process_type)?,
+                Scale {
+                    quantity: p.state.quantity(&release.app, process_type)?,
+                    size: p.state.size(&release.app, process_type)?,
+                },
             );
         }
     }
     Ok(out)
+}
+
+/// One process type's scale: how many dynos, of which size.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Scale {
+    pub quantity: u32,
+    pub size: String,
 }
 
 pub(crate) async fn ensure_unpacked(p: &Platform, slug: &str) -> Result<(), PlatformError> {

@@ -16,8 +16,10 @@ use skiff_runtime::{
 use tokio::sync::mpsc;
 
 use crate::PlatformError;
+use crate::deploy::Scale;
 use crate::logs::{LogHub, Source};
 use crate::state::ReleaseRow;
+use skiff_core::sizes;
 
 /// What `skiff ps` shows of a dyno.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -27,6 +29,7 @@ pub(crate) struct DynoInfo {
     pub process_type: String,
     pub command: String,
     pub state: String,
+    pub size: String,
     /// Unix seconds of the last state change.
     pub since: i64,
     pub release: u64,
@@ -59,6 +62,7 @@ impl Dyno {
 pub(crate) struct Formation {
     release: ReleaseRow,
     web: Option<LoadedComponent>,
+    scale: BTreeMap<String, Scale>,
     dynos: Vec<Dyno>,
 }
 
@@ -77,6 +81,8 @@ pub(crate) struct Dynos {
     apps_dir: PathBuf,
     logs: Arc<LogHub>,
     running: Mutex<HashMap<String, Formation>>,
+    /// Dynos' private `/tmp` folders, one per app and dyno name.
+    tmp_root: PathBuf,
     /// Loaded components by (slug, path): a rollback or config change reuses them.
     loaded: Mutex<HashMap<(String, String), LoadedComponent>>,
     commands: Mutex<HashMap<(String, String), LoadedCommand>>,
@@ -98,9 +104,11 @@ impl Dynos {
         runtime: Runtime,
         routes: Arc<RouteTable>,
         apps_dir: PathBuf,
+        tmp_root: PathBuf,
         logs: Arc<LogHub>,
     ) -> Self {
         Self {
+            tmp_root,
             runtime,
             routes,
             apps_dir,
@@ -113,6 +121,14 @@ impl Dynos {
 
     pub(crate) fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// A new, empty private `/tmp` for a dyno (the previous one of that name is discarded).
+    pub(crate) fn fresh_tmp(&self, app: &str, dyno: &str) -> Result<PathBuf, PlatformError> {
+        let dir = self.tmp_root.join(app).join(dyno);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
     }
 
     /// Where a slug is unpacked.
@@ -182,15 +198,16 @@ impl Dynos {
         &self,
         release: &ReleaseRow,
         web: Option<LoadedComponent>,
-        quantities: &BTreeMap<String, u32>,
+        scale: &BTreeMap<String, Scale>,
     ) -> Result<Formation, PlatformError> {
         let mut formation = Formation {
             release: release.clone(),
             web,
+            scale: scale.clone(),
             dynos: Vec::new(),
         };
-        for (process_type, count) in quantities {
-            for i in 1..=*count {
+        for (process_type, s) in scale {
+            for i in 1..=s.quantity {
                 match self.spawn(&formation, process_type, i).await {
                     Ok(d) => formation.dynos.push(d),
                     Err(e) => {
@@ -221,15 +238,24 @@ impl Dynos {
                     release.version
                 ))
             })?;
+        let size_name = formation
+            .scale
+            .get(process_type)
+            .map(|s| s.size.clone())
+            .unwrap_or_else(|| sizes::DEFAULT_SIZE.to_owned());
+        let size = sizes::size(&size_name).unwrap_or(sizes::SIZES[2]);
+        let limits = limits_for(release, size);
         let info = Arc::new(Mutex::new(DynoInfo {
             name: name.clone(),
             process_type: process_type.to_owned(),
             command: spec.command.clone(),
             state: "starting".into(),
+            size: size.name.to_owned(),
             since: now(),
             release: release.version,
         }));
         let app_dir = self.slug_dir(&release.slug).join("app");
+        let tmp_dir = self.fresh_tmp(&release.app, &name)?;
         if process_type == "web" {
             let component = formation.web.clone().ok_or_else(|| {
                 PlatformError::Unrunnable("the release has no web component".into())
@@ -243,7 +269,8 @@ impl Dynos {
                     component,
                     env: dyno_env(release, &name),
                     app_dir,
-                    limits: Limits::default(),
+                    tmp_dir: Some(tmp_dir),
+                    limits,
                     log: self.logs.clone(),
                 })
                 .await?;
@@ -271,7 +298,8 @@ impl Dynos {
             args: argv,
             env: dyno_env(release, &name),
             app_dir,
-            memory_bytes: Limits::default().memory_bytes,
+            tmp_dir: Some(tmp_dir),
+            memory_bytes: limits.memory_bytes,
             timeout: Duration::from_secs(365 * 24 * 3600),
         };
         let task = tokio::spawn(supervise(
@@ -357,6 +385,7 @@ impl Dynos {
                 Formation {
                     release: formation.release.clone(),
                     web: formation.web.clone(),
+                    scale: formation.scale.clone(),
                     dynos: Vec::new(),
                 },
             )
@@ -512,6 +541,31 @@ pub(crate) async fn output_to_logs(
     }
     if !pending.is_empty() {
         logs.push(&app, Source::App, &dyno, &pending);
+    }
+}
+
+/// A dyno's limits: its size's memory and concurrency, and the app's own request timeout
+/// (`SKIFF_REQUEST_TIMEOUT`, seconds) and CPU budget (`SKIFF_REQUEST_FUEL`) when set.
+pub(crate) fn limits_for(release: &ReleaseRow, size: sizes::DynoSize) -> Limits {
+    let defaults = Limits::default();
+    let timeout = release
+        .config
+        .get("SKIFF_REQUEST_TIMEOUT")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| (1..=300).contains(s))
+        .map(Duration::from_secs)
+        .unwrap_or(defaults.request_timeout);
+    let fuel = release
+        .config
+        .get("SKIFF_REQUEST_FUEL")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|f| *f > 0);
+    Limits {
+        memory_bytes: size.memory_bytes(),
+        request_timeout: timeout,
+        concurrency: size.concurrency as usize,
+        fuel,
+        ..defaults
     }
 }
 

@@ -90,6 +90,10 @@ pub struct PlatformConfig {
     pub build_timeout: Duration,
     /// Largest slug accepted, compressed.
     pub max_slug_bytes: u64,
+    /// Instance slots of the pooling allocator (`None`: allocate on demand).
+    pub pool_instances: Option<u32>,
+    /// Meter fuel per request (CPU budgets via `SKIFF_REQUEST_FUEL`, `fuel=` in logs).
+    pub fuel: bool,
 }
 
 impl PlatformConfig {
@@ -103,6 +107,8 @@ impl PlatformConfig {
             skiff_bin,
             build_timeout: Duration::from_secs(15 * 60),
             max_slug_bytes: 300 << 20,
+            pool_instances: Some(1000),
+            fuel: false,
         }
     }
 
@@ -238,9 +244,22 @@ pub async fn run(
     let buildpacks = skiff_builder::install_builtin_buildpacks(&data.join("buildpacks"))?;
     let slugs = SlugStore::new(data.join("slugs"), config.max_slug_bytes)?;
     let builder = Builder::new(buildpacks, slugs.clone(), config.build_timeout);
-    let runtime = Runtime::new(data.join("precompiled"))?;
+    // Every dyno's private /tmp starts empty after a restart, like a dyno's filesystem.
+    let _ = std::fs::remove_dir_all(data.join("tmp"));
+    let runtime = Runtime::new(skiff_runtime::RuntimeConfig {
+        cache_dir: data.join("precompiled"),
+        pool_instances: config.pool_instances,
+        max_memory_bytes: skiff_core::sizes::largest_memory_bytes(),
+        fuel: config.fuel,
+    })?;
     let logs = logs.0;
-    let dynos = dynos::Dynos::new(runtime, routes, data.join("apps"), logs.clone());
+    let dynos = dynos::Dynos::new(
+        runtime,
+        routes,
+        data.join("apps"),
+        data.join("tmp"),
+        logs.clone(),
+    );
     let platform = Arc::new(Platform {
         hook_token: auth::new_token(),
         config: config.clone(),

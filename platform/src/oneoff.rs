@@ -81,6 +81,7 @@ pub(crate) async fn run(
 ) -> Result<Exit, PlatformError> {
     let app_dir = p.dynos.slug_dir(&release.slug).join("app");
     let command = p.dynos.load_command(&release.slug, component).await?;
+    let tmp_dir = p.dynos.fresh_tmp(&release.app, name)?;
     let spec = CommandSpec {
         app: release.app.clone(),
         name: name.to_owned(),
@@ -88,10 +89,13 @@ pub(crate) async fn run(
         args: argv,
         env: crate::dynos::dyno_env(release, name),
         app_dir,
+        tmp_dir: Some(tmp_dir.clone()),
         memory_bytes: 512 << 20,
         timeout,
     };
-    Ok(p.dynos.runtime().run_command(spec, output).await)
+    let exit = p.dynos.runtime().run_command(spec, output).await;
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    Ok(exit)
 }
 
 /// Runs the Procfile's `release` process, if any, writing its output as build lines. An

@@ -14,7 +14,7 @@ use crate::PlatformError;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied. Never edit
 /// a shipped entry: append a new one.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS apps (
@@ -71,6 +71,11 @@ CREATE TABLE IF NOT EXISTS collaborators (
     email TEXT NOT NULL,
     PRIMARY KEY (app, email)
 );
+";
+
+/// Dyno sizes per process type.
+const SCHEMA_V3: &str = "
+ALTER TABLE formation ADD COLUMN size TEXT NOT NULL DEFAULT 'standard-1x';
 ";
 
 fn migrate(conn: &mut Connection) -> Result<(), PlatformError> {
@@ -524,6 +529,39 @@ impl State {
             )
             .optional()?;
         Ok(found.is_some())
+    }
+
+    /// The dyno size of a process type (the default size unless resized).
+    pub fn size(&self, app: &str, process_type: &str) -> Result<String, PlatformError> {
+        let size: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT size FROM formation WHERE app = ?1 AND process_type = ?2",
+                params![app, process_type],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(size.unwrap_or_else(|| skiff_core::sizes::DEFAULT_SIZE.to_owned()))
+    }
+
+    /// Sets process types' sizes, keeping their quantities.
+    pub fn set_sizes(
+        &self,
+        app: &str,
+        sizes: &BTreeMap<String, String>,
+    ) -> Result<(), PlatformError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for (process_type, size) in sizes {
+            let default_quantity = i64::from(process_type == "web");
+            tx.execute(
+                "INSERT INTO formation (app, process_type, quantity, size) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (app, process_type) DO UPDATE SET size = excluded.size",
+                params![app, process_type, default_quantity, size],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// How many dynos of `process_type` the app should run (web defaults to 1).

@@ -9,14 +9,15 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, Trap};
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::Runtime;
 use crate::dyno::{ClosedOutbound, DynoState};
-use crate::engine::{EPOCH_TICK, LoadedCommand};
+use crate::engine::LoadedCommand;
+use crate::limits::DynoLimiter;
 
 /// A chunk of a command's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct CommandSpec {
     pub env: Vec<(String, String)>,
     /// The unpacked app, read-only at `/app`.
     pub app_dir: PathBuf,
+    /// A private writable folder at `/tmp`.
+    pub tmp_dir: Option<PathBuf>,
     /// Linear memory limit.
     pub memory_bytes: usize,
     /// Wall-clock limit.
@@ -103,22 +106,22 @@ async fn run(
     if let Err(e) = wasi.preopened_dir(&spec.app_dir, "/app", FsPerms::ReadOnly) {
         return Exit::Trapped(format!("opening /app: {e:?}"));
     }
+    if let Some(tmp) = &spec.tmp_dir
+        && let Err(e) = wasi.preopened_dir(tmp, "/tmp", FsPerms::ReadWrite)
+    {
+        return Exit::Trapped(format!("opening /tmp: {e:?}"));
+    }
     let state = DynoState {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(spec.memory_bytes)
-            .instances(64)
-            .build(),
+        limits: DynoLimiter::new(spec.memory_bytes).0,
         hooks: ClosedOutbound,
     };
     let pre = spec.command.pre.clone();
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limits);
-    let ticks = (spec.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    crate::limits::fence_time(&mut store, spec.timeout);
 
     let result = async {
         let command = pre.instantiate_async(&mut store).await?;

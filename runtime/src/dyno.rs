@@ -13,15 +13,16 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::engine::{EPOCH_TICK, LoadedComponent};
+use crate::engine::LoadedComponent;
+use crate::limits::{DynoLimiter, Failure};
 use crate::{Runtime, RuntimeError};
 
 /// Per-dyno limits.
@@ -33,6 +34,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Bytes of stdout/stderr kept per request for the logs.
     pub log_bytes: usize,
+    /// Requests served at once; more get a "full" answer.
+    pub concurrency: usize,
+    /// Fuel (roughly, wasm instructions) per request, when the engine meters fuel.
+    pub fuel: Option<u64>,
 }
 
 impl Default for Limits {
@@ -41,6 +46,8 @@ impl Default for Limits {
             memory_bytes: 256 << 20,
             request_timeout: Duration::from_secs(30),
             log_bytes: 64 << 10,
+            concurrency: 50,
+            fuel: None,
         }
     }
 }
@@ -67,6 +74,8 @@ pub struct DynoSpec {
     pub env: Vec<(String, String)>,
     /// The unpacked app tree, visible read-only to the guest as `/app`.
     pub app_dir: PathBuf,
+    /// A private writable folder, visible to the guest as `/tmp`.
+    pub tmp_dir: Option<PathBuf>,
     /// Limits.
     pub limits: Limits,
     /// Receives the app's output.
@@ -94,7 +103,7 @@ pub(crate) struct DynoState {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: DynoLimiter,
     pub(crate) hooks: ClosedOutbound,
 }
 
@@ -147,6 +156,8 @@ impl Runtime {
         let addr = listener.local_addr()?;
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let name = spec.name.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(spec.limits.concurrency.max(1)));
+        let fuel = self.meters_fuel();
         let spec = Arc::new(spec);
         tracing::info!(app = %spec.app, dyno = %spec.name, release = spec.release, %addr, "dyno up");
         tokio::spawn(async move {
@@ -166,10 +177,14 @@ impl Runtime {
                 // Small request/response exchanges: do not wait to coalesce packets.
                 let _ = stream.set_nodelay(true);
                 let spec = spec.clone();
+                let slots = slots.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let spec = spec.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(spec, req).await) }
+                        let slots = slots.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(handle(spec, slots, fuel, req).await)
+                        }
                     });
                     if let Err(e) = http1::Builder::new()
                         .keep_alive(true)
@@ -190,38 +205,60 @@ impl Runtime {
     }
 }
 
-/// Serves one request on a fresh instance; any failure becomes a 500 for this request only.
+/// Serves one request on a fresh instance; a failure fails this request only.
 async fn handle(
     spec: Arc<DynoSpec>,
+    slots: Arc<tokio::sync::Semaphore>,
+    fuel: bool,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = run_guest(&spec, req).await;
-    match result {
+    // A full dyno answers at once rather than queueing: the router can pick another one.
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        return failure_response(&Failure::Full);
+    };
+    match run_guest(&spec, fuel, req).await {
         Ok(resp) => {
             tracing::debug!(app = %spec.app, dyno = %spec.name, %method, path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
             resp
         }
-        Err(message) => {
-            tracing::warn!(app = %spec.app, dyno = %spec.name, %method, path, error = %message, "request failed in the app");
-            error_response()
+        Err(failure) => {
+            let detail = match &failure {
+                Failure::Crash(message) => message.lines().next().unwrap_or_default().to_owned(),
+                other => other.describe(),
+            };
+            tracing::warn!(app = %spec.app, dyno = %spec.name, %method, path, code = failure.code(), error = %detail, "request failed in the app");
+            spec.log.line(
+                &spec.app,
+                &spec.name,
+                &format!(
+                    "Error {} ({}) on {method} {path}: {detail}",
+                    failure.code(),
+                    failure.describe()
+                ),
+            );
+            failure_response(&failure)
         }
     }
 }
 
-fn error_response() -> hyper::Response<ResponseBody> {
-    let body = http_body_util::Full::new(Bytes::from_static(
-        b"Application error: the app failed while handling this request.\n",
-    ))
-    .map_err(|never| match never {})
-    .boxed_unsync();
+/// The answer for a request the guest could not serve; `skiff-error` carries the code.
+pub(crate) fn failure_response(failure: &Failure) -> hyper::Response<ResponseBody> {
+    let body = http_body_util::Full::new(Bytes::from(format!("{}.\n", failure.describe())))
+        .map_err(|never| match never {})
+        .boxed_unsync();
     let mut resp = hyper::Response::new(body);
-    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    *resp.status_mut() = http::StatusCode::from_u16(failure.status())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(
+        "skiff-error",
+        http::HeaderValue::from_static(failure.code()),
     );
     resp
 }
@@ -239,8 +276,9 @@ fn emit_output(spec: &DynoSpec, stdout: &MemoryOutputPipe, stderr: &MemoryOutput
 
 async fn run_guest(
     spec: &Arc<DynoSpec>,
+    fuel: bool,
     req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<ResponseBody>, String> {
+) -> Result<hyper::Response<ResponseBody>, Failure> {
     let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
     let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
     let mut wasi = WasiCtx::builder();
@@ -248,36 +286,47 @@ async fn run_guest(
         .stdout(stdout.clone())
         .stderr(stderr.clone());
     wasi.preopened_dir(&spec.app_dir, "/app", FsPerms::ReadOnly)
-        .map_err(|e| format!("opening /app: {e:?}"))?;
+        .map_err(|e| Failure::Crash(format!("opening /app: {e:?}")))?;
+    if let Some(tmp) = &spec.tmp_dir {
+        wasi.preopened_dir(tmp, "/tmp", FsPerms::ReadWrite)
+            .map_err(|e| Failure::Crash(format!("opening /tmp: {e:?}")))?;
+    }
+    let (limiter, memory_hit) = DynoLimiter::new(spec.limits.memory_bytes);
     let state = DynoState {
         wasi: wasi.build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(spec.limits.memory_bytes)
-            .instances(64)
-            .build(),
+        limits: limiter,
         hooks: ClosedOutbound,
     };
     let pre = spec.component.pre.clone();
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limits);
-    let ticks = (spec.limits.request_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    crate::limits::fence_time(&mut store, spec.limits.request_timeout);
+    let budget = if fuel {
+        spec.limits.fuel.unwrap_or(u64::MAX)
+    } else {
+        0
+    };
+    if fuel {
+        store
+            .set_fuel(budget)
+            .map_err(|e| Failure::Crash(format!("{e:?}")))?;
+    }
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = store
         .data_mut()
         .http()
         .new_incoming_request(Scheme::Http, req)
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| Failure::Crash(format!("{e:?}")))?;
     let out = store
         .data_mut()
         .http()
         .new_response_outparam(sender)
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| Failure::Crash(format!("{e:?}")))?;
     let spec = spec.clone();
+    let hit = memory_hit.clone();
     let task = tokio::spawn(async move {
         let result = async {
             let proxy = pre.instantiate_async(&mut store).await?;
@@ -290,15 +339,23 @@ async fn run_guest(
         // The guest may go on printing while its response body streams, so its output is
         // read once it has finished (or trapped), not when the response head is ready.
         emit_output(&spec, &stdout, &stderr);
-        result
+        if fuel {
+            let used = budget.saturating_sub(store.get_fuel().unwrap_or(0));
+            tracing::info!(target: "skiff::fuel", app = %spec.app, dyno = %spec.name, fuel = used, "request fuel");
+        }
+        result.map_err(|e| Failure::classify(&e, hit.load(std::sync::atomic::Ordering::Relaxed)))
     });
     match receiver.await {
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(code)) => Err(format!("the app answered with an error: {code:?}")),
+        Ok(Err(code)) => Err(Failure::Crash(format!(
+            "the app answered with an error: {code:?}"
+        ))),
         Err(_) => match task.await {
-            Ok(Ok(())) => Err("the app returned without setting a response".into()),
-            Ok(Err(e)) => Err(format!("{e:?}")),
-            Err(e) => Err(format!("the request task failed: {e}")),
+            Ok(Ok(())) => Err(Failure::Crash(
+                "the app returned without setting a response".into(),
+            )),
+            Ok(Err(failure)) => Err(failure),
+            Err(e) => Err(Failure::Crash(format!("the request task failed: {e}"))),
         },
     }
 }

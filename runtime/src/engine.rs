@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -17,6 +17,32 @@ use crate::dyno::DynoState;
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// How the shared engine is set up.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where precompiled components are cached.
+    pub cache_dir: PathBuf,
+    /// Instances the pooling allocator holds ready (`None`: allocate on demand). Each slot
+    /// reserves address space, not memory; a request beyond the pool gets a clear 503.
+    pub pool_instances: Option<u32>,
+    /// The largest linear memory any dyno size allows (sizes the pool's memory slots).
+    pub max_memory_bytes: usize,
+    /// Meter fuel, so requests can have a CPU budget and report what they used.
+    pub fuel: bool,
+}
+
+impl RuntimeConfig {
+    /// On-demand allocation, no fuel: the cheapest setup, for tests and tools.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self {
+            cache_dir,
+            pool_instances: None,
+            max_memory_bytes: 2 << 30,
+            fuel: false,
+        }
+    }
+}
+
 /// One engine for every app, plus the linker every dyno shares.
 #[derive(Clone)]
 pub struct Runtime {
@@ -25,6 +51,7 @@ pub struct Runtime {
 
 struct Inner {
     engine: Engine,
+    fuel: bool,
     linker: Linker<DynoState>,
     cache: PrecompiledCache,
     ticker_stop: Arc<AtomicBool>,
@@ -49,11 +76,29 @@ pub struct LoadedCommand {
 }
 
 impl Runtime {
-    /// Builds the engine and starts the epoch ticker; precompiled code is cached in `cache_dir`.
-    pub fn new(cache_dir: PathBuf) -> Result<Self, RuntimeError> {
+    /// Builds the engine and starts the epoch ticker.
+    pub fn new(rc: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let cache_dir = rc.cache_dir.clone();
         let mut config = Config::new();
         // Epochs bound every request's wall-clock time at near-zero cost per instruction.
         config.epoch_interruption(true);
+        config.consume_fuel(rc.fuel);
+        if let Some(instances) = rc.pool_instances {
+            // Slots are reserved once and reused: instantiation becomes a few microseconds
+            // and memory is copy-on-write from the compiled image.
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(instances)
+                .total_core_instances(instances.saturating_mul(8))
+                .total_memories(instances.saturating_mul(2))
+                .total_tables(instances.saturating_mul(8))
+                .total_stacks(instances)
+                .max_memories_per_module(2)
+                .max_tables_per_module(8)
+                // Interpreters compiled to wasm (JS, Python) carry large function tables.
+                .table_elements(200_000)
+                .max_memory_size(rc.max_memory_bytes);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine =
             Engine::new(&config).map_err(|e| RuntimeError::wasm("creating the engine", e))?;
         let mut linker = Linker::new(&engine);
@@ -82,11 +127,17 @@ impl Runtime {
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
+                fuel: rc.fuel,
                 linker,
                 cache,
                 ticker_stop,
             }),
         })
+    }
+
+    /// Whether requests are metered with fuel.
+    pub fn meters_fuel(&self) -> bool {
+        self.inner.fuel
     }
 
     /// The shared engine.

@@ -10,10 +10,12 @@ pub mod cache;
 pub mod command;
 pub mod dyno;
 pub mod engine;
+pub mod limits;
 
 pub use command::{CommandSpec, Exit, Output};
 pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
-pub use engine::{LoadedCommand, LoadedComponent, Runtime};
+pub use engine::{LoadedCommand, LoadedComponent, Runtime, RuntimeConfig};
+pub use limits::Failure;
 
 /// Errors from loading or running dynos.
 #[derive(Debug, thiserror::Error)]

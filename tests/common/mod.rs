@@ -77,6 +77,11 @@ impl Skiff {
     }
 
     pub fn boot(&mut self) -> Result<()> {
+        self.boot_with(&[])
+    }
+
+    /// Starts `skiff up` with extra flags.
+    pub fn boot_with(&mut self, extra: &[&str]) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -87,6 +92,7 @@ impl Skiff {
             .arg(self.dir.path().join("data"))
             .args(["--api-port", &self.api_port.to_string()])
             .args(["--http-port", &self.http_port.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -1,0 +1,158 @@
+//! Hostile guests against the runtime's fences: each attack fails its own request with a clear
+//! code, the dyno keeps serving, and another app on the same host keeps answering.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::*;
+use serde_json::Value;
+
+fn hostile_repo(s: &Skiff, parent: &std::path::Path) -> Result<std::path::PathBuf> {
+    let repo = parent.join("hostile");
+    copy_tree(&repo_root().join("tests/fixtures/hostile"), &repo)?;
+    ok(s.git(&repo, &["init", "--quiet", "--initial-branch=main"])?)?;
+    Ok(repo)
+}
+
+#[test]
+fn hostile_guests_fail_alone() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+
+    let calm = rust_hello_repo(&s, work.path())?;
+    ok(s.cli(&calm, &["apps:create", "calm"])?)?;
+    ok(s.cli(&calm, &["config:set", "CALM_SECRET=only-for-calm"])?)?;
+    let (pushed, output) = s.commit_and_push(&calm, "calm")?;
+    assert!(pushed, "{output}");
+
+    let hostile = hostile_repo(&s, work.path())?;
+    ok(s.cli(&hostile, &["apps:create", "hostile"])?)?;
+    ok(s.cli(&hostile, &["config:set", "SKIFF_REQUEST_TIMEOUT=2"])?)?;
+    let (pushed, output) = s.commit_and_push(&hostile, "hostile")?;
+    assert!(pushed, "{output}\n{}", s.logs());
+
+    // Scale up: eco is the smallest size (64 MiB, 10 requests at once).
+    ok(s.cli(&hostile, &["ps:resize", "web=eco"])?)?;
+    let ps: Value = serde_json::from_slice(&ok(s.cli(&hostile, &["ps", "--json"])?)?.stdout)?;
+    assert_eq!(ps["dynos"][0]["size"], "eco", "{ps}");
+    assert_eq!(ps["formation"]["web"]["size"], "eco", "{ps}");
+
+    let h = format!("hostile.localhost:{}", s.http_port);
+    let c = format!("calm.localhost:{}", s.http_port);
+    assert_eq!(s.request(&h, "GET", "/ok", None)?, (200, "ok\n".into()));
+
+    // An infinite loop is stopped at the app's deadline; the other app answers meanwhile.
+    let port = s.http_port;
+    let looping = {
+        let h = h.clone();
+        std::thread::spawn(move || http(port, &h, "GET", "/loop", None, &[]))
+    };
+    let mut calm_answers = 0;
+    while !looping.is_finished() && calm_answers < 200 {
+        let (status, body) = s.request(&c, "GET", "/", None)?;
+        assert_eq!((status, body.as_str()), (200, "Hello from Skiff!\n"));
+        calm_answers += 1;
+    }
+    let (status, body) = looping
+        .join()
+        .map_err(|_| anyhow::anyhow!("loop thread"))??;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Request timeout"), "{body}");
+    assert!(calm_answers > 0, "the calm app answered while the loop ran");
+
+    // A memory bomb hits its size's quota; the dyno lives on.
+    let (status, body) = s.request(&h, "GET", "/grow", None)?;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("Memory quota exceeded"), "{body}");
+    assert_eq!(s.request(&h, "GET", "/ok", None)?, (200, "ok\n".into()));
+
+    // Stack overflow and traps fail their own request only.
+    for path in ["/recurse", "/trap"] {
+        let (status, body) = s.request(&h, "GET", path, None)?;
+        assert_eq!(status, 500, "{path}: {body}");
+        assert_eq!(s.request(&h, "GET", "/ok", None)?, (200, "ok\n".into()));
+    }
+
+    // Files: no host paths, its own slug read-only at /app, a private writable /tmp.
+    let (_, body) = s.request(&h, "GET", "/passwd", None)?;
+    assert!(body.starts_with("refused"), "{body}");
+    let (_, body) = s.request(&h, "GET", "/own", None)?;
+    assert_eq!(body, "own [package]\n");
+    let (_, body) = s.request(&h, "GET", "/tmp", None)?;
+    assert!(body.contains("Ok(\"written\")"), "{body}");
+
+    // Environment: its own config and Skiff's variables, never another app's.
+    let (_, body) = s.request(&h, "GET", "/env", None)?;
+    assert!(
+        body.contains("SKIFF_APP") && body.contains("SKIFF_REQUEST_TIMEOUT"),
+        "{body}"
+    );
+    assert!(!body.contains("CALM_SECRET"), "{body}");
+
+    // Concurrency: an eco dyno serves 10 requests at once and answers "full" beyond that.
+    let loops: Vec<_> = (0..10)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || http(port, &h, "GET", "/loop", None, &[]))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_full = false;
+    while Instant::now() < deadline && loops.iter().any(|l| !l.is_finished()) {
+        let (status, body) = s.request(&h, "GET", "/ok", None)?;
+        if status == 503 && body.contains("capacity") {
+            saw_full = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for l in loops {
+        let _ = l.join();
+    }
+    assert!(
+        saw_full,
+        "an 11th request while 10 run must find the dyno full"
+    );
+    assert_eq!(s.request(&h, "GET", "/ok", None)?, (200, "ok\n".into()));
+
+    // The app's log says what happened, with codes.
+    let out = ok(s.cli(&hostile, &["logs", "-n", "200"])?)?;
+    let logs = stdout(&out);
+    for code in ["Error H12", "Error R15", "Error H10"] {
+        assert!(logs.contains(code), "missing {code} in:\n{logs}");
+    }
+    let calm_logs = stdout(&ok(s.cli(&calm, &["logs", "-n", "1500"])?)?);
+    assert!(
+        !calm_logs.contains("/loop"),
+        "one app's lines never reach another's log"
+    );
+    Ok(())
+}
+
+/// Runs the fixture's expensive routes with a tiny CPU budget when fuel metering is on.
+#[test]
+fn cpu_budget_stops_a_request() -> Result<()> {
+    let mut s = Skiff::start()?;
+    s.stop()?;
+    s.boot_with(&["--fuel"])?;
+    let work = tempfile::tempdir()?;
+    let hostile = hostile_repo(&s, work.path())?;
+    ok(s.cli(&hostile, &["apps:create", "budget"])?)?;
+    ok(s.cli(&hostile, &["config:set", "SKIFF_REQUEST_FUEL=50000000"])?)?;
+    let (pushed, output) = s.commit_and_push(&hostile, "budget")?;
+    assert!(pushed, "{output}");
+    let h = format!("budget.localhost:{}", s.http_port);
+    assert_eq!(s.request(&h, "GET", "/ok", None)?, (200, "ok\n".into()));
+    let (status, body) = s.request(&h, "GET", "/loop", None)?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("CPU budget"), "{body}");
+    let logs = s.logs();
+    let fuel_line = logs
+        .lines()
+        .find(|l| l.contains("request fuel"))
+        .context("a fuel log line")?;
+    assert!(fuel_line.contains("fuel="), "{fuel_line}");
+    Ok(())
+}
