@@ -499,7 +499,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Drains(app) => crate::logs::list_drains(app),
         Command::DrainsAdd { app, url } => crate::logs::add_drain(app, &url),
         Command::DrainsRemove { app, url } => crate::logs::remove_drain(app, &url),
-        Command::Up(_) | Command::Hook { .. } | Command::Run(_) => {
+        Command::Up(_) | Command::Hook { .. } | Command::Run(_) | Command::Bench(_) => {
             unreachable!("dispatched in main")
         }
     }

@@ -1,5 +1,6 @@
 //! `skiff`: runs the platform (`skiff up`) and drives it like Heroku's CLI.
 
+mod bench;
 mod client;
 mod commands;
 mod hook;
@@ -206,6 +207,8 @@ enum Command {
     },
     /// List the buildpacks this Skiff installs, in detection order.
     Buildpacks,
+    /// Benchmarks that print tables: `skiff bench density`.
+    Bench(bench::BenchArgs),
     /// Internal: run by git hooks in app repositories.
     #[command(hide = true)]
     Hook {
@@ -221,6 +224,7 @@ fn main() -> ExitCode {
         // tokio runtime), so it is dispatched before anything else.
         Command::Up(args) => up::run(args),
         Command::Hook { name } => return hook::run(&name),
+        Command::Bench(args) => bench::run(args),
         Command::Run(args) => {
             init_client_logging();
             return match run::run(args) {

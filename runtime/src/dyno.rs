@@ -359,3 +359,23 @@ async fn run_guest(
         },
     }
 }
+
+/// One instantiation in a fresh store with an empty context, as a request would do it.
+pub(crate) async fn instantiate_once(component: &LoadedComponent) -> Result<(), RuntimeError> {
+    let (limiter, _) = DynoLimiter::new(256 << 20);
+    let state = DynoState {
+        wasi: WasiCtx::builder().build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        limits: limiter,
+        hooks: ClosedOutbound,
+    };
+    let pre = component.pre.clone();
+    let mut store = Store::new(pre.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(u64::MAX / 2);
+    pre.instantiate_async(&mut store)
+        .await
+        .map_err(|e| RuntimeError::wasm("instantiating", e))?;
+    Ok(())
+}

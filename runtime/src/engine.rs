@@ -135,6 +135,17 @@ impl Runtime {
         })
     }
 
+    /// Instantiates `component` once in a fresh store and drops it, returning how long the
+    /// store and instantiation took: the fixed cost every request pays.
+    pub async fn time_instantiation(
+        &self,
+        component: &LoadedComponent,
+    ) -> Result<std::time::Duration, RuntimeError> {
+        let started = std::time::Instant::now();
+        crate::dyno::instantiate_once(component).await?;
+        Ok(started.elapsed())
+    }
+
     /// Whether requests are metered with fuel.
     pub fn meters_fuel(&self) -> bool {
         self.inner.fuel

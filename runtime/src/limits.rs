@@ -81,7 +81,10 @@ pub(crate) fn fence_time<T: 'static>(store: &mut Store<T>, timeout: Duration) {
         if Instant::now() >= deadline {
             Ok(UpdateDeadline::Interrupt)
         } else {
-            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         }
     });
 }
