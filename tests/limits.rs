@@ -131,12 +131,13 @@ fn hostile_guests_fail_alone() -> Result<()> {
     Ok(())
 }
 
-/// Runs the fixture's expensive routes with a tiny CPU budget when fuel metering is on.
+/// With fuel metering on, a CPU budget stops a runaway request and every request reports
+/// the fuel it used; a small instance pool refuses formations it cannot hold.
 #[test]
 fn cpu_budget_stops_a_request() -> Result<()> {
     let mut s = Skiff::start()?;
     s.stop()?;
-    s.boot_with(&["--fuel"])?;
+    s.boot_with(&["--fuel", "--pool-instances", "4"])?;
     let work = tempfile::tempdir()?;
     let hostile = hostile_repo(&s, work.path())?;
     ok(s.cli(&hostile, &["apps:create", "budget"])?)?;
@@ -148,6 +149,15 @@ fn cpu_budget_stops_a_request() -> Result<()> {
     let (status, body) = s.request(&h, "GET", "/loop", None)?;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("CPU budget"), "{body}");
+    // A formation the instance pool cannot hold is refused before anything starts.
+    let out = s.cli(&hostile, &["ps:scale", "web=5"])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("instance pool holds 4"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(s.request(&h, "GET", "/ok", None)?, (200, "ok\n".into()));
     let logs = s.logs();
     let fuel_line = logs
         .lines()

@@ -521,6 +521,21 @@ async fn scale(
             sizes.insert(process_type.clone(), known.name.to_owned());
         }
     }
+    // Every dyno needs at least one instance slot: refuse a formation the pool cannot hold.
+    if let Some(pool) = p.config.pool_instances {
+        let current = deploy::quantities(&p, &release)?;
+        let wanted: usize = current
+            .iter()
+            .map(|(t, s)| quantities.get(t).copied().unwrap_or(s.quantity) as usize)
+            .sum();
+        let others = p.dynos.total().saturating_sub(p.dynos.count(&app));
+        if others + wanted > pool as usize {
+            return Err(PlatformError::BadRequest(format!(
+                "this host's instance pool holds {pool} dynos and {others} run for other apps; {wanted} more do not fit (start skiff up with a larger --pool-instances)"
+            ))
+            .into());
+        }
+    }
     p.state.set_quantities(&app, &quantities)?;
     p.state.set_sizes(&app, &sizes)?;
     deploy::launch(&p, &release).await?;

@@ -361,6 +361,16 @@ impl Dynos {
         out
     }
 
+    /// Dynos running on this host, all apps together.
+    pub(crate) fn total(&self) -> usize {
+        lock(&self.running).values().map(|f| f.dynos.len()).sum()
+    }
+
+    /// Dynos `app` runs now.
+    pub(crate) fn count(&self, app: &str) -> usize {
+        lock(&self.running).get(app).map_or(0, |f| f.dynos.len())
+    }
+
     /// Restarts one dyno in place (same name, same release).
     pub(crate) async fn restart_one(&self, app: &str, name: &str) -> Result<(), PlatformError> {
         let (process_type, index, probe) = {
