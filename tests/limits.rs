@@ -91,36 +91,76 @@ fn hostile_guests_fail_alone() -> Result<()> {
     );
     assert!(!body.contains("CALM_SECRET"), "{body}");
 
+    // Outbound HTTP: host and private addresses are closed by default, open when listed.
+    let outside = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let outside_port = outside.local_addr()?.port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in outside.incoming().take(4) {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 19\r\nconnection: close\r\n\r\nhello from outside\n");
+        }
+    });
+    let fetch = format!("/fetch?url=http://127.0.0.1:{outside_port}/");
+    let (_, body) = s.request(&h, "GET", &fetch, None)?;
+    assert!(
+        body.starts_with("fetch failed"),
+        "loopback is closed by default: {body}"
+    );
+    ok(s.cli(
+        &hostile,
+        &[
+            "config:set",
+            &format!("SKIFF_OUTBOUND_ALLOW=127.0.0.1:{outside_port}"),
+        ],
+    )?)?;
+    let (_, body) = s.request(&h, "GET", &fetch, None)?;
+    assert_eq!(body, "fetched hello from outside\n");
+    let api = format!("/fetch?url=http://127.0.0.1:{}/apps", s.api_port);
+    let (_, body) = s.request(&h, "GET", &api, None)?;
+    assert!(
+        body.starts_with("fetch failed"),
+        "the platform's API stays closed: {body}"
+    );
+
     // Concurrency: an eco dyno serves 10 requests at once and answers "full" beyond that.
-    let loops: Vec<_> = (0..10)
+    // Twelve slow requests at once: at least one of them (or a probe sent meanwhile) must
+    // be turned away at once with the capacity answer.
+    let loops: Vec<_> = (0..12)
         .map(|_| {
             let h = h.clone();
             std::thread::spawn(move || http(port, &h, "GET", "/loop", None, &[]))
         })
         .collect();
+    let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut saw_full = false;
     while Instant::now() < deadline && loops.iter().any(|l| !l.is_finished()) {
-        let (status, body) = s.request(&h, "GET", "/ok", None)?;
-        if status == 503 && body.contains("capacity") {
-            saw_full = true;
-            break;
-        }
+        seen.push(s.request(&h, "GET", "/ok", None)?);
         std::thread::sleep(Duration::from_millis(20));
     }
     for l in loops {
-        let _ = l.join();
+        if let Ok(Ok(answer)) = l.join() {
+            seen.push(answer);
+        }
     }
     assert!(
-        saw_full,
-        "an 11th request while 10 run must find the dyno full"
+        seen.iter()
+            .any(|(status, body)| *status == 503 && body.contains("capacity")),
+        "no request found the dyno full: {seen:?}"
     );
     assert_eq!(s.request(&h, "GET", "/ok", None)?, (200, "ok\n".into()));
 
     // The app's log says what happened, with codes.
     let out = ok(s.cli(&hostile, &["logs", "-n", "200"])?)?;
     let logs = stdout(&out);
-    for code in ["Error H12", "Error R15", "Error H10"] {
+    for code in [
+        "Error H12",
+        "Error R15",
+        "Error H10",
+        "Outbound request refused",
+    ] {
         assert!(logs.contains(code), "missing {code} in:\n{logs}");
     }
     let calm_logs = stdout(&ok(s.cli(&calm, &["logs", "-n", "1500"])?)?);

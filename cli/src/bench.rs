@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use skiff_runtime::{DynoSpec, Limits, LogSink, Runtime, RuntimeConfig};
+use skiff_runtime::{DynoSpec, Limits, LogSink, OutboundPolicy, Runtime, RuntimeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(clap::Args, Debug)]
@@ -179,6 +179,7 @@ async fn density(
                 app_dir: app_dir.path().to_owned(),
                 tmp_dir: None,
                 limits: Limits::default(),
+                outbound: Arc::new(OutboundPolicy::Closed),
                 log: Arc::new(Quiet),
             };
             match runtime.start_web_dyno(spec).await {

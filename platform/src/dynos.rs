@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use skiff_core::ProcessKind;
 use skiff_router::{Backend, RouteTable};
+use skiff_runtime::OutboundPolicy;
 use skiff_runtime::{
     CommandSpec, DynoHandle, DynoSpec, Exit, Limits, LoadedCommand, LoadedComponent, Output,
     Runtime,
@@ -271,6 +272,7 @@ impl Dynos {
                     app_dir,
                     tmp_dir: Some(tmp_dir),
                     limits,
+                    outbound: outbound_policy(release),
                     log: self.logs.clone(),
                 })
                 .await?;
@@ -301,6 +303,7 @@ impl Dynos {
             tmp_dir: Some(tmp_dir),
             memory_bytes: limits.memory_bytes,
             timeout: Duration::from_secs(365 * 24 * 3600),
+            outbound: outbound_policy(release),
         };
         let task = tokio::spawn(supervise(
             self.runtime.clone(),
@@ -577,6 +580,16 @@ pub(crate) fn limits_for(release: &ReleaseRow, size: sizes::DynoSize) -> Limits 
         fuel,
         ..defaults
     }
+}
+
+/// Where the release's dynos may send HTTP requests (`SKIFF_OUTBOUND_ALLOW`).
+pub(crate) fn outbound_policy(release: &ReleaseRow) -> Arc<OutboundPolicy> {
+    Arc::new(OutboundPolicy::from_config(
+        release
+            .config
+            .get("SKIFF_OUTBOUND_ALLOW")
+            .map(String::as_str),
+    ))
 }
 
 /// A dyno's environment: the release's config vars, then Skiff's own (which win).

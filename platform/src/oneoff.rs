@@ -92,6 +92,7 @@ pub(crate) async fn run(
         tmp_dir: Some(tmp_dir.clone()),
         memory_bytes: 512 << 20,
         timeout,
+        outbound: crate::dynos::outbound_policy(release),
     };
     let exit = p.dynos.runtime().run_command(spec, output).await;
     let _ = std::fs::remove_dir_all(&tmp_dir);

@@ -15,9 +15,10 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::Runtime;
-use crate::dyno::{ClosedOutbound, DynoState};
+use crate::dyno::DynoState;
 use crate::engine::LoadedCommand;
 use crate::limits::DynoLimiter;
+use crate::outbound::{Outbound, OutboundPolicy};
 
 /// A chunk of a command's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,8 @@ pub struct CommandSpec {
     pub memory_bytes: usize,
     /// Wall-clock limit.
     pub timeout: Duration,
+    /// Where the command's outbound HTTP may go.
+    pub outbound: std::sync::Arc<OutboundPolicy>,
 }
 
 /// Bytes of output a command may have in flight before its writes wait for the reader.
@@ -116,7 +119,12 @@ async fn run(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         limits: DynoLimiter::new(spec.memory_bytes).0,
-        hooks: ClosedOutbound,
+        hooks: Outbound {
+            policy: spec.outbound.clone(),
+            app: spec.app.clone(),
+            dyno: spec.name.clone(),
+            log: None,
+        },
     };
     let pre = spec.command.pre.clone();
     let mut store = Store::new(pre.engine(), state);

@@ -19,10 +19,11 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::LoadedComponent;
 use crate::limits::{DynoLimiter, Failure};
+use crate::outbound::{Outbound, OutboundPolicy};
 use crate::{Runtime, RuntimeError};
 
 /// Per-dyno limits.
@@ -78,6 +79,8 @@ pub struct DynoSpec {
     pub tmp_dir: Option<PathBuf>,
     /// Limits.
     pub limits: Limits,
+    /// Where the dyno's outbound HTTP may go.
+    pub outbound: Arc<OutboundPolicy>,
     /// Receives the app's output.
     pub log: Arc<dyn LogSink>,
 }
@@ -104,7 +107,7 @@ pub(crate) struct DynoState {
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limits: DynoLimiter,
-    pub(crate) hooks: ClosedOutbound,
+    pub(crate) hooks: Outbound,
 }
 
 impl WasiView for DynoState {
@@ -123,27 +126,6 @@ impl WasiHttpView for DynoState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outbound HTTP is closed by default: a dyno reaches only what the platform grants it.
-pub(crate) struct ClosedOutbound;
-
-type BoxFuture<T> = Box<dyn Future<Output = T> + Send>;
-
-impl WasiHttpHooks for ClosedOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: BoxFuture<Result<(), wasmtime_wasi_http::Error>>,
-    ) -> BoxFuture<
-        wasmtime_wasi_http::Result<(
-            http::Response<wasmtime_wasi_http::WasiBody>,
-            BoxFuture<Result<(), wasmtime_wasi_http::Error>>,
-        )>,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
@@ -297,7 +279,12 @@ async fn run_guest(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         limits: limiter,
-        hooks: ClosedOutbound,
+        hooks: Outbound {
+            policy: spec.outbound.clone(),
+            app: spec.app.clone(),
+            dyno: spec.name.clone(),
+            log: Some(spec.log.clone()),
+        },
     };
     let pre = spec.component.pre.clone();
     let mut store = Store::new(pre.engine(), state);
@@ -368,7 +355,12 @@ pub(crate) async fn instantiate_once(component: &LoadedComponent) -> Result<(), 
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         limits: limiter,
-        hooks: ClosedOutbound,
+        hooks: Outbound {
+            policy: Arc::new(OutboundPolicy::Closed),
+            app: String::new(),
+            dyno: String::new(),
+            log: None,
+        },
     };
     let pre = component.pre.clone();
     let mut store = Store::new(pre.engine(), state);

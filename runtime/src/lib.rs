@@ -11,11 +11,13 @@ pub mod command;
 pub mod dyno;
 pub mod engine;
 pub mod limits;
+pub mod outbound;
 
 pub use command::{CommandSpec, Exit, Output};
 pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
 pub use engine::{LoadedCommand, LoadedComponent, Runtime, RuntimeConfig};
 pub use limits::Failure;
+pub use outbound::OutboundPolicy;
 
 /// Errors from loading or running dynos.
 #[derive(Debug, thiserror::Error)]
