@@ -2,7 +2,7 @@
 //! A failed step ends the build with a message for the pusher; nothing is deployed.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use skiff_core::manifest::split_command;
@@ -350,7 +350,8 @@ fn resolve_process_types(
             command: command.clone(),
             source,
         };
-        let rel = safe_relative(&component).ok_or_else(|| fail(InspectError::OutsideApp))?;
+        let rel = skiff_core::text::app_relative(&component)
+            .ok_or_else(|| fail(InspectError::OutsideApp))?;
         let bytes = std::fs::read(build_dir.join(&rel)).map_err(|e| fail(InspectError::Read(e)))?;
         let kind = process_kind(&bytes).map_err(fail)?;
         resolved.insert(
@@ -364,20 +365,6 @@ fn resolve_process_types(
         );
     }
     Ok(resolved)
-}
-
-/// A path inside the app tree, or None if it would leave it.
-fn safe_relative(path: &str) -> Option<PathBuf> {
-    let path = Path::new(path.strip_prefix("/app/").unwrap_or(path));
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
 }
 
 /// Sizes as Heroku prints them (`1.2M`).
@@ -399,22 +386,6 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relative_paths_stay_inside() {
-        assert_eq!(
-            safe_relative("bin/a.wasm"),
-            Some(PathBuf::from("bin/a.wasm"))
-        );
-        assert_eq!(safe_relative("./a.wasm"), Some(PathBuf::from("a.wasm")));
-        assert_eq!(
-            safe_relative("/app/bin/a.wasm"),
-            Some(PathBuf::from("bin/a.wasm"))
-        );
-        assert_eq!(safe_relative("../a.wasm"), None);
-        assert_eq!(safe_relative("/etc/passwd"), None);
-        assert_eq!(safe_relative(""), None);
-    }
 
     #[test]
     fn sizes() {

@@ -679,36 +679,14 @@ fn ago(secs: i64) -> String {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS` UTC from Unix seconds.
-pub(crate) fn timestamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub(crate) use skiff_core::text::timestamp;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn formats_timestamps() {
-        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
-        assert_eq!(timestamp(1_795_873_600), "2026-11-28 13:46:40");
+    fn formats_ages() {
         assert_eq!(ago(5), "5s");
         assert_eq!(ago(7200), "2h");
     }

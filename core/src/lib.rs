@@ -6,6 +6,7 @@ pub mod manifest;
 pub mod names;
 pub mod procfile;
 pub mod sizes;
+pub mod text;
 
 pub use manifest::{ProcessKind, ProcessSpec, ReleaseSpec, SLUG_MANIFEST_VERSION, SlugManifest};
 pub use names::{AppName, ConfigKey, NameError};

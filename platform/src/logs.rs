@@ -91,29 +91,7 @@ impl std::fmt::Display for LogLine {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffff+00:00` from Unix microseconds.
-pub(crate) fn rfc3339_micros(time_us: i64) -> String {
-    let secs = time_us.div_euclid(1_000_000);
-    let micros = time_us.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}+00:00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub(crate) use skiff_core::text::rfc3339_micros;
 
 fn now_us() -> i64 {
     SystemTime::now()

@@ -1,7 +1,7 @@
 //! Command processes: one-off runs (`skiff run`) and the release phase. Both run the app's
 //! slug as a `wasi:cli/run` instance with the release's config vars.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use skiff_core::manifest::split_command;
@@ -34,9 +34,9 @@ pub(crate) fn resolve(
             format!("bin/{first}.wasm"),
             format!("bin/{first}"),
         ];
-        let found = candidates
-            .into_iter()
-            .find(|c| relative(c).is_some_and(|rel| app_dir.join(rel).is_file()));
+        let found = candidates.into_iter().find(|c| {
+            skiff_core::text::app_relative(c).is_some_and(|rel| app_dir.join(rel).is_file())
+        });
         match found {
             Some(c) => (c, rest),
             None => {
@@ -48,25 +48,12 @@ pub(crate) fn resolve(
             }
         }
     };
-    let rel = relative(&component).ok_or_else(|| {
+    let rel = skiff_core::text::app_relative(&component).ok_or_else(|| {
         PlatformError::BadRequest(format!("{component}: path must stay inside the app"))
     })?;
     argv.extend(args.iter().cloned());
     argv.insert(0, component.clone());
     Ok((rel, argv))
-}
-
-fn relative(path: &str) -> Option<PathBuf> {
-    let path = Path::new(path.strip_prefix("/app/").unwrap_or(path));
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
 }
 
 /// Runs `argv` from `release` as process `name`, streaming its output to `output`.

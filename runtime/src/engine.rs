@@ -156,16 +156,23 @@ impl Runtime {
         &self.inner.engine
     }
 
+    /// Compiles (or loads from the cache) and links the component at `path`.
+    fn link(
+        &self,
+        slug: &str,
+        path: &Path,
+    ) -> Result<wasmtime::component::InstancePre<DynoState>, RuntimeError> {
+        let component: Component = self.inner.cache.load(&self.inner.engine, slug, path)?;
+        self.inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::wasm("linking the component", e))
+    }
+
     /// Loads the component at `path` (from the slug `slug`), compiling it ahead of time on
     /// first use. Blocking: compilation can take seconds for large guests.
     pub fn load(&self, slug: &str, path: &Path) -> Result<LoadedComponent, RuntimeError> {
-        let component: Component = self.inner.cache.load(&self.inner.engine, slug, path)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| RuntimeError::wasm("linking the component", e))?;
-        let pre = ProxyPre::new(pre).map_err(|e| {
+        let pre = ProxyPre::new(self.link(slug, path)?).map_err(|e| {
             RuntimeError::wasm(
                 "the component does not export wasi:http/incoming-handler",
                 e,
@@ -176,13 +183,7 @@ impl Runtime {
 
     /// Loads a command component (`wasi:cli/run`) the same way as [`Runtime::load`].
     pub fn load_command(&self, slug: &str, path: &Path) -> Result<LoadedCommand, RuntimeError> {
-        let component: Component = self.inner.cache.load(&self.inner.engine, slug, path)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| RuntimeError::wasm("linking the component", e))?;
-        let pre = CommandPre::new(pre)
+        let pre = CommandPre::new(self.link(slug, path)?)
             .map_err(|e| RuntimeError::wasm("the component does not export wasi:cli/run", e))?;
         Ok(LoadedCommand { pre })
     }

@@ -1,0 +1,90 @@
+//! Small pure helpers shared by the CLI and the platform: dates and paths inside an app.
+
+use std::path::{Component, Path, PathBuf};
+
+/// (year, month, day, seconds into the day) for Unix seconds, UTC.
+pub fn civil(secs: i64) -> (i64, i64, i64, i64) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm): exact for every day an i64 holds here.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for Unix seconds.
+pub fn timestamp(secs: i64) -> String {
+    let (y, m, d, rem) = civil(secs);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffff+00:00` for Unix microseconds, as log lines carry it.
+pub fn rfc3339_micros(time_us: i64) -> String {
+    let (y, m, d, rem) = civil(time_us.div_euclid(1_000_000));
+    let micros = time_us.rem_euclid(1_000_000);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A path inside an app's tree (`bin/a.wasm`, `/app/bin/a.wasm`), or `None` when it would
+/// leave the tree or names nothing.
+pub fn app_relative(path: &str) -> Option<PathBuf> {
+    let path = Path::new(path.strip_prefix("/app/").unwrap_or(path));
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(timestamp(1_795_873_600), "2026-11-28 13:46:40");
+        assert_eq!(
+            rfc3339_micros(1_795_873_600_000_042),
+            "2026-11-28T13:46:40.000042+00:00"
+        );
+        assert_eq!(timestamp(951_782_400), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn relative_paths_stay_inside() {
+        assert_eq!(
+            app_relative("bin/a.wasm"),
+            Some(PathBuf::from("bin/a.wasm"))
+        );
+        assert_eq!(app_relative("./a.wasm"), Some(PathBuf::from("a.wasm")));
+        assert_eq!(
+            app_relative("/app/bin/a.wasm"),
+            Some(PathBuf::from("bin/a.wasm"))
+        );
+        assert_eq!(app_relative("../a.wasm"), None);
+        assert_eq!(app_relative("/etc/passwd"), None);
+        assert_eq!(app_relative(""), None);
+    }
+}
