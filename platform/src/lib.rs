@@ -11,6 +11,7 @@ mod gitweb;
 mod logs;
 pub mod netrc;
 mod oneoff;
+mod routing;
 mod runs;
 mod state;
 
@@ -132,6 +133,8 @@ pub(crate) struct Platform {
     pub builder: Builder,
     pub slugs: SlugStore,
     pub dynos: dynos::Dynos,
+    /// The table the router reads; `routing` sets what is not dynos (settings, domains).
+    pub routes: Arc<RouteTable>,
     pub logs: Arc<logs::LogHub>,
     /// Turns true when the platform stops; long-lived responses (log tails) end on it.
     pub shutdown: watch::Receiver<bool>,
@@ -240,7 +243,7 @@ pub async fn run(
     let builder = Builder::new(buildpacks, slugs.clone(), config.build_timeout);
     let runtime = Runtime::new(data.join("precompiled"))?;
     let logs = logs.0;
-    let dynos = dynos::Dynos::new(runtime, routes, data.join("apps"), logs.clone());
+    let dynos = dynos::Dynos::new(runtime, routes.clone(), data.join("apps"), logs.clone());
     let platform = Arc::new(Platform {
         hook_token: auth::new_token(),
         config: config.clone(),
@@ -248,6 +251,7 @@ pub async fn run(
         builder,
         slugs,
         dynos,
+        routes,
         logs,
         shutdown: shutdown.clone(),
         deploy_locks: Default::default(),
