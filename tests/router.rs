@@ -485,3 +485,27 @@ fn deploy_under_load(s: &Skiff, repo: &Path, host: &str) -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn bench_router_prints_its_table() -> Result<()> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["bench", "router", "--seconds", "1", "--connections", "2"])
+        .output()?;
+    let text = stdout(&out);
+    ensure!(out.status.success(), "{text}{}", stderr(&out));
+    for part in [
+        "req/s",
+        "p50",
+        "p99",
+        "direct",
+        "skiff router",
+        "router/direct",
+    ] {
+        ensure!(text.contains(part), "{part} missing:\n{text}");
+    }
+    ensure!(
+        text.contains("nginx"),
+        "the nginx comparison is run or said to be skipped:\n{text}"
+    );
+    Ok(())
+}

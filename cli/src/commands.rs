@@ -497,7 +497,7 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::FeaturesDisable { app, feature } => {
             crate::routing::set_feature(app, &feature, false)
         }
-        Command::Up(_) | Command::Hook { .. } | Command::Run(_) => {
+        Command::Up(_) | Command::Hook { .. } | Command::Run(_) | Command::Bench { .. } => {
             unreachable!("dispatched in main")
         }
     }

@@ -1,5 +1,6 @@
 //! `skiff`: runs the platform (`skiff up`) and drives it like Heroku's CLI.
 
+mod bench;
 mod client;
 mod commands;
 mod hook;
@@ -239,6 +240,11 @@ enum Command {
         /// The feature.
         feature: String,
     },
+    /// Measure: `skiff bench router` compares a static upstream direct and through the router.
+    Bench {
+        #[command(subcommand)]
+        target: bench::BenchTarget,
+    },
     /// List the buildpacks this Skiff installs, in detection order.
     Buildpacks,
     /// Internal: run by git hooks in app repositories.
@@ -255,6 +261,11 @@ fn main() -> ExitCode {
         // The platform sets up its own logging and threads (the router must start before any
         // tokio runtime), so it is dispatched before anything else.
         Command::Up(args) => up::run(args),
+        // The bench starts a router too, which must come before any tokio runtime.
+        Command::Bench { target } => {
+            init_client_logging();
+            bench::run(target)
+        }
         Command::Hook { name } => return hook::run(&name),
         Command::Run(args) => {
             init_client_logging();
