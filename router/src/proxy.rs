@@ -279,6 +279,7 @@ impl ProxyHttp for Router {
         ctx.on_dyno = Some(slot.track());
         ctx.connect_started = Some(Instant::now());
         let mut peer = HttpPeer::new(slot.backend.addr, false, String::new());
+        peer.group_key = slot.generation;
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.read_timeout = Some(route.settings.timeout);
         peer.options.write_timeout = Some(route.settings.timeout);

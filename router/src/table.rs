@@ -6,7 +6,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -57,6 +57,10 @@ pub(crate) struct Slot {
     pub backend: Backend,
     /// Opaque, stable while the dyno lives; the affinity cookie carries it.
     pub id: String,
+    /// Unique to this dyno's time in the table. Pooled upstream connections are keyed by it,
+    /// so a later dyno that gets a stopped dyno's port never inherits that dyno's connections
+    /// (which its runtime keeps serving with the old release).
+    pub generation: u64,
     inflight: Arc<AtomicUsize>,
 }
 
@@ -135,6 +139,7 @@ pub struct RouteTable {
     domains: ArcSwap<HashMap<String, String>>,
     /// Keys affinity ids, so a cookie reveals nothing about the dyno's address.
     ids: RandomState,
+    generations: AtomicU64,
 }
 
 impl RouteTable {
@@ -145,6 +150,7 @@ impl RouteTable {
             apps: ArcSwap::from_pointee(HashMap::new()),
             domains: ArcSwap::from_pointee(HashMap::new()),
             ids: RandomState::new(),
+            generations: AtomicU64::new(1),
         }
     }
 
@@ -164,14 +170,16 @@ impl RouteTable {
             .into_iter()
             .map(|backend| {
                 // A dyno that stays routed keeps its count of requests in flight.
-                let inflight = prior
-                    .and_then(|p| p.slots.iter().find(|s| s.backend == backend))
-                    .map(|s| s.inflight.clone())
-                    .unwrap_or_default();
+                let kept = prior.and_then(|p| p.slots.iter().find(|s| s.backend == backend));
+                let inflight = kept.map(|s| s.inflight.clone()).unwrap_or_default();
+                let generation = kept
+                    .map(|s| s.generation)
+                    .unwrap_or_else(|| self.generations.fetch_add(1, Ordering::Relaxed));
                 let id = format!("{:016x}", self.ids.hash_one((&backend.dyno, backend.addr)));
                 Slot {
                     backend,
                     id,
+                    generation,
                     inflight,
                 }
             })
@@ -361,7 +369,8 @@ mod tests {
             assert_eq!(r.pick(&[], None).map(|s| s.backend.addr.port()), Some(3));
         }
         drop(busy);
-        // Load survives a route change for dynos that stay.
+        let generations: Vec<u64> = r.slots.iter().map(|s| s.generation).collect();
+        // Load (and the connection pool key) survives a route change for dynos that stay.
         let _held = r
             .slots
             .iter()
@@ -369,6 +378,11 @@ mod tests {
             .map(Slot::track);
         t.set_app("a-app", vec![mk(2), mk(4)]);
         let r = t.route("a-app").expect("route");
+        assert_eq!(
+            r.slots.first().map(|s| s.generation),
+            generations.get(1).copied()
+        );
+        assert!(!generations.contains(&r.slots.get(1).map(|s| s.generation).unwrap_or(0)));
         for _ in 0..3 {
             assert_eq!(r.pick(&[], None).map(|s| s.backend.addr.port()), Some(4));
         }
