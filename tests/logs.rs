@@ -191,7 +191,7 @@ fn logs_tail_filters_and_drains() -> Result<()> {
         l.contains(" skiff[router]: at=info method=GET path=\"/logs-probe\"")
     })?;
     assert!(is_heroku_line(&router), "{router}");
-    assert!(router.contains(" host=hello "), "{router}");
+    assert!(router.contains(" host=hello.localhost "), "{router}");
     assert!(router.contains(" dyno=web.1 "), "{router}");
     assert!(router.contains(" status=404 "), "{router}");
     let app = tail.wait_for("the app's line", |l| {

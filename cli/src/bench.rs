@@ -1,4 +1,5 @@
-//! `skiff bench density`: how many web dynos one host holds, and what they cost.
+//! `skiff bench density`: how many web dynos one host holds, and what they cost
+//! (`skiff bench router` lives in bench_router.rs).
 //!
 //! It runs the runtime alone, in this process: builds (or takes) a hello-world component,
 //! starts N dynos of it per step, sends each one request, then loads them all, and prints a
@@ -20,6 +21,8 @@ pub(crate) struct BenchArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum BenchWhat {
+    /// The router against a static upstream on loopback, direct vs routed (and nginx).
+    Router(crate::bench_router::RouterBenchArgs),
     /// Start N dynos per step and measure memory, instantiation and request latency.
     Density {
         /// Dyno counts to measure, comma-separated.
@@ -48,6 +51,8 @@ impl LogSink for Quiet {
 
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
     match args.what {
+        // The router bench starts a router, which must come before any tokio runtime.
+        BenchWhat::Router(args) => crate::bench_router::run(args),
         BenchWhat::Density {
             steps,
             component,

@@ -499,6 +499,19 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Drains(app) => crate::logs::list_drains(app),
         Command::DrainsAdd { app, url } => crate::logs::add_drain(app, &url),
         Command::DrainsRemove { app, url } => crate::logs::remove_drain(app, &url),
+        Command::Maintenance(app) => crate::routing::maintenance(app, json),
+        Command::MaintenanceOn(app) => crate::routing::set_maintenance(app, true),
+        Command::MaintenanceOff(app) => crate::routing::set_maintenance(app, false),
+        Command::Domains(app) => crate::routing::domains(app, json),
+        Command::DomainsAdd { app, hostname } => crate::routing::add_domain(app, &hostname),
+        Command::DomainsRemove { app, hostname } => crate::routing::remove_domain(app, &hostname),
+        Command::Features(app) => crate::routing::features(app, json),
+        Command::FeaturesEnable { app, feature } => {
+            crate::routing::set_feature(app, &feature, true)
+        }
+        Command::FeaturesDisable { app, feature } => {
+            crate::routing::set_feature(app, &feature, false)
+        }
         Command::Up(_) | Command::Hook { .. } | Command::Run(_) | Command::Bench(_) => {
             unreachable!("dispatched in main")
         }

@@ -1,10 +1,12 @@
 //! `skiff`: runs the platform (`skiff up`) and drives it like Heroku's CLI.
 
 mod bench;
+mod bench_router;
 mod client;
 mod commands;
 mod hook;
 mod logs;
+mod routing;
 mod run;
 mod up;
 
@@ -205,9 +207,53 @@ enum Command {
         /// The drain's URL, as `skiff drains` lists it.
         url: String,
     },
+    /// Show whether an app is in maintenance mode.
+    Maintenance(AppArg),
+    /// Serve the maintenance page (503, H80) instead of the app; the dynos keep running.
+    #[command(name = "maintenance:on")]
+    MaintenanceOn(AppArg),
+    /// Serve the app again.
+    #[command(name = "maintenance:off")]
+    MaintenanceOff(AppArg),
+    /// List an app's domains.
+    Domains(AppArg),
+    /// Route a host name (www.example.com) to an app; a domain belongs to one app only.
+    #[command(name = "domains:add")]
+    DomainsAdd {
+        #[command(flatten)]
+        app: AppArg,
+        /// The host name.
+        hostname: String,
+    },
+    /// Stop routing a host name to an app.
+    #[command(name = "domains:remove")]
+    DomainsRemove {
+        #[command(flatten)]
+        app: AppArg,
+        /// The host name.
+        hostname: String,
+    },
+    /// List an app's features and whether each is on.
+    Features(AppArg),
+    /// Turn a feature on (`http-session-affinity`).
+    #[command(name = "features:enable")]
+    FeaturesEnable {
+        #[command(flatten)]
+        app: AppArg,
+        /// The feature.
+        feature: String,
+    },
+    /// Turn a feature off.
+    #[command(name = "features:disable")]
+    FeaturesDisable {
+        #[command(flatten)]
+        app: AppArg,
+        /// The feature.
+        feature: String,
+    },
     /// List the buildpacks this Skiff installs, in detection order.
     Buildpacks,
-    /// Benchmarks that print tables: `skiff bench density`.
+    /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`.
     Bench(bench::BenchArgs),
     /// Internal: run by git hooks in app repositories.
     #[command(hide = true)]
@@ -224,7 +270,10 @@ fn main() -> ExitCode {
         // tokio runtime), so it is dispatched before anything else.
         Command::Up(args) => up::run(args),
         Command::Hook { name } => return hook::run(&name),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => {
+            init_client_logging();
+            bench::run(args)
+        }
         Command::Run(args) => {
             init_client_logging();
             return match run::run(args) {

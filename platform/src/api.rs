@@ -64,6 +64,7 @@ pub(crate) fn router(p: Shared) -> axum::Router {
             delete(remove_collaborator),
         )
         .merge(crate::logs::routes())
+        .merge(crate::routing::routes())
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
         .route("/{repo}/git-receive-pack", post(gitweb::service))
@@ -249,6 +250,7 @@ async fn create_app(
     .await
     .map_err(PlatformError::from)?;
     p.dynos.route_without_dynos(name.as_str());
+    crate::routing::sync(&p, name.as_str())?;
     tracing::info!(app = %name, "app created");
     Ok((StatusCode::CREATED, Json(app_info_of(&p, &row)?)))
 }

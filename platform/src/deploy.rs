@@ -30,6 +30,14 @@ fn log_release(p: &Platform, release: &ReleaseRow) {
     );
 }
 
+/// Once dynos are live, a failure to refresh the router's settings must not undo the release:
+/// the previous settings stay in force and the error is logged.
+fn sync_routing(p: &Platform, app: &str) {
+    if let Err(e) = crate::routing::sync(p, app) {
+        tracing::error!(app, error = %e, "could not update the router's settings for the app");
+    }
+}
+
 /// Brings back the app's last release after a restart.
 pub(crate) async fn restore(p: &Platform, app: &str) -> Result<(), PlatformError> {
     skiff_builder::git::init_repo(&skiff_builder::git::repo_path(&p.repos_dir(), app)).await?;
@@ -37,7 +45,7 @@ pub(crate) async fn restore(p: &Platform, app: &str) -> Result<(), PlatformError
         Some(release) => launch(p, &release).await,
         None => {
             p.dynos.route_without_dynos(app);
-            Ok(())
+            crate::routing::sync(p, app)
         }
     }
 }
@@ -47,6 +55,7 @@ pub(crate) async fn launch(p: &Platform, release: &ReleaseRow) -> Result<(), Pla
     let (component, quantities) = prepare(p, release).await?;
     let formation = p.dynos.start(release, component, &quantities).await?;
     p.dynos.activate(&release.app, formation);
+    sync_routing(p, &release.app);
     Ok(())
 }
 
@@ -124,6 +133,8 @@ async fn roll_out(
     };
     log_release(p, &release);
     p.dynos.activate(&release.app, formation);
+    // Config vars may have changed the router's limits for the app.
+    sync_routing(p, &release.app);
     prune_slugs(p, &release.app);
     Ok(release)
 }

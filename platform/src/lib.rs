@@ -11,6 +11,7 @@ mod gitweb;
 mod logs;
 pub mod netrc;
 mod oneoff;
+mod routing;
 mod runs;
 mod state;
 
@@ -138,6 +139,8 @@ pub(crate) struct Platform {
     pub builder: Builder,
     pub slugs: SlugStore,
     pub dynos: dynos::Dynos,
+    /// The table the router reads; `routing` sets what is not dynos (settings, domains).
+    pub routes: Arc<RouteTable>,
     pub logs: Arc<logs::LogHub>,
     /// Turns true when the platform stops; long-lived responses (log tails) end on it.
     pub shutdown: watch::Receiver<bool>,
@@ -255,7 +258,7 @@ pub async fn run(
     let logs = logs.0;
     let dynos = dynos::Dynos::new(
         runtime,
-        routes,
+        routes.clone(),
         data.join("apps"),
         data.join("tmp"),
         logs.clone(),
@@ -267,6 +270,7 @@ pub async fn run(
         builder,
         slugs,
         dynos,
+        routes,
         logs,
         shutdown: shutdown.clone(),
         deploy_locks: Default::default(),

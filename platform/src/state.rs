@@ -14,7 +14,7 @@ use crate::PlatformError;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied. Never edit
 /// a shipped entry: append a new one.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_ROUTING];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS apps (
@@ -76,6 +76,21 @@ CREATE TABLE IF NOT EXISTS collaborators (
 /// Dyno sizes per process type.
 const SCHEMA_V3: &str = "
 ALTER TABLE formation ADD COLUMN size TEXT NOT NULL DEFAULT 'standard-1x';
+";
+
+/// The router's per-app state: custom domains (each host belongs to one app) and flags
+/// (maintenance mode, features such as session affinity).
+const SCHEMA_ROUTING: &str = "
+CREATE TABLE IF NOT EXISTS domains (
+    hostname   TEXT PRIMARY KEY,
+    app        TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS app_flags (
+    app  TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    flag TEXT NOT NULL,
+    PRIMARY KEY (app, flag)
+);
 ";
 
 fn migrate(conn: &mut Connection) -> Result<(), PlatformError> {
@@ -161,7 +176,7 @@ impl State {
         })
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -634,6 +649,8 @@ const APP_TABLES: &[&str] = &[
     "formation",
     "collaborators",
     "log_drains",
+    "domains",
+    "app_flags",
 ];
 
 const RELEASE_SELECT: &str = "SELECT app, version, slug, manifest, config, description, created_by, created_at FROM releases";

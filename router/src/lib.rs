@@ -7,7 +7,7 @@ mod proxy;
 mod table;
 
 pub use proxy::{AccessLog, RouterConfig, RouterHandle, spawn_router};
-pub use table::{Backend, RouteTable};
+pub use table::{AppSettings, Backend, RouteTable};
 
 /// Errors from starting the router.
 #[derive(Debug, thiserror::Error)]

@@ -4,21 +4,22 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::protocols::Digest;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::watch;
 
 use crate::RouterError;
-use crate::pages::page;
-use crate::table::{AppRoute, RouteTable};
+use crate::pages::{Code, page};
+use crate::table::{AppRoute, InFlight, RouteTable, normalize};
 
 /// Receives one Heroku-style router line per routed request. Called on the router's threads
 /// after each response, so implementations must not block.
@@ -138,12 +139,44 @@ struct Router {
     access_log: Option<Arc<dyn AccessLog>>,
 }
 
+/// The cookie that pins a client to a dyno when the app enables session affinity.
+const AFFINITY_COOKIE: &str = "skiff-session-affinity";
+
+/// How a request ended when it did not end with the app's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// A router error code; the page goes out when nothing has been sent yet.
+    Code(Code),
+    /// The request body is over the app's limit.
+    TooLarge,
+    /// No app at this host.
+    NoApp,
+}
+
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
+    host: String,
     route: Option<Arc<AppRoute>>,
-    dyno: Option<String>,
     request_id: String,
+    websocket: bool,
+    /// The affinity id the client's cookie names.
+    pinned: Option<String>,
+    /// The dyno chosen last.
+    dyno: Option<String>,
+    addr: Option<SocketAddr>,
+    slot_id: Option<String>,
+    /// Dynos that refused the connection.
+    tried: Vec<SocketAddr>,
+    admitted: Option<InFlight>,
+    on_dyno: Option<InFlight>,
+    connect_started: Option<Instant>,
+    connected_at: Option<Instant>,
+    connect_ms: u128,
+    body_bytes: u64,
+    failure: Option<Failure>,
+    /// Status written by the router itself when the client could not get it.
+    status: u16,
 }
 
 #[async_trait]
@@ -153,15 +186,29 @@ impl ProxyHttp for Router {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            host: String::new(),
             route: None,
-            dyno: None,
             request_id: String::new(),
+            websocket: false,
+            pinned: None,
+            dyno: None,
+            addr: None,
+            slot_id: None,
+            tried: Vec::new(),
+            admitted: None,
+            on_dyno: None,
+            connect_started: None,
+            connected_at: None,
+            connect_ms: 0,
+            body_bytes: 0,
+            failure: None,
+            status: 0,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let host = req
+        ctx.host = req
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -169,36 +216,42 @@ impl ProxyHttp for Router {
             .unwrap_or("")
             .to_owned();
         ctx.request_id = request_id(req);
-        let Some(route) = self.table.lookup(&host) else {
+        ctx.websocket = is_websocket(req);
+        let declared_len = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let Some(route) = self.table.lookup(&ctx.host) else {
             let body = page(
                 "No such app",
                 "There is no app at this address. Check the URL, or create the app with `skiff apps:create`.",
             );
+            ctx.failure = Some(Failure::NoApp);
             respond(session, 404, body, &ctx.request_id).await?;
             return Ok(true);
         };
-        if route.backends.is_empty() {
-            let body = page(
-                "Application error",
-                "This app has no web dynos running (H14). Deploy it, or scale it with `skiff ps:scale web=1`.",
-            );
-            tracing::warn!(target: "skiff::router", app = %route.app, code = "H14", "no web dynos running");
-            if let Some(log) = &self.access_log {
-                log.request(
-                    &route.app,
-                    &format!(
-                        "at=error code=H14 desc=\"No web processes running\" method={} path=\"{}\" host={} request_id={} dyno=none status=503",
-                        req.method,
-                        req.uri.path(),
-                        route.app,
-                        ctx.request_id,
-                    ),
-                );
-            }
-            respond(session, 503, body, &ctx.request_id).await?;
+        ctx.route = Some(route.clone());
+        if route.settings.maintenance {
+            return refuse(session, ctx, Code::H80).await;
+        }
+        if route.slots.is_empty() {
+            return refuse(session, ctx, Code::H14).await;
+        }
+        if declared_len.is_some_and(|n| n > route.settings.max_body_bytes) {
+            ctx.failure = Some(Failure::TooLarge);
+            respond(session, 413, too_large_page(&route), &ctx.request_id).await?;
             return Ok(true);
         }
-        ctx.route = Some(route);
+        let Some(admitted) = route.admit() else {
+            return refuse(session, ctx, Code::H11).await;
+        };
+        ctx.admitted = Some(admitted);
+        // A client that stops sending its body must not hold a dyno (slow loris).
+        session.set_read_timeout(Some(route.settings.client_timeout));
+        if route.settings.session_affinity {
+            ctx.pinned = cookie(session.req_header(), AFFINITY_COOKIE);
+        }
         Ok(false)
     }
 
@@ -207,12 +260,103 @@ impl ProxyHttp for Router {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let backend =
-            ctx.route.as_ref().and_then(|r| r.pick()).ok_or_else(|| {
-                Error::explain(pingora_error::ErrorType::ConnectNoRoute, "no dyno")
-            })?;
-        ctx.dyno = Some(backend.dyno.clone());
-        Ok(Box::new(HttpPeer::new(backend.addr, false, String::new())))
+        let Some(mut route) = ctx.route.clone() else {
+            return Err(Error::explain(ErrorType::InternalError, "no route"));
+        };
+        if !ctx.tried.is_empty() {
+            // A retry sees the routes as they are now: a deploy may have just switched them.
+            if let Some(fresh) = self.table.route(&route.app) {
+                route = fresh;
+                ctx.route = Some(route.clone());
+            }
+        }
+        let slot = route
+            .pick(&ctx.tried, ctx.pinned.as_deref())
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no dyno left to try"))?;
+        ctx.dyno = Some(slot.backend.dyno.clone());
+        ctx.addr = Some(slot.backend.addr);
+        ctx.slot_id = Some(slot.id.clone());
+        ctx.on_dyno = Some(slot.track());
+        ctx.connect_started = Some(Instant::now());
+        let mut peer = HttpPeer::new(slot.backend.addr, false, String::new());
+        peer.group_key = slot.generation;
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.read_timeout = Some(route.settings.timeout);
+        peer.options.write_timeout = Some(route.settings.timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = ctx.addr.take() {
+            ctx.tried.push(addr);
+        }
+        ctx.on_dyno = None;
+        // Nothing reached the dyno, so one more try elsewhere is safe; more would only pile
+        // up on an app whose dynos are all down.
+        e.set_retry(ctx.tried.len() < 2);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // The request may have reached the app: it is never sent twice.
+        e.set_retry(false);
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let now = Instant::now();
+        ctx.connect_ms = ctx
+            .connect_started
+            .map(|t| now.duration_since(t).as_millis())
+            .unwrap_or_default();
+        ctx.connected_at = Some(now);
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Chunked bodies declare no length, so the limit is also checked as they stream.
+        ctx.body_bytes += body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        let limit = ctx
+            .route
+            .as_ref()
+            .map(|r| r.settings.max_body_bytes)
+            .unwrap_or(u64::MAX);
+        if ctx.body_bytes > limit {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body over the limit",
+            ));
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -221,18 +365,20 @@ impl ProxyHttp for Router {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let forwarded_for = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client_ip}"),
-            _ => client_ip,
+        for name in hop_by_hop(&upstream.headers, ctx.websocket) {
+            upstream.remove_header(&name);
+        }
+        if ctx.websocket {
+            upstream.insert_header("connection", "upgrade")?;
+        }
+        let client_ip = client_ip(session);
+        let forwarded_for = match joined(&upstream.headers, "x-forwarded-for") {
+            Some(prior) => format!("{prior}, {client_ip}"),
+            None => client_ip,
+        };
+        let via = match joined(&upstream.headers, "via") {
+            Some(prior) => format!("{prior}, {VIA}"),
+            None => VIA.to_owned(),
         };
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -243,6 +389,7 @@ impl ProxyHttp for Router {
         upstream.insert_header("x-forwarded-port", self.port.to_string())?;
         upstream.insert_header("x-request-start", now_ms.to_string())?;
         upstream.insert_header("x-request-id", ctx.request_id.clone())?;
+        upstream.insert_header("via", via)?;
         Ok(())
     }
 
@@ -252,7 +399,32 @@ impl ProxyHttp for Router {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let upgraded = ctx.websocket && upstream_response.status.as_u16() == 101;
+        for name in hop_by_hop(&upstream_response.headers, upgraded) {
+            upstream_response.remove_header(&name);
+        }
+        if upgraded {
+            upstream_response.insert_header("connection", "upgrade")?;
+        }
+        let via = match joined(&upstream_response.headers, "via") {
+            Some(prior) => format!("{prior}, {VIA}"),
+            None => VIA.to_owned(),
+        };
+        upstream_response.insert_header("via", via)?;
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
+        let affinity = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.settings.session_affinity);
+        if affinity
+            && let Some(id) = &ctx.slot_id
+            && ctx.pinned.as_ref() != Some(id)
+        {
+            upstream_response.append_header(
+                "set-cookie",
+                format!("{AFFINITY_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"),
+            )?;
+        }
         Ok(())
     }
 
@@ -262,62 +434,215 @@ impl ProxyHttp for Router {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (code, body) = match e.esource() {
-            ErrorSource::Upstream => (
-                503,
-                page(
-                    "Application error",
-                    "The app did not answer this request. Its logs say why (H13).",
-                ),
-            ),
-            ErrorSource::Downstream => {
-                return FailToProxy {
-                    error_code: 0,
-                    can_reuse_downstream: false,
-                };
-            }
-            _ => (
-                500,
-                page(
-                    "Platform error",
-                    "Skiff could not route this request (H99).",
-                ),
-            ),
-        };
+        let failure = classify(e);
+        ctx.failure = Some(failure);
         if let Some(route) = &ctx.route {
             tracing::warn!(target: "skiff::router", app = %route.app, dyno = ctx.dyno.as_deref().unwrap_or(""), error = %e, "request failed");
         }
-        let _ = respond(session, code, body, &ctx.request_id).await;
+        let (status, body) = match failure {
+            Failure::TooLarge => (413, ctx.route.as_ref().map(|r| too_large_page(r))),
+            Failure::Code(Code::H18) => {
+                // A client that went quiet may still read an answer; one that left cannot.
+                let timed_out = matches!(e.etype(), ErrorType::ReadTimedout);
+                if timed_out {
+                    (408, Some(Code::H18.page()))
+                } else {
+                    (499, None)
+                }
+            }
+            Failure::Code(code) => (503, Some(code.page())),
+            Failure::NoApp => (404, None),
+        };
+        ctx.status = status;
+        if let Some(body) = body
+            && session.response_written().is_none()
+        {
+            let _ = respond(session, status, body, &ctx.request_id).await;
+        }
         FailToProxy {
-            error_code: code,
+            error_code: status,
             can_reuse_downstream: false,
         }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Held until here so the request counts against its app and dyno until it is done.
+        ctx.on_dyno = None;
+        ctx.admitted = None;
         let req = session.req_header();
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let app = ctx.route.as_ref().map(|r| r.app.as_str()).unwrap_or("");
+        let status = match session.response_written() {
+            Some(r) if ctx.status == 0 || r.status.as_u16() == ctx.status => r.status.as_u16(),
+            _ => ctx.status,
+        };
+        let code = match ctx.failure {
+            Some(Failure::Code(code)) => Some(code),
+            _ => None,
+        };
+        let at = match code {
+            Some(Code::H80) | None => "info",
+            Some(_) => "error",
+        };
+        let code = code
+            .map(|c| format!(" code={} desc=\"{}\"", c.as_str(), c.desc()))
+            .unwrap_or_default();
+        let total = ctx.started.elapsed().as_millis();
+        let service = ctx
+            .connected_at
+            .map(|t| t.elapsed().as_millis())
+            .unwrap_or_default();
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let line = format!(
-            "at=info method={} path=\"{}\" host={} request_id={} dyno={} service={}ms status={} bytes={}",
+            "at={at}{code} method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol=http",
             req.method,
-            req.uri.path(),
-            app,
+            quoted(path),
+            token(&normalize(&ctx.host)),
             ctx.request_id,
+            client_ip(session),
             ctx.dyno.as_deref().unwrap_or("none"),
-            ctx.started.elapsed().as_millis(),
+            ctx.connect_ms,
+            service,
             status,
             session.body_bytes_sent(),
         );
-        tracing::info!(target: "skiff::router", "{line}");
+        tracing::info!(target: "skiff::router", total_ms = total as u64, "{line}");
         // Requests for unknown hosts belong to no app, so only routed ones reach its logs.
         if let (Some(log), Some(route)) = (&self.access_log, &ctx.route) {
             log.request(&route.app, &line);
         }
     }
+}
+
+const VIA: &str = "1.1 skiff";
+
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, code: Code) -> Result<bool> {
+    if let Some(route) = &ctx.route {
+        tracing::warn!(target: "skiff::router", app = %route.app, code = code.as_str(), "{}", code.desc());
+    }
+    ctx.failure = Some(Failure::Code(code));
+    respond(session, 503, code.page(), &ctx.request_id).await?;
+    Ok(true)
+}
+
+fn too_large_page(route: &AppRoute) -> String {
+    page(
+        "Request too large",
+        &format!(
+            "This app accepts request bodies of at most {} bytes.",
+            route.settings.max_body_bytes
+        ),
+    )
+}
+
+/// Maps a proxying error to Heroku's codes.
+fn classify(e: &Error) -> Failure {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(413) => return Failure::TooLarge,
+        ConnectNoRoute => return Failure::Code(Code::H10),
+        _ => {}
+    }
+    match e.esource() {
+        ErrorSource::Downstream => Failure::Code(Code::H18),
+        ErrorSource::Upstream => Failure::Code(match e.etype() {
+            ConnectTimedout | ConnectRefused | ConnectError | BindError | SocketError
+            | ConnectProxyFailure => Code::H10,
+            ReadTimedout | WriteTimedout => Code::H12,
+            _ => Code::H13,
+        }),
+        _ => Failure::Code(Code::H99),
+    }
+}
+
+/// Headers that describe one connection, not the message: never forwarded, either way.
+/// `Upgrade` stays on a websocket handshake, which needs it end to end.
+fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<String> {
+    let mut names: Vec<String> = ["connection", "keep-alive", "te", "trailer"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if !upgrade {
+        names.push("upgrade".into());
+    }
+    for value in headers.get_all(http::header::CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim().to_ascii_lowercase();
+            // A client may not use Connection to strip what framing or routing needs.
+            let protected = matches!(
+                token.as_str(),
+                "" | "host" | "content-length" | "transfer-encoding" | "upgrade"
+            );
+            if !protected {
+                names.push(token);
+            }
+        }
+    }
+    for name in headers.keys() {
+        if name.as_str().starts_with("proxy-") {
+            names.push(name.as_str().to_owned());
+        }
+    }
+    names
+}
+
+fn is_websocket(req: &RequestHeader) -> bool {
+    let has = |name: http::header::HeaderName, want: &str| {
+        req.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(want))
+        })
+    };
+    has(http::header::UPGRADE, "websocket") && has(http::header::CONNECTION, "upgrade")
+}
+
+/// All values of a header joined as one list, if any is non-empty.
+fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+fn client_ip(session: &Session) -> String {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// A value for inside `"..."` in a log line.
+fn quoted(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// A value that must stay one token in a log line.
+fn token(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_whitespace() || c == '"' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Keeps a client's `X-Request-Id` when it is sane, else makes one.
@@ -357,13 +682,267 @@ fn new_request_id() -> String {
 
 async fn respond(session: &mut Session, status: u16, body: String, request_id: &str) -> Result<()> {
     let body = Bytes::from(body);
-    let mut header = ResponseHeader::build(status, Some(4))?;
+    let mut header = ResponseHeader::build(status, Some(5))?;
     header.insert_header("content-type", "text/html; charset=utf-8")?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-cache, no-store")?;
     header.insert_header("x-request-id", request_id.to_owned())?;
+    header.insert_header("via", VIA)?;
     session
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::table::{AppSettings, Backend};
+
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+
+    impl AccessLog for Lines {
+        fn request(&self, _app: &str, line: &str) {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line.to_owned());
+        }
+    }
+
+    impl Lines {
+        /// The line for `id`, waiting a bounded time: it is written after the response.
+        fn of(&self, id: &str) -> String {
+            for _ in 0..100 {
+                let found = self
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|l| l.contains(id))
+                    .cloned();
+                if let Some(l) = found {
+                    return l;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("no line for {id}");
+        }
+    }
+
+    fn free_addr() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+    }
+
+    /// A dyno stand-in: answers every request with `ok`, one request per connection.
+    fn serve_ok() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nKeep-Alive: timeout=5\r\nX-Gone: 1\r\nConnection: x-gone\r\n\r\nok",
+                );
+            }
+        });
+        addr
+    }
+
+    fn get(port: u16, id: &str) -> (u16, String, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(
+            format!(
+                "GET / HTTP/1.1\r\nHost: a-app.localhost\r\nConnection: close\r\nX-Request-Id: {id}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[test]
+    fn retries_a_refused_connection_once_on_another_dyno() {
+        let table = Arc::new(RouteTable::new("localhost"));
+        let closed = free_addr();
+        let live = serve_ok();
+        table.set_app(
+            "a-app",
+            vec![
+                Backend {
+                    dyno: "web.1".into(),
+                    addr: closed,
+                },
+                Backend {
+                    dyno: "web.2".into(),
+                    addr: live,
+                },
+            ],
+        );
+        let lines = Arc::new(Lines::default());
+        let listen = free_addr();
+        let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let handle = spawn_router(
+            RouterConfig {
+                listen,
+                threads: 1,
+                run_dir: run_dir.clone(),
+                access_log: Some(lines.clone()),
+            },
+            table.clone(),
+        )
+        .expect("router");
+        let mut up = false;
+        for _ in 0..200 {
+            if TcpStream::connect(listen).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(up, "router did not start");
+
+        // Every request lands on the live dyno, including those first sent to the dead one.
+        for i in 0..6 {
+            let id = format!("retry-test-request-{i:04}");
+            let (status, head, body) = get(listen.port(), &id);
+            assert_eq!((status, body.as_str()), (200, "ok"), "{head}");
+            assert!(head.contains("via: 1.1 skiff"), "{head}");
+            assert!(!head.contains("x-gone"), "{head}");
+            assert!(!head.contains("keep-alive"), "{head}");
+            let line = lines.of(&id);
+            assert!(line.contains(" dyno=web.2 "), "{line}");
+            assert!(line.starts_with("at=info "), "{line}");
+        }
+
+        // Only a dead dyno: H10, after one retry.
+        table.set_app(
+            "a-app",
+            vec![Backend {
+                dyno: "web.1".into(),
+                addr: closed,
+            }],
+        );
+        let (status, _, body) = get(listen.port(), "retry-test-request-h10");
+        assert_eq!(status, 503);
+        assert!(body.contains("H10"), "{body}");
+        let line = lines.of("retry-test-request-h10");
+        assert!(
+            line.contains("at=error code=H10 desc=\"App crashed\""),
+            "{line}"
+        );
+
+        // Maintenance wins over everything, and lifts in place.
+        table.set_settings(
+            "a-app",
+            AppSettings {
+                maintenance: true,
+                ..AppSettings::default()
+            },
+        );
+        let (status, _, body) = get(listen.port(), "retry-test-request-h80");
+        assert_eq!(status, 503);
+        assert!(body.contains("H80"), "{body}");
+        table.set_settings("a-app", AppSettings::default());
+        table.set_app("a-app", Vec::new());
+        let (status, _, body) = get(listen.port(), "retry-test-request-h14");
+        assert_eq!(status, 503);
+        assert!(body.contains("H14"), "{body}");
+
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_headers() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, X-Private, Content-Length"),
+            ("x-private", "1"),
+            ("keep-alive", "5"),
+            ("proxy-authorization", "x"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("content-length", "3"),
+        ] {
+            h.append(
+                http::header::HeaderName::from_static(k),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        let names = hop_by_hop(&h, false);
+        for gone in [
+            "connection",
+            "x-private",
+            "keep-alive",
+            "proxy-authorization",
+            "proxy-connection",
+            "upgrade",
+            "te",
+            "trailer",
+        ] {
+            assert!(names.iter().any(|n| n == gone), "{gone}: {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "content-length"), "{names:?}");
+        assert!(!hop_by_hop(&h, true).iter().any(|n| n == "upgrade"));
+    }
+
+    #[test]
+    fn maps_errors_to_codes() {
+        let up = |t| {
+            let mut e = Error::new(t);
+            e.esource = ErrorSource::Upstream;
+            classify(&e)
+        };
+        assert_eq!(up(ErrorType::ConnectRefused), Failure::Code(Code::H10));
+        assert_eq!(up(ErrorType::ReadTimedout), Failure::Code(Code::H12));
+        assert_eq!(up(ErrorType::ConnectionClosed), Failure::Code(Code::H13));
+        let mut down = Error::new(ErrorType::ConnectionClosed);
+        down.esource = ErrorSource::Downstream;
+        assert_eq!(classify(&down), Failure::Code(Code::H18));
+        assert_eq!(
+            classify(&Error::new(ErrorType::HTTPStatus(413))),
+            Failure::TooLarge
+        );
+        assert_eq!(
+            classify(&Error::new(ErrorType::InternalError)),
+            Failure::Code(Code::H99)
+        );
+    }
+
+    #[test]
+    fn keeps_sane_request_ids_only() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.insert_header("x-request-id", "abcdefghij-0123456789")
+            .expect("header");
+        assert_eq!(request_id(&req), "abcdefghij-0123456789");
+        req.insert_header("x-request-id", "short").expect("header");
+        let id = request_id(&req);
+        assert_eq!(id.len(), 36);
+    }
 }

@@ -1,10 +1,13 @@
-//! The route table: host -> app -> web dynos. Readers take a snapshot without locking
-//! (`ArcSwap`); writers replace one app's entry at a time.
+//! The route table: host -> app -> web dynos, plus each app's router settings. Readers take a
+//! snapshot without locking (`ArcSwap`); writers replace one app's entry at a time.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -17,30 +20,126 @@ pub struct Backend {
     pub addr: SocketAddr,
 }
 
+/// How the router treats one app's requests. The platform derives it from the app's state
+/// (maintenance, features) and config vars, and sets it with [`RouteTable::set_settings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSettings {
+    /// Answer every request with the maintenance page (H80).
+    pub maintenance: bool,
+    /// Pin each client to one dyno with a cookie.
+    pub session_affinity: bool,
+    /// How long a dyno may take to start its response (H12).
+    pub timeout: Duration,
+    /// Requests in flight per web dyno before new ones are refused (H11).
+    pub max_concurrency: usize,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: u64,
+    /// How long the router waits on a silent client while it sends its request.
+    pub client_timeout: Duration,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        Self {
+            maintenance: false,
+            session_affinity: false,
+            timeout: Duration::from_secs(30),
+            max_concurrency: 50,
+            max_body_bytes: 100 << 20,
+            client_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A backend as the router uses it: its load and its affinity id.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub backend: Backend,
+    /// Opaque, stable while the dyno lives; the affinity cookie carries it.
+    pub id: String,
+    /// Unique to this dyno's time in the table. Pooled upstream connections are keyed by it,
+    /// so a later dyno that gets a stopped dyno's port never inherits that dyno's connections
+    /// (which its runtime keeps serving with the old release).
+    pub generation: u64,
+    inflight: Arc<AtomicUsize>,
+}
+
+/// Counts one request in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Slot {
+    pub(crate) fn track(&self) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.inflight.clone())
+    }
+
+    fn load(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
 /// An app's routing entry.
 #[derive(Debug)]
 pub(crate) struct AppRoute {
     pub app: String,
-    pub backends: Vec<Backend>,
-    next: AtomicUsize,
+    pub slots: Vec<Slot>,
+    pub settings: AppSettings,
+    /// Requests in flight for the whole app; shared by every entry the app ever has, so a
+    /// deploy does not reset the H11 bound.
+    inflight: Arc<AtomicUsize>,
+    next: Arc<AtomicUsize>,
 }
 
 impl AppRoute {
-    /// Picks the next backend in turn.
-    pub(crate) fn pick(&self) -> Option<&Backend> {
-        if self.backends.is_empty() {
+    /// Chooses a dyno: the pinned one when it is still routed, else the one with the fewest
+    /// requests in flight (ties in turn). Dynos in `exclude` already failed to connect.
+    pub(crate) fn pick(&self, exclude: &[SocketAddr], pinned: Option<&str>) -> Option<&Slot> {
+        let usable = |s: &&Slot| !exclude.contains(&s.backend.addr);
+        if let Some(id) = pinned
+            && let Some(slot) = self.slots.iter().filter(usable).find(|s| s.id == id)
+        {
+            return Some(slot);
+        }
+        let n = self.slots.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
-        self.backends.get(i)
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .filter_map(|i| self.slots.get((start + i) % n))
+            .filter(usable)
+            .min_by_key(|s| s.load())
+    }
+
+    /// Admits one more request unless the app is at its bound (H11).
+    pub(crate) fn admit(&self) -> Option<InFlight> {
+        let bound = self
+            .settings
+            .max_concurrency
+            .saturating_mul(self.slots.len().max(1));
+        let before = self.inflight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(self.inflight.clone());
+        (before < bound).then_some(guard)
     }
 }
 
-/// Host-based routes for every app, under `<app>.<domain>`.
+/// Host-based routes for every app, under `<app>.<domain>` and custom domains.
 #[derive(Debug)]
 pub struct RouteTable {
     domain: String,
     apps: ArcSwap<HashMap<String, Arc<AppRoute>>>,
+    /// Custom domain -> app.
+    domains: ArcSwap<HashMap<String, String>>,
+    /// Keys affinity ids, so a cookie reveals nothing about the dyno's address.
+    ids: RandomState,
+    generations: AtomicU64,
 }
 
 impl RouteTable {
@@ -49,6 +148,9 @@ impl RouteTable {
         Self {
             domain: domain.trim_matches('.').to_ascii_lowercase(),
             apps: ArcSwap::from_pointee(HashMap::new()),
+            domains: ArcSwap::from_pointee(HashMap::new()),
+            ids: RandomState::new(),
+            generations: AtomicU64::new(1),
         }
     }
 
@@ -57,43 +159,126 @@ impl RouteTable {
         &self.domain
     }
 
-    /// Sets an app's web dynos (an empty list: the app exists but has none running).
-    pub fn set_app(&self, app: &str, backends: Vec<Backend>) {
-        let route = Arc::new(AppRoute {
+    fn build(
+        &self,
+        app: &str,
+        prior: Option<&Arc<AppRoute>>,
+        backends: Vec<Backend>,
+        settings: AppSettings,
+    ) -> AppRoute {
+        let slots = backends
+            .into_iter()
+            .map(|backend| {
+                // A dyno that stays routed keeps its count of requests in flight.
+                let kept = prior.and_then(|p| p.slots.iter().find(|s| s.backend == backend));
+                let inflight = kept.map(|s| s.inflight.clone()).unwrap_or_default();
+                let generation = kept
+                    .map(|s| s.generation)
+                    .unwrap_or_else(|| self.generations.fetch_add(1, Ordering::Relaxed));
+                let id = format!("{:016x}", self.ids.hash_one((&backend.dyno, backend.addr)));
+                Slot {
+                    backend,
+                    id,
+                    generation,
+                    inflight,
+                }
+            })
+            .collect();
+        AppRoute {
             app: app.to_owned(),
-            backends,
-            next: AtomicUsize::new(0),
-        });
+            slots,
+            settings,
+            inflight: prior.map(|p| p.inflight.clone()).unwrap_or_default(),
+            next: prior.map(|p| p.next.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Sets an app's web dynos (an empty list: the app exists but has none running). The
+    /// app's settings stay as they are.
+    pub fn set_app(&self, app: &str, backends: Vec<Backend>) {
         self.apps.rcu(|current| {
+            let prior = current.get(app);
+            let settings = prior.map(|p| p.settings.clone()).unwrap_or_default();
+            let route = self.build(app, prior, backends.clone(), settings);
             let mut next = HashMap::clone(current);
-            next.insert(app.to_owned(), route.clone());
+            next.insert(app.to_owned(), Arc::new(route));
             next
         });
     }
 
-    /// Forgets an app; its hostname then answers 404.
+    /// Sets an app's router settings; its dynos stay as they are.
+    pub fn set_settings(&self, app: &str, settings: AppSettings) {
+        self.apps.rcu(|current| {
+            let prior = current.get(app);
+            let backends = prior
+                .map(|p| p.slots.iter().map(|s| s.backend.clone()).collect())
+                .unwrap_or_default();
+            let route = self.build(app, prior, backends, settings.clone());
+            let mut next = HashMap::clone(current);
+            next.insert(app.to_owned(), Arc::new(route));
+            next
+        });
+    }
+
+    /// An app's current settings.
+    pub fn settings(&self, app: &str) -> Option<AppSettings> {
+        self.apps.load().get(app).map(|r| r.settings.clone())
+    }
+
+    /// Makes exactly `domains` (lowercase host names) route to `app`.
+    pub fn set_domains(&self, app: &str, domains: &[String]) {
+        self.domains.rcu(|current| {
+            let mut next: HashMap<String, String> = current
+                .iter()
+                .filter(|(_, a)| a.as_str() != app)
+                .map(|(d, a)| (d.clone(), a.clone()))
+                .collect();
+            for d in domains {
+                next.insert(normalize(d), app.to_owned());
+            }
+            next
+        });
+    }
+
+    /// Forgets an app and its custom domains; its hostnames then answer 404.
     pub fn remove_app(&self, app: &str) {
         self.apps.rcu(|current| {
             let mut next = HashMap::clone(current);
             next.remove(app);
             next
         });
+        self.set_domains(app, &[]);
     }
 
     /// The backends currently routed for `app`.
     pub fn backends(&self, app: &str) -> Option<Vec<Backend>> {
-        self.apps.load().get(app).map(|r| r.backends.clone())
+        self.apps
+            .load()
+            .get(app)
+            .map(|r| r.slots.iter().map(|s| s.backend.clone()).collect())
     }
 
-    /// Resolves a `Host` header value to an app's route.
+    /// The app's current entry.
+    pub(crate) fn route(&self, app: &str) -> Option<Arc<AppRoute>> {
+        self.apps.load().get(app).cloned()
+    }
+
+    /// Resolves a `Host` header value to an app's route: a custom domain, or `<app>.<domain>`.
     pub(crate) fn lookup(&self, host: &str) -> Option<Arc<AppRoute>> {
-        let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+        let host = normalize(host);
+        if let Some(app) = self.domains.load().get(&host) {
+            return self.route(app);
+        }
         let app = host.strip_suffix(&self.domain)?.strip_suffix('.')?;
         if app.is_empty() || app.contains('.') {
             return None;
         }
-        self.apps.load().get(app).cloned()
+        self.route(app)
     }
+}
+
+pub(crate) fn normalize(host: &str) -> String {
+    strip_port(host).trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn strip_port(host: &str) -> &str {
@@ -111,14 +296,17 @@ fn strip_port(host: &str) -> &str {
 mod tests {
     use super::*;
 
+    fn mk(p: u16) -> Backend {
+        Backend {
+            dyno: format!("web.{p}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], p)),
+        }
+    }
+
     #[test]
     fn resolves_app_hosts() {
         let t = RouteTable::new("localhost");
-        let b = Backend {
-            dyno: "web.1".into(),
-            addr: "127.0.0.1:1".parse().expect("addr"),
-        };
-        t.set_app("hello", vec![b.clone()]);
+        t.set_app("hello", vec![mk(1)]);
         for host in [
             "hello.localhost",
             "hello.localhost:8080",
@@ -146,17 +334,107 @@ mod tests {
     }
 
     #[test]
-    fn rotates_backends() {
+    fn resolves_custom_domains() {
         let t = RouteTable::new("localhost");
-        let mk = |p: u16| Backend {
-            dyno: format!("web.{p}"),
-            addr: SocketAddr::from(([127, 0, 0, 1], p)),
-        };
+        t.set_app("hello", vec![mk(1)]);
+        t.set_domains("hello", &["www.example.com".into()]);
+        let app = |h: &str| t.lookup(h).map(|r| r.app.clone());
+        assert_eq!(app("WWW.example.com:8080"), Some("hello".into()));
+        assert_eq!(app("example.com"), None);
+        t.set_domains("hello", &[]);
+        assert_eq!(app("www.example.com"), None);
+        t.set_domains("hello", &["a.example.com".into()]);
+        t.remove_app("hello");
+        assert_eq!(app("a.example.com"), None);
+    }
+
+    #[test]
+    fn rotates_idle_backends() {
+        let t = RouteTable::new("localhost");
         t.set_app("a-app", vec![mk(1), mk(2)]);
         let r = t.lookup("a-app.localhost").expect("route");
         let picks: Vec<_> = (0..4)
-            .filter_map(|_| r.pick().map(|b| b.addr.port()))
+            .filter_map(|_| r.pick(&[], None).map(|s| s.backend.addr.port()))
             .collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn prefers_the_least_loaded_backend() {
+        let t = RouteTable::new("localhost");
+        t.set_app("a-app", vec![mk(1), mk(2), mk(3)]);
+        let r = t.route("a-app").expect("route");
+        let busy: Vec<_> = r.slots.iter().take(2).map(Slot::track).collect();
+        for _ in 0..5 {
+            assert_eq!(r.pick(&[], None).map(|s| s.backend.addr.port()), Some(3));
+        }
+        drop(busy);
+        let generations: Vec<u64> = r.slots.iter().map(|s| s.generation).collect();
+        // Load (and the connection pool key) survives a route change for dynos that stay.
+        let _held = r
+            .slots
+            .iter()
+            .find(|s| s.backend.addr.port() == 2)
+            .map(Slot::track);
+        t.set_app("a-app", vec![mk(2), mk(4)]);
+        let r = t.route("a-app").expect("route");
+        assert_eq!(
+            r.slots.first().map(|s| s.generation),
+            generations.get(1).copied()
+        );
+        assert!(!generations.contains(&r.slots.get(1).map(|s| s.generation).unwrap_or(0)));
+        for _ in 0..3 {
+            assert_eq!(r.pick(&[], None).map(|s| s.backend.addr.port()), Some(4));
+        }
+    }
+
+    #[test]
+    fn skips_excluded_and_honours_pins() {
+        let t = RouteTable::new("localhost");
+        t.set_app("a-app", vec![mk(1), mk(2)]);
+        let r = t.route("a-app").expect("route");
+        let one = mk(1).addr;
+        for _ in 0..3 {
+            assert_eq!(r.pick(&[one], None).map(|s| s.backend.addr.port()), Some(2));
+        }
+        assert!(r.pick(&[one, mk(2).addr], None).is_none());
+        let id = r.slots.first().map(|s| s.id.clone()).expect("slot");
+        for _ in 0..3 {
+            assert_eq!(
+                r.pick(&[], Some(&id)).map(|s| s.backend.addr.port()),
+                Some(1)
+            );
+        }
+        // A pin to a dyno that failed (or is gone) falls back to the others.
+        assert_eq!(
+            r.pick(&[one], Some(&id)).map(|s| s.backend.addr.port()),
+            Some(2)
+        );
+        assert!(r.pick(&[], Some("unknown")).is_some());
+    }
+
+    #[test]
+    fn bounds_requests_in_flight() {
+        let t = RouteTable::new("localhost");
+        t.set_app("a-app", vec![mk(1), mk(2)]);
+        t.set_settings(
+            "a-app",
+            AppSettings {
+                max_concurrency: 1,
+                ..AppSettings::default()
+            },
+        );
+        assert_eq!(t.backends("a-app").map(|b| b.len()), Some(2));
+        let r = t.route("a-app").expect("route");
+        let a = r.admit().expect("first");
+        let b = r.admit().expect("second");
+        assert!(r.admit().is_none());
+        drop(a);
+        let _c = r.admit().expect("after one finished");
+        drop(b);
+        // The count survives a new entry for the app.
+        t.set_app("a-app", vec![mk(3)]);
+        let r = t.route("a-app").expect("route");
+        assert!(r.admit().is_none());
     }
 }

@@ -380,3 +380,113 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A response as a client saw it, headers included (names lowercased, in order).
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Sends `request` as is on a fresh loopback connection and reads the whole answer (the request
+/// should say `Connection: close`). `read_timeout` bounds each read.
+pub fn raw_exchange(port: u16, request: &[u8], read_timeout: Duration) -> Result<Response> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    stream.write_all(request)?;
+    read_response(stream)
+}
+
+/// Reads one response from a connection that the server closes after it.
+pub fn read_response(stream: TcpStream) -> Result<Response> {
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("no status in {status_line:?}"))?
+        .parse()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut raw = Vec::new();
+    match length {
+        Some(n) if !chunked => {
+            raw.resize(n, 0);
+            reader.read_exact(&mut raw)?;
+        }
+        _ => {
+            reader.read_to_end(&mut raw)?;
+        }
+    }
+    let body = if chunked {
+        dechunk(&raw)?
+    } else {
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Like [`http`], but returns the response headers too.
+pub fn http_full(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<Response> {
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw_exchange(port, req.as_bytes(), Duration::from_secs(60))
+}

@@ -39,6 +39,26 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             let body = request.into_body().bytes_contents().await?;
             Ok(Response::new(Body::from(body)))
         }
+        // A slow answer, for trying the router's timeouts: /sleep?ms=1500 (at most a minute).
+        (&Method::GET, "/sleep") => {
+            let ms = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1000)
+                .min(60_000);
+            wstd::task::sleep(wstd::time::Duration::from_millis(ms)).await;
+            text(StatusCode::OK, format!("slept {ms}ms\n"))
+        }
+        // The request headers as the app sees them, one `name: value` per line.
+        (&Method::GET, "/headers") => {
+            let mut out = String::new();
+            for (name, value) in request.headers() {
+                out.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+            }
+            text(StatusCode::OK, out)
+        }
         // A crash takes down this request only: the next one gets a fresh instance.
         (&Method::GET, "/crash") => panic!("crashing on purpose"),
         (&Method::GET, p) if p.starts_with("/env/") => {

@@ -1,0 +1,360 @@
+//! `skiff bench router`: what the router costs. A static upstream on loopback is loaded
+//! directly, then through a private router (and through nginx when it is installed), by the same
+//! bounded keep-alive load generator; the table shows req/s, p50 and p99 and the ratios.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use skiff_router::{AppSettings, Backend, RouteTable, RouterConfig};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RouterBenchArgs {
+    /// Seconds of load per target (1 to 60).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent keep-alive connections (1 to 64).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+}
+
+const BODY: &[u8] = b"Hello, bench\n";
+
+pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
+    let seconds = args.seconds.clamp(1, 60);
+    let connections = args.connections.clamp(1, 64);
+    let duration = Duration::from_secs(seconds);
+
+    let upstream = serve_static()?;
+    // The router owns its runtimes, so it starts before any load thread.
+    let table = Arc::new(RouteTable::new("localhost"));
+    table.set_app(
+        "bench",
+        vec![Backend {
+            dyno: "web.1".into(),
+            addr: upstream,
+        }],
+    );
+    table.set_settings(
+        "bench",
+        AppSettings {
+            max_concurrency: 100_000,
+            ..AppSettings::default()
+        },
+    );
+    let run_dir = tempdir()?;
+    let listen = free_addr()?;
+    let router = skiff_router::spawn_router(
+        RouterConfig {
+            listen,
+            threads: 2,
+            run_dir: run_dir.clone(),
+            access_log: None,
+        },
+        table,
+    )?;
+    wait_for(listen)?;
+
+    println!(
+        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of a {}-byte static answer on 127.0.0.1",
+        BODY.len()
+    );
+    let direct = measure(upstream, "bench.localhost", connections, duration)?;
+    let routed = measure(listen, "bench.localhost", connections, duration)?;
+    let mut rows = vec![("direct", direct), ("skiff router", routed)];
+    let nginx = match nginx_proxy(upstream, &run_dir) {
+        Ok(Some((mut child, addr))) => {
+            let result =
+                wait_for(addr).and_then(|()| measure(addr, "bench", connections, duration));
+            let _ = child.kill();
+            let _ = child.wait();
+            Some(result?)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            println!("nginx: could not start it ({e:#}); skipped");
+            None
+        }
+    };
+    if let Some(n) = nginx {
+        rows.push(("nginx", n));
+    }
+    router.shutdown();
+    let _ = std::fs::remove_dir_all(&run_dir);
+
+    println!();
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>8}",
+        "target", "req/s", "p50", "p99", "errors"
+    );
+    for (name, s) in &rows {
+        println!(
+            "{:<14} {:>10.0} {:>10} {:>10} {:>8}",
+            name,
+            s.rate(),
+            ms(s.percentile(50)),
+            ms(s.percentile(99)),
+            s.errors
+        );
+    }
+    let (_, d) = &rows[0];
+    for (name, s) in rows.iter().skip(1) {
+        let label = format!("{}/direct", name.split_whitespace().last().unwrap_or(name));
+        println!(
+            "{:<14} {:>9.2}x {:>9.2}x {:>9.2}x",
+            label,
+            ratio(s.rate(), d.rate()),
+            ratio(secs(s.percentile(50)), secs(d.percentile(50))),
+            ratio(secs(s.percentile(99)), secs(d.percentile(99))),
+        );
+    }
+    if rows.len() == 2 {
+        println!("nginx: not installed; skipped the comparison");
+    }
+    if cfg!(debug_assertions) {
+        println!(
+            "(a debug build: for representative numbers run `cargo run --release -p skiff -- bench router`)"
+        );
+    }
+    Ok(())
+}
+
+struct Stats {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn percentile(&self, p: usize) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = (self.latencies.len() * p / 100).min(self.latencies.len() - 1);
+        self.latencies.get(i).copied().unwrap_or_default()
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Runs the load against `addr` for `duration` (plus a short unmeasured warm-up).
+fn measure(addr: SocketAddr, host: &str, connections: usize, duration: Duration) -> Result<Stats> {
+    let _ = load(addr, host, connections, Duration::from_millis(300));
+    let stats = load(addr, host, connections, duration);
+    if stats.latencies.is_empty() {
+        bail!("no request to {addr} succeeded ({} errors)", stats.errors);
+    }
+    Ok(stats)
+}
+
+fn load(addr: SocketAddr, host: &str, connections: usize, duration: Duration) -> Stats {
+    // Bounds each thread in count too, should a target answer implausibly fast.
+    const MAX_PER_THREAD: usize = 2_000_000;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: skiff-bench\r\n\r\n");
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let request = request.clone();
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                while Instant::now() < deadline && latencies.len() < MAX_PER_THREAD {
+                    let stream = match conn.take() {
+                        Some(c) => c,
+                        None => match connect(addr) {
+                            Ok(s) => BufReader::new(s),
+                            Err(_) => {
+                                errors += 1;
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        },
+                    };
+                    let t = Instant::now();
+                    match exchange(stream, request.as_bytes()) {
+                        Ok(s) => {
+                            latencies.push(t.elapsed());
+                            conn = Some(s);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in threads {
+        if let Ok((l, e)) = t.join() {
+            latencies.extend(l);
+            errors += e;
+        }
+    }
+    latencies.sort_unstable();
+    Stats {
+        elapsed: started.elapsed(),
+        latencies,
+        errors,
+    }
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// One request and its response on a keep-alive connection; returns the connection for reuse.
+fn exchange(mut conn: BufReader<TcpStream>, request: &[u8]) -> Result<BufReader<TcpStream>> {
+    conn.get_mut().write_all(request)?;
+    let mut line = String::new();
+    conn.read_line(&mut line)?;
+    if !line.starts_with("HTTP/1.1 200") {
+        bail!("unexpected answer: {line:?}");
+    }
+    let mut length = 0usize;
+    let mut close = false;
+    loop {
+        line.clear();
+        if conn.read_line(&mut line)? == 0 {
+            bail!("connection closed in the headers");
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            length = v.trim().parse().context("content-length")?;
+        }
+        if l.starts_with("connection:") && l.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body)?;
+    if close {
+        bail!("the server closed the connection");
+    }
+    Ok(conn)
+}
+
+/// A static HTTP/1.1 server with keep-alive: a thread per connection, which is plenty here.
+fn serve_static() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let Ok(mut out) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    BODY.len()
+                );
+                let mut response = head.into_bytes();
+                response.extend_from_slice(BODY);
+                loop {
+                    // Requests without bodies: read the head up to its blank line.
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" || line == "\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    if out.write_all(&response).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Starts nginx as a reverse proxy to `upstream` when it is installed.
+fn nginx_proxy(upstream: SocketAddr, dir: &Path) -> Result<Option<(Child, SocketAddr)>> {
+    let found = Command::new("nginx")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        return Ok(None);
+    }
+    let listen = free_addr()?;
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {err} warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
+             upstream app {{ server {upstream}; keepalive 64; }}\n\
+             server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://app;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+            pid = prefix.join("nginx.pid").display(),
+            err = prefix.join("logs/error.log").display(),
+            tmp = prefix.join("tmp").display(),
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Some((child, listen)))
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_for(addr: SocketAddr) -> Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("nothing listens on {addr}")
+}
+
+fn tempdir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("skiff-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,511 @@
+//! The router end to end, with real client sockets against a real `skiff up` serving
+//! examples/rust-hello: forwarding headers, load balancing, router error codes and their log
+//! lines, maintenance mode, custom domains, limits, session affinity, and a deploy under load.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, ensure};
+use common::*;
+
+/// The app's router log lines, waiting (bounded) until one contains `needle`.
+fn router_line(s: &Skiff, repo: &Path, needle: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = ok(s.cli(repo, &["logs", "--source", "router", "-n", "1500"])?)?;
+        if let Some(line) = stdout(&out).lines().find(|l| l.contains(needle)) {
+            return Ok(line.to_owned());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no router line with {needle}:\n{}",
+            stdout(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn dyno_of(line: &str) -> Option<&str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("dyno="))
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+}
+
+/// A request id the router keeps (sane: 20+ characters of a safe alphabet).
+fn rid(tag: &str, i: usize) -> String {
+    format!("router-test-{tag}-{i:08}")
+}
+
+#[test]
+fn router_end_to_end() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = rust_hello_repo(&s, work.path())?;
+    ok(s.cli(&repo, &["apps:create", "hello"])?)?;
+    let port = s.http_port;
+    let host = format!("hello.localhost:{port}");
+    let get =
+        |path: &str, headers: &[(&str, &str)]| http_full(port, &host, "GET", path, None, headers);
+
+    // H14 before any deploy: its own page and a router line with the code.
+    let r = get("/", &[("X-Request-Id", &rid("h14", 0))])?;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("H14"), "{}", r.body);
+    let line = router_line(&s, &repo, &rid("h14", 0))?;
+    assert!(
+        line.contains("at=error code=H14 desc=\"No web processes running\""),
+        "{line}"
+    );
+
+    let (pushed, output) = s.commit_and_push(&repo, "first")?;
+    assert!(pushed, "{output}\n{}", s.logs());
+    assert_eq!(get("/", &[])?.body, "Hello from Skiff!\n");
+
+    // Forwarding headers as the dyno sees them, and hop-by-hop headers stripped.
+    let before = now_ms();
+    let request = format!(
+        "GET /headers HTTP/1.1\r\nHost: {host}\r\nConnection: close, X-Hop-Only\r\n\
+         X-Hop-Only: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic eA==\r\n\
+         TE: trailers\r\nTrailer: X-Checksum\r\nUpgrade: h2c\r\nX-Forwarded-For: 10.1.2.3\r\n\
+         X-Forwarded-Proto: https\r\nX-Forwarded-Port: 1\r\nVia: 1.0 corp-proxy\r\n\
+         X-Request-Id: {}\r\nX-Kept: yes\r\n\r\n",
+        rid("headers", 0)
+    );
+    let r = raw_exchange(port, request.as_bytes(), Duration::from_secs(30))?;
+    let after = now_ms();
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen: Vec<(String, String)> = r
+        .body
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    let value = |name: &str| {
+        seen.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        value("x-forwarded-for"),
+        Some("10.1.2.3, 127.0.0.1"),
+        "{}",
+        r.body
+    );
+    assert_eq!(value("x-forwarded-proto"), Some("http"), "{}", r.body);
+    assert_eq!(value("x-forwarded-port"), Some(port.to_string().as_str()));
+    assert_eq!(
+        value("via"),
+        Some("1.0 corp-proxy, 1.1 skiff"),
+        "{}",
+        r.body
+    );
+    assert_eq!(value("x-request-id"), Some(rid("headers", 0).as_str()));
+    assert_eq!(value("x-kept"), Some("yes"));
+    let start: u128 = value("x-request-start")
+        .context("x-request-start")?
+        .parse()?;
+    assert!(
+        (before..=after).contains(&start),
+        "{before} {start} {after}"
+    );
+    for gone in [
+        "x-hop-only",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            value(gone).is_none(),
+            "{gone} reached the dyno:\n{}",
+            r.body
+        );
+    }
+    // The response carries the id and Via; a client's unusable id is replaced by a UUID.
+    assert_eq!(r.header("x-request-id"), Some(rid("headers", 0).as_str()));
+    assert_eq!(r.header("via"), Some("1.1 skiff"));
+    for bad in ["short", "has spaces in it, which are not allowed"] {
+        let r = get("/", &[("X-Request-Id", bad)])?;
+        let id = r.header("x-request-id").context("id")?;
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(id.matches('-').count(), 4, "{id}");
+    }
+
+    // Heroku's router line for a served request.
+    get("/json", &[("X-Request-Id", &rid("line", 0))])?;
+    let line = router_line(&s, &repo, &rid("line", 0))?;
+    for part in [
+        "at=info method=GET path=\"/json\" host=hello.localhost ",
+        "fwd=\"127.0.0.1\"",
+        " dyno=web.1 ",
+        " connect=",
+        " service=",
+        " status=200 ",
+        " bytes=",
+        " protocol=http",
+    ] {
+        assert!(line.contains(part), "{part} not in {line}");
+    }
+
+    // Two web dynos share sequential requests.
+    ok(s.cli(&repo, &["ps:scale", "web=2"])?)?;
+    let mut dynos = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        assert_eq!(get("/", &[("X-Request-Id", &rid("lb", i))])?.status, 200);
+    }
+    for i in 0..6 {
+        let line = router_line(&s, &repo, &rid("lb", i))?;
+        dynos.insert(dyno_of(&line).unwrap_or("").to_owned());
+    }
+    assert_eq!(dynos.len(), 2, "{dynos:?}");
+
+    // Session affinity: a cookie pins the client to one dyno; without the feature, no cookie.
+    assert!(get("/", &[])?.header("set-cookie").is_none());
+    ok(s.cli(&repo, &["features:enable", "http-session-affinity"])?)?;
+    let features = stdout(&ok(s.cli(&repo, &["features"])?)?);
+    assert!(features.contains("[+] http-session-affinity"), "{features}");
+    let r = get("/", &[])?;
+    let cookie = r
+        .header("set-cookie")
+        .context("affinity cookie")?
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    assert!(cookie.starts_with("skiff-session-affinity="), "{cookie}");
+    for i in 0..6 {
+        let r = get(
+            "/",
+            &[
+                ("Cookie", &format!("a=b; {cookie}")),
+                ("X-Request-Id", &rid("pin", i)),
+            ],
+        )?;
+        assert_eq!(r.status, 200);
+        assert!(r.header("set-cookie").is_none(), "{r:?}");
+    }
+    let mut pinned = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let line = router_line(&s, &repo, &rid("pin", i))?;
+        pinned.insert(dyno_of(&line).unwrap_or("").to_owned());
+    }
+    assert_eq!(pinned.len(), 1, "{pinned:?}");
+    // A cookie naming no live dyno gets a fresh one.
+    let r = get(
+        "/",
+        &[("Cookie", "skiff-session-affinity=0000000000000000")],
+    )?;
+    assert_eq!(r.status, 200);
+    assert!(r.header("set-cookie").is_some(), "{r:?}");
+    ok(s.cli(&repo, &["features:disable", "http-session-affinity"])?)?;
+    assert!(get("/", &[])?.header("set-cookie").is_none());
+
+    // Maintenance mode: H80 for every request, in place, and back.
+    ok(s.cli(&repo, &["maintenance:on"])?)?;
+    assert_eq!(stdout(&ok(s.cli(&repo, &["maintenance"])?)?).trim(), "on");
+    let r = get("/json", &[("X-Request-Id", &rid("h80", 0))])?;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body.contains("maintenance") && r.body.contains("H80"),
+        "{}",
+        r.body
+    );
+    let line = router_line(&s, &repo, &rid("h80", 0))?;
+    assert!(
+        line.contains("code=H80 desc=\"Maintenance mode\""),
+        "{line}"
+    );
+    ok(s.cli(&repo, &["maintenance:off"])?)?;
+    assert_eq!(stdout(&ok(s.cli(&repo, &["maintenance"])?)?).trim(), "off");
+    assert_eq!(get("/", &[])?.status, 200);
+
+    // Custom domains: exact host match, one app per domain, unknown hosts name no app.
+    ok(s.cli(&repo, &["domains:add", "www.example.com"])?)?;
+    let listed = stdout(&ok(s.cli(&repo, &["domains"])?)?);
+    assert!(listed.contains("www.example.com"), "{listed}");
+    assert!(listed.contains("hello.localhost"), "{listed}");
+    let r = http_full(port, "WWW.example.com", "GET", "/", None, &[])?;
+    assert_eq!((r.status, r.body.as_str()), (200, "Hello from Skiff!\n"));
+    assert_eq!(
+        http_full(port, "example.com", "GET", "/", None, &[])?.status,
+        404
+    );
+    ok(s.cli(&repo, &["apps:create", "other", "--remote", "other"])?)?;
+    let taken = s.cli(&repo, &["domains:add", "-a", "other", "www.example.com"])?;
+    assert!(!taken.status.success());
+    assert!(
+        stderr(&taken).contains("already in use"),
+        "{}",
+        stderr(&taken)
+    );
+    let under = s.cli(&repo, &["domains:add", "x.localhost"])?;
+    assert!(!under.status.success());
+    ok(s.cli(&repo, &["domains:remove", "www.example.com"])?)?;
+    let r = http_full(port, "www.example.com", "GET", "/", None, &[])?;
+    assert_eq!(r.status, 404);
+    assert!(!r.body.contains("hello"), "{}", r.body);
+    ok(s.cli(&repo, &["domains:add", "-a", "other", "www.example.com"])?)?;
+
+    // Header limits: too many headers are refused before any app sees them.
+    let mut many = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for i in 0..300 {
+        many.push_str(&format!("X-Filler-{i}: x\r\n"));
+    }
+    many.push_str("\r\n");
+    // Closing the connection without an answer (an Err here) is a refusal too.
+    if let Ok(r) = raw_exchange(port, many.as_bytes(), Duration::from_secs(30)) {
+        assert!(r.status >= 400, "{r:?}");
+    }
+
+    // Limits from config vars: body size (413), client read timeout, concurrency (H11),
+    // request timeout (H12). One release for all but the timeout.
+    ok(s.cli(&repo, &["ps:scale", "web=1"])?)?;
+    ok(s.cli(
+        &repo,
+        &[
+            "config:set",
+            "SKIFF_MAX_BODY_BYTES=1000",
+            "SKIFF_ROUTER_CLIENT_TIMEOUT=1",
+            "SKIFF_MAX_CONCURRENCY=1",
+        ],
+    )?)?;
+    let small = "x".repeat(500);
+    let r = http_full(port, &host, "POST", "/echo", Some(&small), &[])?;
+    assert_eq!((r.status, r.body.len()), (200, 500));
+    // Declared too large: refused before the body is read.
+    let r = raw_exchange(
+        port,
+        format!("POST /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 5000\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(r.status, 413, "{r:?}");
+    // Chunked, so only counting tells.
+    let chunk = "y".repeat(2000);
+    let r = raw_exchange(
+        port,
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        )
+        .as_bytes(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(r.status, 413, "{r:?}");
+    // A client that stops sending its body is cut off (and told so if it still listens).
+    let mut slow = TcpStream::connect(("127.0.0.1", port))?;
+    slow.set_read_timeout(Some(Duration::from_secs(20)))?;
+    slow.write_all(
+        format!("POST /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 100\r\n\r\nabc")
+            .as_bytes(),
+    )?;
+    match read_response(slow) {
+        Ok(r) => assert_eq!(r.status, 408, "{r:?}"),
+        Err(e) => {
+            let io = e.downcast_ref::<std::io::Error>();
+            assert!(
+                !io.is_some_and(|e| matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )),
+                "the router kept a silent client: {e}"
+            );
+        }
+    }
+    // H11: one request in flight per dyno; a second one is refused while the first runs.
+    let slow_request = {
+        let host = host.clone();
+        std::thread::spawn(move || http_full(port, &host, "GET", "/sleep?ms=3000", None, &[]))
+    };
+    let mut refused = None;
+    for i in 0..25 {
+        std::thread::sleep(Duration::from_millis(100));
+        let r = get("/", &[("X-Request-Id", &rid("h11", i))])?;
+        if r.status == 503 {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let (i, r) = refused.context("no request was refused with H11")?;
+    assert!(r.body.contains("H11"), "{}", r.body);
+    let line = router_line(&s, &repo, &rid("h11", i))?;
+    assert!(
+        line.contains("code=H11 desc=\"Backlog too deep\""),
+        "{line}"
+    );
+    let slow = slow_request
+        .join()
+        .map_err(|_| anyhow::anyhow!("slow request thread panicked"))??;
+    assert_eq!(slow.status, 200, "{slow:?}");
+    assert_eq!(get("/", &[])?.status, 200);
+
+    // H12: a per-app timeout of 1 s and a slower answer.
+    ok(s.cli(&repo, &["config:set", "SKIFF_ROUTER_TIMEOUT=1"])?)?;
+    let r = get("/sleep?ms=3000", &[("X-Request-Id", &rid("h12", 0))])?;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("H12"), "{}", r.body);
+    let line = router_line(&s, &repo, &rid("h12", 0))?;
+    assert!(line.contains("code=H12 desc=\"Request timeout\""), "{line}");
+    assert!(line.contains(" status=503 "), "{line}");
+    assert_eq!(get("/", &[])?.status, 200);
+
+    // H18: the client leaves before the answer.
+    let mut gone = TcpStream::connect(("127.0.0.1", port))?;
+    gone.write_all(
+        format!(
+            "GET /sleep?ms=500 HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: {}\r\n\r\n",
+            rid("h18", 0)
+        )
+        .as_bytes(),
+    )?;
+    std::thread::sleep(Duration::from_millis(100));
+    drop(gone);
+    let line = router_line(&s, &repo, &rid("h18", 0))?;
+    assert!(line.contains("code=H18"), "{line}");
+
+    ok(s.cli(
+        &repo,
+        &[
+            "config:unset",
+            "SKIFF_ROUTER_TIMEOUT",
+            "SKIFF_MAX_CONCURRENCY",
+            "SKIFF_MAX_BODY_BYTES",
+            "SKIFF_ROUTER_CLIENT_TIMEOUT",
+        ],
+    )?)?;
+    ok(s.cli(&repo, &["ps:scale", "web=2"])?)?;
+    deploy_under_load(&s, &repo, &host)
+}
+
+/// Requests keep flowing while a push replaces every dyno: none may fail, and slow requests
+/// that started on the old dynos finish. The load starts once the push has compiled, so it
+/// straddles the switch of routes rather than the (long) build.
+fn deploy_under_load(s: &Skiff, repo: &Path, host: &str) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let port = s.http_port;
+    set_greeting(repo, "Hello under load!")?;
+    ok(s.git(repo, &["add", "--all"])?)?;
+    ok(s.git(repo, &["commit", "--quiet", "-m", "greeting under load"])?)?;
+    let mut push = s
+        .git_command(repo, &["push", "skiff", "main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    let mut output = String::new();
+    let progress = push.stderr.take().context("push stderr")?;
+    for line in BufReader::new(progress).lines() {
+        let line = line?;
+        output.push_str(&line);
+        output.push('\n');
+        if workers.is_empty() && line.contains("Discovering process types") {
+            let started = Instant::now();
+            for worker in 0..2 {
+                let (stop, sent, host) = (stop.clone(), sent.clone(), host.to_owned());
+                workers.push(std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut greetings = std::collections::BTreeSet::new();
+                    let mut n = 0usize;
+                    while !stop.load(Ordering::Relaxed)
+                        && sent.fetch_add(1, Ordering::Relaxed) < 2000
+                        && started.elapsed() < Duration::from_secs(60)
+                    {
+                        // One worker mixes in slow requests, which straddle the switch.
+                        let path = if worker == 1 && n.is_multiple_of(5) {
+                            "/sleep?ms=300"
+                        } else {
+                            "/"
+                        };
+                        n += 1;
+                        match http_full(port, &host, "GET", path, None, &[]) {
+                            Ok(r) if (200..300).contains(&r.status) => {
+                                if path == "/" {
+                                    greetings.insert(r.body);
+                                }
+                            }
+                            Ok(r) => failures.push(format!("{path}: {} {}", r.status, r.body)),
+                            Err(e) => failures.push(format!("{path}: {e}")),
+                        }
+                        // Paced, so the bounded number of requests covers the whole rollout.
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    (n, failures, greetings)
+                }));
+            }
+        }
+    }
+    let status = push.wait()?;
+    stop.store(true, Ordering::Relaxed);
+    ensure!(status.success(), "push failed:\n{output}");
+    ensure!(
+        !workers.is_empty(),
+        "the push never reached the release:\n{output}"
+    );
+    let mut total = 0;
+    let mut failures = Vec::new();
+    let mut greetings = std::collections::BTreeSet::new();
+    for w in workers {
+        let (n, f, g) = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+        total += n;
+        failures.extend(f);
+        greetings.extend(g);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed during the deploy: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    // Both releases answered during the load, so it did cover the switch.
+    assert!(
+        greetings.contains("Hello from Skiff!\n") && greetings.contains("Hello under load!\n"),
+        "{total} requests saw {greetings:?}"
+    );
+    assert_eq!(
+        http(port, host, "GET", "/", None, &[])?,
+        (200, "Hello under load!\n".into())
+    );
+    Ok(())
+}
+
+#[test]
+fn bench_router_prints_its_table() -> Result<()> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["bench", "router", "--seconds", "1", "--connections", "2"])
+        .output()?;
+    let text = stdout(&out);
+    ensure!(out.status.success(), "{text}{}", stderr(&out));
+    for part in [
+        "req/s",
+        "p50",
+        "p99",
+        "direct",
+        "skiff router",
+        "router/direct",
+    ] {
+        ensure!(text.contains(part), "{part} missing:\n{text}");
+    }
+    ensure!(
+        text.contains("nginx"),
+        "the nginx comparison is run or said to be skipped:\n{text}"
+    );
+    Ok(())
+}
