@@ -56,7 +56,8 @@ pub(crate) fn sync(p: &Platform, app: &str) -> Result<(), PlatformError> {
         ..AppSettings::default()
     };
     for problem in apply_config(&mut settings, &config) {
-        p.logs.push(app, Source::Platform, "router", &problem);
+        // As skiff[api], not skiff[router]: that name is for the router's request lines.
+        p.logs.push(app, Source::Platform, "api", &problem);
     }
     p.routes.set_settings(app, settings);
     let domains: Vec<String> = p
