@@ -423,8 +423,8 @@ fn deploy_under_load(s: &Skiff, repo: &Path, host: &str) -> Result<()> {
                     let mut greetings = std::collections::BTreeSet::new();
                     let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed)
-                        && sent.fetch_add(1, Ordering::Relaxed) < 2000
-                        && started.elapsed() < Duration::from_secs(60)
+                        && sent.fetch_add(1, Ordering::Relaxed) < 6000
+                        && started.elapsed() < Duration::from_secs(120)
                     {
                         // One worker mixes in slow requests, which straddle the switch.
                         let path = if worker == 1 && n.is_multiple_of(5) {
@@ -451,6 +451,12 @@ fn deploy_under_load(s: &Skiff, repo: &Path, host: &str) -> Result<()> {
         }
     }
     let status = push.wait()?;
+    // A few more requests after the push returns, so the load surely sees the new release.
+    let after = sent.load(Ordering::Relaxed) + 20;
+    let grace = Instant::now() + Duration::from_secs(10);
+    while sent.load(Ordering::Relaxed) < after && Instant::now() < grace {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stop.store(true, Ordering::Relaxed);
     ensure!(status.success(), "push failed:\n{output}");
     ensure!(
