@@ -558,12 +558,15 @@ pub(crate) async fn output_to_logs(
 }
 
 /// A dyno's limits: its size's memory and concurrency, and the app's own request timeout
-/// (`SKIFF_REQUEST_TIMEOUT`, seconds) and CPU budget (`SKIFF_REQUEST_FUEL`) when set.
+/// (`SKIFF_REQUEST_TIMEOUT`, else `SKIFF_ROUTER_TIMEOUT`, seconds) and CPU budget (`SKIFF_REQUEST_FUEL`) when set.
 pub(crate) fn limits_for(release: &ReleaseRow, size: sizes::DynoSize) -> Limits {
     let defaults = Limits::default();
+    // The router's timeout (SKIFF_ROUTER_TIMEOUT) also bounds the guest unless the app sets
+    // the runtime's own; a guest outliving the router's wait would only burn CPU.
     let timeout = release
         .config
         .get("SKIFF_REQUEST_TIMEOUT")
+        .or_else(|| release.config.get("SKIFF_ROUTER_TIMEOUT"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|s| (1..=300).contains(s))
         .map(Duration::from_secs)
