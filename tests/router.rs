@@ -329,10 +329,15 @@ fn router_end_to_end() -> Result<()> {
     // H11: one request in flight per dyno; a second one is refused while the first runs.
     let slow_request = {
         let host = host.clone();
-        std::thread::spawn(move || http_full(port, &host, "GET", "/sleep?ms=3000", None, &[]))
+        std::thread::spawn(move || http_full(port, &host, "GET", "/sleep?ms=8000", None, &[]))
     };
+    // Probes until one is refused, for as long as the slow request is in flight (a loaded
+    // machine may take a while to get it to the dyno).
     let mut refused = None;
-    for i in 0..25 {
+    for i in 0..70 {
+        if slow_request.is_finished() {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
         let r = get("/", &[("X-Request-Id", &rid("h11", i))])?;
         if r.status == 503 {
@@ -340,7 +345,10 @@ fn router_end_to_end() -> Result<()> {
             break;
         }
     }
-    let (i, r) = refused.context("no request was refused with H11")?;
+    let Some((i, r)) = refused else {
+        let slow = slow_request.join();
+        anyhow::bail!("no request was refused with H11; the slow request ended with {slow:?}");
+    };
     assert!(r.body.contains("H11"), "{}", r.body);
     let line = router_line(&s, &repo, &rid("h11", i))?;
     assert!(
