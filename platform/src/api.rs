@@ -341,6 +341,7 @@ async fn destroy_app(
     p.logs.forget(&app);
     let _ = std::fs::remove_dir_all(skiff_builder::git::repo_path(&p.repos_dir(), &app));
     let _ = std::fs::remove_dir_all(p.config.data_dir.join("cache").join(&app));
+    let _ = std::fs::remove_dir_all(p.config.data_dir.join("tmp").join(&app));
     // Slugs are shared by content: delete only those no remaining release refers to.
     let in_use = p.state.all_slugs()?;
     for r in releases {

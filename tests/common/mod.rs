@@ -256,50 +256,7 @@ pub fn http(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String)> {
-    use std::io::Write;
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.unwrap_or("");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line)?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .context("no status")?
-        .parse()?;
-    let mut chunked = false;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if line.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && line.to_ascii_lowercase().contains("chunked")
-        {
-            chunked = true;
-        }
-    }
-    let mut raw = Vec::new();
-    reader.read_to_end(&mut raw)?;
-    let text = if chunked {
-        dechunk(&raw)?
-    } else {
-        String::from_utf8_lossy(&raw).into_owned()
-    };
-    Ok((status, text))
+    http_full(port, host, method, path, body, headers).map(|r| (r.status, r.body))
 }
 
 pub fn dechunk(mut raw: &[u8]) -> Result<String> {
