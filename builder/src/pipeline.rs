@@ -164,6 +164,14 @@ impl Builder {
         }
     }
 
+    /// Passes `key=value` to every buildpack script (e.g. where per-machine toolchains live).
+    #[must_use]
+    pub fn with_var(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
     /// The installed buildpacks in detection order.
     pub fn buildpacks(&self) -> &[Buildpack] {
         &self.buildpacks

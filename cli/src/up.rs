@@ -32,6 +32,10 @@ pub(crate) struct UpArgs {
     /// Meter fuel per request: enables CPU budgets (SKIFF_REQUEST_FUEL) and `fuel=` log lines.
     #[arg(long)]
     fuel: bool,
+    /// Toolchains that buildpacks install (compilers, interpreters as wasm), shared by all
+    /// apps on this machine; defaults to `<data-dir>/toolchains`.
+    #[arg(long, env = "SKIFF_TOOLCHAINS_DIR")]
+    toolchains_dir: Option<PathBuf>,
     /// Do not write the API token to ~/.netrc.
     #[arg(long)]
     no_netrc: bool,
@@ -52,6 +56,11 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     config.domain = args.domain.clone();
     config.pool_instances = (args.pool_instances > 0).then_some(args.pool_instances);
     config.fuel = args.fuel;
+    if let Some(dir) = &args.toolchains_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the toolchains dir {}", dir.display()))?;
+        config.toolchains_dir = std::fs::canonicalize(dir)?;
+    }
 
     let token = skiff_platform::ensure_admin_token(&data_dir)?;
     let api_host = config.api_addr.ip().to_string();

@@ -95,12 +95,16 @@ pub struct PlatformConfig {
     pub pool_instances: Option<u32>,
     /// Meter fuel per request (CPU budgets via `SKIFF_REQUEST_FUEL`, `fuel=` in logs).
     pub fuel: bool,
+    /// Per-machine toolchain cache given to buildpacks as `SKIFF_TOOLCHAINS`: what one app's
+    /// first build installs, the next app's build reuses.
+    pub toolchains_dir: PathBuf,
 }
 
 impl PlatformConfig {
     /// Defaults for `data_dir`: loopback ports 5000 (API) and 8080 (router), `localhost`.
     pub fn new(data_dir: PathBuf, skiff_bin: PathBuf) -> Self {
         Self {
+            toolchains_dir: data_dir.join("toolchains"),
             data_dir,
             api_addr: SocketAddr::from(([127, 0, 0, 1], 5000)),
             http_port: 8080,
@@ -246,7 +250,9 @@ pub async fn run(
     let state = State::open(&data.join("state.db"))?;
     let buildpacks = skiff_builder::install_builtin_buildpacks(&data.join("buildpacks"))?;
     let slugs = SlugStore::new(data.join("slugs"), config.max_slug_bytes)?;
-    let builder = Builder::new(buildpacks, slugs.clone(), config.build_timeout);
+    std::fs::create_dir_all(&config.toolchains_dir)?;
+    let builder = Builder::new(buildpacks, slugs.clone(), config.build_timeout)
+        .with_var("SKIFF_TOOLCHAINS", config.toolchains_dir.to_string_lossy());
     // Every dyno's private /tmp starts empty after a restart, like a dyno's filesystem.
     let _ = std::fs::remove_dir_all(data.join("tmp"));
     let runtime = Runtime::new(skiff_runtime::RuntimeConfig {

@@ -70,6 +70,12 @@ impl Skiff {
         cmd.env("HOME", self.home())
             .env("CARGO_HOME", cargo_home)
             .env("RUSTUP_HOME", rustup_home)
+            // Toolchains that buildpacks install are shared by every test, as by every app on
+            // one machine, so each is downloaded once per checkout.
+            .env(
+                "SKIFF_TOOLCHAINS_DIR",
+                repo_root().join("target").join("test-toolchains"),
+            )
             .env("SKIFF_API_URL", self.api())
             .env_remove("SKIFF_API_TOKEN")
             .env("GIT_TERMINAL_PROMPT", "0")
