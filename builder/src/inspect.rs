@@ -22,6 +22,9 @@ pub enum InspectError {
         "a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with a WASI adapter"
     )]
     CoreModule,
+    /// A preview 1 module that could not be wrapped into a component.
+    #[error("a WASI preview 1 module that cannot become a component: {0}")]
+    Adapt(#[source] crate::adapt::AdaptError),
     /// A component that exports neither entry point Skiff runs.
     #[error(
         "the component exports neither wasi:http/incoming-handler nor wasi:cli/run (exports: {0})"

@@ -4,8 +4,10 @@
 //! `pre-receive` hook hands the commit's tree to the platform; [`pipeline`] runs the
 //! buildpacks (detect, compile, release) over it with Heroku's buildpack API; [`inspect`]
 //! checks that each process type names a real WebAssembly component; [`slug`] packs the result
-//! into a content-addressed archive.
+//! into a content-addressed archive. [`adapt`] turns WASI preview 1 modules (Go, C) into
+//! components on the way.
 
+pub mod adapt;
 pub mod buildpack;
 pub mod git;
 pub mod inspect;

@@ -221,7 +221,14 @@ impl Builder {
             defaults.extend(release.default_process_types);
         }
 
-        let process_types = resolve_process_types(req.build_dir, defaults, log)?;
+        // Reading and wrapping components is CPU work (a Go binary is several MB).
+        let process_types = {
+            let dir = req.build_dir.to_owned();
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || resolve_process_types(&dir, defaults, &log))
+                .await
+                .map_err(|e| BuildError::Io(std::io::Error::other(e)))??
+        };
         log.step("Compressing...");
         let manifest = SlugManifest {
             version: SLUG_MANIFEST_VERSION,
@@ -360,7 +367,18 @@ fn resolve_process_types(
         };
         let rel = skiff_core::text::app_relative(&component)
             .ok_or_else(|| fail(InspectError::OutsideApp))?;
-        let bytes = std::fs::read(build_dir.join(&rel)).map_err(|e| fail(InspectError::Read(e)))?;
+        let path = build_dir.join(&rel);
+        let mut bytes = std::fs::read(&path).map_err(|e| fail(InspectError::Read(e)))?;
+        if crate::adapt::is_core_module(&bytes) {
+            // Go and C toolchains emit preview 1 modules; every buildpack gets the same wrap.
+            log.step(format!(
+                "Wrapping {} (a WASI preview 1 module) into a component",
+                rel.display()
+            ));
+            bytes =
+                crate::adapt::preview1_command(&bytes).map_err(|e| fail(InspectError::Adapt(e)))?;
+            std::fs::write(&path, &bytes)?;
+        }
         let kind = process_kind(&bytes).map_err(fail)?;
         resolved.insert(
             name,
