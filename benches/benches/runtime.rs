@@ -76,6 +76,7 @@ fn benches(c: &mut Criterion) {
         release: 1,
         component: loaded.clone(),
         env: Vec::new(),
+        args: Vec::new(),
         app_dir: app_dir.path().to_owned(),
         tmp_dir: None,
         limits: Limits::default(),

@@ -181,6 +181,7 @@ async fn density(
                 release: 1,
                 component: loaded.clone(),
                 env: Vec::new(),
+                args: Vec::new(),
                 app_dir: app_dir.path().to_owned(),
                 tmp_dir: None,
                 limits: Limits::default(),

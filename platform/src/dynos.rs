@@ -145,12 +145,6 @@ impl Dynos {
         let Some(web) = release.manifest.process_types.get("web") else {
             return Ok(None);
         };
-        if web.kind != ProcessKind::WasiHttp {
-            return Err(PlatformError::Unrunnable(format!(
-                "the web process ({}) is a wasi:cli command; this Skiff serves web dynos from components exporting wasi:http/incoming-handler",
-                web.command
-            )));
-        }
         let key = (release.slug.clone(), web.component.clone());
         if let Some(found) = lock(&self.loaded).get(&key) {
             return Ok(Some(found.clone()));
@@ -161,9 +155,17 @@ impl Dynos {
             .join("app")
             .join(&web.component);
         let slug = release.slug.clone();
-        let loaded = tokio::task::spawn_blocking(move || runtime.load(&slug, &path))
-            .await
-            .map_err(|e| PlatformError::Io(std::io::Error::other(e)))??;
+        // A command component serves the web CGI-style: one run per request.
+        let cgi = web.kind == ProcessKind::Command;
+        let loaded = tokio::task::spawn_blocking(move || {
+            if cgi {
+                runtime.load_cgi(&slug, &path)
+            } else {
+                runtime.load(&slug, &path)
+            }
+        })
+        .await
+        .map_err(|e| PlatformError::Io(std::io::Error::other(e)))??;
         lock(&self.loaded).insert(key, loaded.clone());
         Ok(Some(loaded))
     }
@@ -269,6 +271,9 @@ impl Dynos {
                     release: release.version,
                     component,
                     env: dyno_env(release, &name),
+                    args: std::iter::once(spec.component.clone())
+                        .chain(spec.args.iter().cloned())
+                        .collect(),
                     app_dir,
                     tmp_dir: Some(tmp_dir),
                     limits,

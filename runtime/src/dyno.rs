@@ -11,17 +11,20 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::watch;
-use wasmtime::Store;
 use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::engine::LoadedComponent;
+use crate::engine::{LoadedComponent, WebGuest};
 use crate::limits::{DynoLimiter, Failure};
 use crate::outbound::{Outbound, OutboundPolicy};
 use crate::{Runtime, RuntimeError};
@@ -73,6 +76,9 @@ pub struct DynoSpec {
     pub component: LoadedComponent,
     /// Environment variables: config vars plus Skiff's own.
     pub env: Vec<(String, String)>,
+    /// argv of a CGI program (the component path, then the Procfile's arguments); unused by
+    /// wasi:http components.
+    pub args: Vec<String>,
     /// The unpacked app tree, visible read-only to the guest as `/app`.
     pub app_dir: PathBuf,
     /// A private writable folder, visible to the guest as `/tmp`.
@@ -129,7 +135,7 @@ impl WasiHttpView for DynoState {
     }
 }
 
-type ResponseBody = UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 
 impl Runtime {
     /// Starts a web dyno on a fresh loopback port.
@@ -148,7 +154,7 @@ impl Runtime {
                     _ = stop_rx.changed() => break,
                     accepted = listener.accept() => accepted,
                 };
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
                         tracing::warn!(error = %e, "dyno accept failed");
@@ -160,12 +166,18 @@ impl Runtime {
                 let _ = stream.set_nodelay(true);
                 let spec = spec.clone();
                 let slots = slots.clone();
+                let conn = Conn {
+                    peer,
+                    port: addr.port(),
+                };
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let spec = spec.clone();
                         let slots = slots.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(handle(spec, slots, fuel, req).await)
+                            Ok::<_, std::convert::Infallible>(
+                                handle(spec, slots, fuel, conn, req).await,
+                            )
                         }
                     });
                     if let Err(e) = http1::Builder::new()
@@ -187,43 +199,64 @@ impl Runtime {
     }
 }
 
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conn {
+    /// The client's address (the router, for routed requests).
+    pub(crate) peer: SocketAddr,
+    /// The dyno's own loopback port.
+    pub(crate) port: u16,
+}
+
 /// Serves one request on a fresh instance; a failure fails this request only.
 async fn handle(
     spec: Arc<DynoSpec>,
     slots: Arc<tokio::sync::Semaphore>,
     fuel: bool,
+    conn: Conn,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     // A full dyno answers at once rather than queueing: the router can pick another one.
-    let Ok(_slot) = slots.try_acquire_owned() else {
+    let Ok(slot) = slots.try_acquire_owned() else {
         return failure_response(&Failure::Full);
     };
-    match run_guest(&spec, fuel, req).await {
+    let result = match &spec.component.guest {
+        WebGuest::Http(pre) => run_guest(&spec, pre.clone(), fuel, slot, req).await,
+        WebGuest::Cgi(pre) => crate::cgi::serve(&spec, pre.clone(), fuel, conn, slot, req).await,
+    };
+    match result {
         Ok(resp) => {
             tracing::debug!(app = %spec.app, dyno = %spec.name, %method, path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
             resp
         }
         Err(failure) => {
-            let detail = match &failure {
-                Failure::Crash(message) => message.lines().next().unwrap_or_default().to_owned(),
-                other => other.describe(),
-            };
-            tracing::warn!(app = %spec.app, dyno = %spec.name, %method, path, code = failure.code(), error = %detail, "request failed in the app");
-            spec.log.line(
-                &spec.app,
-                &spec.name,
-                &format!(
-                    "Error {} ({}) on {method} {path}: {detail}",
-                    failure.code(),
-                    failure.describe()
-                ),
-            );
+            log_failure(&spec, &method, &path, &failure);
             failure_response(&failure)
         }
     }
+}
+
+/// Reports a request the guest failed, to the operator's log and the app's.
+pub(crate) fn log_failure(spec: &DynoSpec, method: &http::Method, path: &str, failure: &Failure) {
+    let detail = match failure {
+        Failure::Crash(message) | Failure::BadResponse(message) => {
+            message.lines().next().unwrap_or_default().to_owned()
+        }
+        other => other.describe(),
+    };
+    tracing::warn!(app = %spec.app, dyno = %spec.name, %method, path, code = failure.code(), error = %detail, "request failed in the app");
+    spec.log.line(
+        &spec.app,
+        &spec.name,
+        &format!(
+            "Error {} ({}) on {method} {path}: {detail}",
+            failure.code(),
+            failure.describe()
+        ),
+    );
 }
 
 /// The answer for a request the guest could not serve; `skiff-error` carries the code.
@@ -245,61 +278,111 @@ pub(crate) fn failure_response(failure: &Failure) -> hyper::Response<ResponseBod
     resp
 }
 
-/// Hands the request's captured output to the dyno's log sink, one call per line.
-fn emit_output(spec: &DynoSpec, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) {
-    for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
-        let bytes = pipe.contents();
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            tracing::info!(target: "skiff::app", app = %spec.app, dyno = %spec.name, stream, "{line}");
-            spec.log.line(&spec.app, &spec.name, line);
-        }
+/// Hands a request's captured output to the dyno's log sink, one call per line.
+pub(crate) fn emit_lines(spec: &DynoSpec, stream: &str, bytes: &[u8]) {
+    for line in String::from_utf8_lossy(bytes).lines() {
+        tracing::info!(target: "skiff::app", app = %spec.app, dyno = %spec.name, stream, "{line}");
+        spec.log.line(&spec.app, &spec.name, line);
     }
 }
 
-async fn run_guest(
-    spec: &Arc<DynoSpec>,
-    fuel: bool,
-    req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<ResponseBody>, Failure> {
-    let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
-    let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
+/// A guest's WASI context as every request gets it: `env`, read-only `/app`, private `/tmp`.
+/// The caller adds stdio.
+pub(crate) fn guest_wasi(
+    spec: &DynoSpec,
+    env: &[(String, String)],
+) -> Result<WasiCtxBuilder, Failure> {
     let mut wasi = WasiCtx::builder();
-    wasi.envs(&spec.env)
-        .stdout(stdout.clone())
-        .stderr(stderr.clone());
+    wasi.envs(env);
     wasi.preopened_dir(&spec.app_dir, "/app", FsPerms::ReadOnly)
         .map_err(|e| Failure::Crash(format!("opening /app: {e:?}")))?;
     if let Some(tmp) = &spec.tmp_dir {
         wasi.preopened_dir(tmp, "/tmp", FsPerms::ReadWrite)
             .map_err(|e| Failure::Crash(format!("opening /tmp: {e:?}")))?;
     }
-    let (limiter, memory_hit) = DynoLimiter::new(spec.limits.memory_bytes);
-    let state = DynoState {
-        wasi: wasi.build(),
-        http: WasiHttpCtx::new(),
-        table: ResourceTable::new(),
-        limits: limiter,
-        hooks: Outbound {
-            policy: spec.outbound.clone(),
-            app: spec.app.clone(),
-            dyno: spec.name.clone(),
-            log: Some(spec.log.clone()),
-        },
-    };
-    let pre = spec.component.pre.clone();
-    let mut store = Store::new(pre.engine(), state);
-    store.limiter(|s| &mut s.limits);
-    crate::limits::fence_time(&mut store, spec.limits.request_timeout);
-    let budget = if fuel {
-        spec.limits.fuel.unwrap_or(u64::MAX)
-    } else {
-        0
-    };
-    if fuel {
-        store
-            .set_fuel(budget)
-            .map_err(|e| Failure::Crash(format!("{e:?}")))?;
+    Ok(wasi)
+}
+
+/// A request's store, fenced like every other: the dyno size's memory, the request deadline,
+/// the fuel budget, the app's outbound policy.
+pub(crate) struct GuestStore {
+    pub(crate) store: Store<DynoState>,
+    /// Set when the guest was stopped for growing past its memory.
+    pub(crate) memory_hit: Arc<AtomicBool>,
+    budget: u64,
+    fuel: bool,
+}
+
+impl GuestStore {
+    pub(crate) fn new(
+        spec: &DynoSpec,
+        engine: &Engine,
+        wasi: WasiCtx,
+        fuel: bool,
+    ) -> Result<Self, Failure> {
+        let (limiter, memory_hit) = DynoLimiter::new(spec.limits.memory_bytes);
+        let state = DynoState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: limiter,
+            hooks: Outbound {
+                policy: spec.outbound.clone(),
+                app: spec.app.clone(),
+                dyno: spec.name.clone(),
+                log: Some(spec.log.clone()),
+            },
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limits);
+        crate::limits::fence_time(&mut store, spec.limits.request_timeout);
+        let budget = if fuel {
+            spec.limits.fuel.unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        if fuel {
+            store
+                .set_fuel(budget)
+                .map_err(|e| Failure::Crash(format!("{e:?}")))?;
+        }
+        Ok(Self {
+            store,
+            memory_hit,
+            budget,
+            fuel,
+        })
     }
+
+    /// Logs the fuel the request used, when the engine meters it.
+    pub(crate) fn report_fuel(&self, spec: &DynoSpec) {
+        if self.fuel {
+            let used = self
+                .budget
+                .saturating_sub(self.store.get_fuel().unwrap_or(0));
+            tracing::info!(target: "skiff::fuel", app = %spec.app, dyno = %spec.name, fuel = used, "request fuel");
+        }
+    }
+
+    /// What a wasmtime error means for the client.
+    pub(crate) fn classify(&self, e: &wasmtime::Error) -> Failure {
+        Failure::classify(e, self.memory_hit.load(Ordering::Relaxed))
+    }
+}
+
+async fn run_guest(
+    spec: &Arc<DynoSpec>,
+    pre: ProxyPre<DynoState>,
+    fuel: bool,
+    slot: OwnedSemaphorePermit,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<ResponseBody>, Failure> {
+    let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
+    let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
+    let mut wasi = guest_wasi(spec, &spec.env)?;
+    wasi.stdout(stdout.clone()).stderr(stderr.clone());
+    let mut guest = GuestStore::new(spec, pre.engine(), wasi.build(), fuel)?;
+    let store = &mut guest.store;
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = store
@@ -313,24 +396,24 @@ async fn run_guest(
         .new_response_outparam(sender)
         .map_err(|e| Failure::Crash(format!("{e:?}")))?;
     let spec = spec.clone();
-    let hit = memory_hit.clone();
     let task = tokio::spawn(async move {
+        // The slot stays taken while the guest runs, streaming included.
+        let _slot = slot;
+        let store = &mut guest.store;
         let result = async {
-            let proxy = pre.instantiate_async(&mut store).await?;
+            let proxy = pre.instantiate_async(&mut *store).await?;
             proxy
                 .wasi_http_incoming_handler()
-                .call_handle(&mut store, incoming, out)
+                .call_handle(&mut *store, incoming, out)
                 .await
         }
         .await;
         // The guest may go on printing while its response body streams, so its output is
         // read once it has finished (or trapped), not when the response head is ready.
-        emit_output(&spec, &stdout, &stderr);
-        if fuel {
-            let used = budget.saturating_sub(store.get_fuel().unwrap_or(0));
-            tracing::info!(target: "skiff::fuel", app = %spec.app, dyno = %spec.name, fuel = used, "request fuel");
-        }
-        result.map_err(|e| Failure::classify(&e, hit.load(std::sync::atomic::Ordering::Relaxed)))
+        emit_lines(&spec, "stdout", &stdout.contents());
+        emit_lines(&spec, "stderr", &stderr.contents());
+        guest.report_fuel(&spec);
+        result.map_err(|e| guest.classify(&e))
     });
     match receiver.await {
         Ok(Ok(resp)) => Ok(resp),
@@ -362,12 +445,17 @@ pub(crate) async fn instantiate_once(component: &LoadedComponent) -> Result<(), 
             log: None,
         },
     };
-    let pre = component.pre.clone();
-    let mut store = Store::new(pre.engine(), state);
+    let engine = match &component.guest {
+        WebGuest::Http(pre) => pre.engine(),
+        WebGuest::Cgi(pre) => pre.engine(),
+    };
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.set_epoch_deadline(u64::MAX / 2);
-    pre.instantiate_async(&mut store)
-        .await
-        .map_err(|e| RuntimeError::wasm("instantiating", e))?;
+    let instantiated = match &component.guest {
+        WebGuest::Http(pre) => pre.instantiate_async(&mut store).await.map(drop),
+        WebGuest::Cgi(pre) => pre.instantiate_async(&mut store).await.map(drop),
+    };
+    instantiated.map_err(|e| RuntimeError::wasm("instantiating", e))?;
     Ok(())
 }

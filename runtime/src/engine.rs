@@ -63,10 +63,27 @@ impl Drop for Inner {
     }
 }
 
-/// A component compiled and linked, ready to instantiate once per request.
+/// A web component compiled and linked, ready to instantiate once per request.
 #[derive(Clone)]
 pub struct LoadedComponent {
-    pub(crate) pre: ProxyPre<DynoState>,
+    pub(crate) guest: WebGuest,
+}
+
+/// How a web dyno drives its component.
+#[derive(Clone)]
+pub(crate) enum WebGuest {
+    /// Exports `wasi:http/incoming-handler`: the request is handed over as is.
+    Http(ProxyPre<DynoState>),
+    /// A `wasi:cli/run` command served CGI-style: one run per request, the request in the
+    /// environment and on stdin, the response read from stdout.
+    Cgi(CommandPre<DynoState>),
+}
+
+impl LoadedComponent {
+    /// Whether requests run the component as a CGI program.
+    pub fn is_cgi(&self) -> bool {
+        matches!(self.guest, WebGuest::Cgi(_))
+    }
 }
 
 /// A command component (`wasi:cli/run`), compiled and linked.
@@ -178,7 +195,18 @@ impl Runtime {
                 e,
             )
         })?;
-        Ok(LoadedComponent { pre })
+        Ok(LoadedComponent {
+            guest: WebGuest::Http(pre),
+        })
+    }
+
+    /// Loads a command component (`wasi:cli/run`) to serve web requests CGI-style, one run
+    /// per request, the same way as [`Runtime::load`].
+    pub fn load_cgi(&self, slug: &str, path: &Path) -> Result<LoadedComponent, RuntimeError> {
+        let LoadedCommand { pre } = self.load_command(slug, path)?;
+        Ok(LoadedComponent {
+            guest: WebGuest::Cgi(pre),
+        })
     }
 
     /// Loads a command component (`wasi:cli/run`) the same way as [`Runtime::load`].

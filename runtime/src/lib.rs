@@ -4,9 +4,11 @@
 //! disk ([`cache`]), then linked into an `InstancePre` per release. Each web dyno listens on its
 //! own loopback port ([`dyno`]) and serves every request on a fresh instance in a fresh
 //! `Store`, with a memory limit and an epoch deadline, so one request can neither see nor
-//! stall another.
+//! stall another. A web process that is a `wasi:cli/run` command is served CGI-style
+//! (the `cgi` module): one run per request, with the same fences.
 
 pub mod cache;
+mod cgi;
 pub mod command;
 pub mod dyno;
 pub mod engine;

@@ -104,6 +104,9 @@ pub enum Failure {
     PoolExhausted,
     /// Any other trap or error: a crash of this request only.
     Crash(String),
+    /// The app answered with something that is not a response (a CGI program's header block
+    /// is malformed, or it exited without writing one).
+    BadResponse(String),
 }
 
 impl Failure {
@@ -134,6 +137,8 @@ impl Failure {
             Failure::Full => "H11",
             Failure::PoolExhausted => "H99",
             Failure::Crash(_) => "H10",
+            // Heroku's code for a poorly formatted HTTP response.
+            Failure::BadResponse(_) => "H17",
         }
     }
 
@@ -142,6 +147,7 @@ impl Failure {
         match self {
             Failure::Memory | Failure::Crash(_) => 500,
             Failure::Timeout | Failure::CpuBudget | Failure::Full | Failure::PoolExhausted => 503,
+            Failure::BadResponse(_) => 502,
         }
     }
 
@@ -157,6 +163,9 @@ impl Failure {
             Failure::PoolExhausted => "The platform has no free instance slot".into(),
             Failure::Crash(_) => {
                 "Application error: the app crashed while handling this request".into()
+            }
+            Failure::BadResponse(_) => {
+                "Bad response: the app's answer is not a well-formed CGI response".into()
             }
         }
     }
