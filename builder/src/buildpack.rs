@@ -45,12 +45,68 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "package-name",
         include_str!("../../buildpacks/rust/bin/package-name"),
     ),
+    // Go, C and static sites: CGI programs (see runtime's CGI executor).
+    (
+        "go",
+        "detect",
+        include_str!("../../buildpacks/go/bin/detect"),
+    ),
+    (
+        "go",
+        "compile",
+        include_str!("../../buildpacks/go/bin/compile"),
+    ),
+    (
+        "go",
+        "release",
+        include_str!("../../buildpacks/go/bin/release"),
+    ),
+    (
+        "go",
+        "app-name",
+        include_str!("../../buildpacks/go/bin/app-name"),
+    ),
+    ("c", "detect", include_str!("../../buildpacks/c/bin/detect")),
+    (
+        "c",
+        "compile",
+        include_str!("../../buildpacks/c/bin/compile"),
+    ),
+    (
+        "c",
+        "release",
+        include_str!("../../buildpacks/c/bin/release"),
+    ),
+    // Static sites stay last: an index.html also turns up in apps of other languages.
+    (
+        "static",
+        "detect",
+        include_str!("../../buildpacks/static/bin/detect"),
+    ),
+    (
+        "static",
+        "compile",
+        include_str!("../../buildpacks/static/bin/compile"),
+    ),
+    (
+        "static",
+        "release",
+        include_str!("../../buildpacks/static/bin/release"),
+    ),
+    (
+        "static",
+        "file-server.rs",
+        include_str!("../../buildpacks/static/bin/file-server.rs"),
+    ),
 ];
 
 /// What each built-in buildpack's `bin/detect` looks for, for the "nothing detected" message.
 pub(crate) fn detects(name: &str) -> Option<&'static str> {
     match name {
         "rust" => Some("Cargo.toml"),
+        "go" => Some("go.mod"),
+        "c" => Some("Makefile and *.c"),
+        "static" => Some("static.json or index.html"),
         _ => None,
     }
 }

@@ -1,0 +1,301 @@
+//! The Go, C and static-site buildpacks end to end: each example is pushed through real git to
+//! a running `skiff up`, built into a WASI command component, served CGI-style, called through
+//! the router, changed, pushed again and seen live.
+//!
+//! Build times, slug sizes and first-request latencies are printed (run with `--nocapture`),
+//! never asserted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use common::*;
+
+fn example_repo(s: &Skiff, parent: &Path, example: &str) -> Result<PathBuf> {
+    let repo = parent.join(example);
+    copy_tree(&repo_root().join("examples").join(example), &repo)?;
+    ok(s.git(&repo, &["init", "--quiet", "--initial-branch=main"])?)?;
+    Ok(repo)
+}
+
+/// Pushes and checks the push succeeded; returns the output and how long the push took.
+fn push(s: &Skiff, repo: &Path, message: &str) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    let (pushed, output) = s.commit_and_push(repo, message)?;
+    let took = started.elapsed();
+    ensure!(pushed, "push failed:\n{output}\n{}", s.logs());
+    Ok((output, took))
+}
+
+/// The slug size from the push output's `Done: 1.2M` line.
+fn slug_size(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.split("Done: ").nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
+}
+
+fn replace_in(path: &Path, from: &str, to: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    ensure!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replace(from, to))?;
+    Ok(())
+}
+
+fn report(lang: &str, first: &str, first_build: Duration, rebuild: Duration, latency: Duration) {
+    eprintln!(
+        "[{lang}] first push {:.1}s, second push {:.1}s, slug {}, first request {:.1} ms",
+        first_build.as_secs_f64(),
+        rebuild.as_secs_f64(),
+        slug_size(first),
+        latency.as_secs_f64() * 1000.0
+    );
+}
+
+/// The routes every CGI example answers: `/`, `/env/NAME`, `POST /echo`, `/json`.
+fn check_routes(s: &Skiff, repo: &Path, app: &str, greeting: &str) -> Result<Duration> {
+    let host = format!("{app}.localhost:{}", s.http_port);
+    let started = Instant::now();
+    let first = s.request(&host, "GET", "/", None)?;
+    let latency = started.elapsed();
+    ensure!(first == (200, format!("{greeting}\n")), "{first:?}");
+
+    let (status, body) = s.request(&host, "GET", "/env/GREETING", None)?;
+    ensure!(status == 404, "{status} {body}");
+    let out = ok(s.cli(repo, &["config:set", "GREETING=ahoy"])?)?;
+    ensure!(stderr(&out).contains("done, v2"), "{out:?}");
+    let env = s.request(&host, "GET", "/env/GREETING", None)?;
+    ensure!(env == (200, "ahoy".into()), "{env:?}");
+
+    let echoed = http_full(
+        s.http_port,
+        &host,
+        "POST",
+        "/echo",
+        Some("ping pong"),
+        &[("Content-Type", "text/x-test")],
+    )?;
+    ensure!(echoed.status == 200 && echoed.body == "ping pong", "{echoed:?}");
+    ensure!(
+        echoed.header("content-type") == Some("text/x-test"),
+        "{echoed:?}"
+    );
+
+    let json = http_full(s.http_port, &host, "GET", "/json", None, &[])?;
+    ensure!(json.status == 200, "{json:?}");
+    ensure!(
+        json.header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{json:?}"
+    );
+    let value: serde_json::Value = serde_json::from_str(&json.body).context("json body")?;
+    ensure!(value["app"] == app && value["method"] == "GET", "{value}");
+
+    let missing = s.request(&host, "GET", "/nowhere", None)?;
+    ensure!(missing.0 == 404, "{missing:?}");
+    Ok(latency)
+}
+
+#[test]
+fn go_app_served_through_cgi() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = example_repo(&s, work.path(), "go-hello")?;
+    ok(s.cli(&repo, &["apps:create", "gohello"])?)?;
+
+    let (output, first_build) = push(&s, &repo, "first")?;
+    for expected in [
+        "remote: -----> Go app detected",
+        "-----> Using go1.",
+        "-----> Compiling . as bin/go-hello.wasm",
+        "-----> Wrapping bin/go-hello.wasm (a WASI preview 1 module) into a component",
+        "-----> Launching... done, v1",
+    ] {
+        ensure!(
+            output.contains(expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+    let latency = check_routes(&s, &repo, "gohello", "Hello from Go on Skiff!")?;
+
+    replace_in(
+        &repo.join("main.go"),
+        "Hello from Go on Skiff!",
+        "Go, changed and pushed again",
+    )?;
+    let (second, rebuild) = push(&s, &repo, "change")?;
+    ensure!(second.contains("build cache warm"), "{second}");
+    let host = format!("gohello.localhost:{}", s.http_port);
+    let changed = s.request(&host, "GET", "/", None)?;
+    ensure!(
+        changed == (200, "Go, changed and pushed again\n".into()),
+        "{changed:?}"
+    );
+    report("go", &output, first_build, rebuild, latency);
+    Ok(())
+}
+
+#[test]
+fn c_app_served_through_cgi() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = example_repo(&s, work.path(), "c-hello")?;
+    ok(s.cli(&repo, &["apps:create", "chello"])?)?;
+
+    let (output, first_build) = push(&s, &repo, "first")?;
+    for expected in [
+        "remote: -----> C app detected",
+        "for wasm32-wasi with wasi-libc",
+        "-----> Built bin/hello.wasm",
+        "-----> Wrapping bin/hello.wasm (a WASI preview 1 module) into a component",
+        "-----> Launching... done, v1",
+    ] {
+        ensure!(
+            output.contains(expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+    let latency = check_routes(&s, &repo, "chello", "Hello from C on Skiff!")?;
+
+    replace_in(
+        &repo.join("hello.c"),
+        "Hello from C on Skiff!",
+        "C, changed and pushed again",
+    )?;
+    let (_, rebuild) = push(&s, &repo, "change")?;
+    let host = format!("chello.localhost:{}", s.http_port);
+    let changed = s.request(&host, "GET", "/", None)?;
+    ensure!(
+        changed == (200, "C, changed and pushed again\n".into()),
+        "{changed:?}"
+    );
+    // The program's stderr reaches the app's logs.
+    let logs = ok(s.cli(&repo, &["logs", "-n", "200"])?)?;
+    ensure!(
+        stdout(&logs).contains("no route for GET /nowhere"),
+        "{}",
+        stdout(&logs)
+    );
+    report("c", &output, first_build, rebuild, latency);
+    Ok(())
+}
+
+#[test]
+fn static_site_served_by_the_file_server() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = example_repo(&s, work.path(), "static-hello")?;
+    ok(s.cli(&repo, &["apps:create", "site"])?)?;
+
+    let (output, first_build) = push(&s, &repo, "first")?;
+    for expected in [
+        "remote: -----> Static site app detected",
+        "Skiff's file server",
+        "-----> Serving . (",
+        "-----> Launching... done, v1",
+    ] {
+        ensure!(
+            output.contains(expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+    let host = format!("site.localhost:{}", s.http_port);
+    let get = |path: &str| http_full(s.http_port, &host, "GET", path, None, &[]);
+
+    let started = Instant::now();
+    let home = get("/")?;
+    let latency = started.elapsed();
+    ensure!(home.status == 200, "{home:?}");
+    ensure!(
+        home.body.contains("Hello from a static site on Skiff!"),
+        "{home:?}"
+    );
+    ensure!(
+        home.header("content-type") == Some("text/html; charset=utf-8"),
+        "{home:?}"
+    );
+
+    // clean_urls: /about serves about.html.
+    let about = get("/about")?;
+    ensure!(
+        about.status == 200 && about.body.contains("<h1>About</h1>"),
+        "{about:?}"
+    );
+    // A folder without its slash is redirected; with it, its index.html is served.
+    let docs = get("/docs")?;
+    ensure!(
+        docs.status == 301 && docs.header("location") == Some("/docs/"),
+        "{docs:?}"
+    );
+    let docs = get("/docs/")?;
+    ensure!(
+        docs.status == 200 && docs.body.contains("<h1>Docs</h1>"),
+        "{docs:?}"
+    );
+    let json = get("/data/info.json")?;
+    ensure!(
+        json.header("content-type") == Some("application/json"),
+        "{json:?}"
+    );
+    let value: serde_json::Value = serde_json::from_str(&json.body)?;
+    ensure!(value["name"] == "static-hello", "{value}");
+    let css = get("/css/site.css")?;
+    ensure!(
+        css.header("content-type") == Some("text/css; charset=utf-8")
+            && css.header("cache-control") == Some("public, max-age=3600"),
+        "{css:?}"
+    );
+    // Revalidation with the ETag.
+    let etag = css.header("etag").context("etag")?.to_owned();
+    let again = http_full(
+        s.http_port,
+        &host,
+        "GET",
+        "/css/site.css",
+        None,
+        &[("If-None-Match", &etag)],
+    )?;
+    ensure!(again.status == 304, "{again:?}");
+    let moved = get("/old-about")?;
+    ensure!(
+        moved.status == 301 && moved.header("location") == Some("/about"),
+        "{moved:?}"
+    );
+    // Missing files get the error page; hidden files and escapes get it too.
+    for path in [
+        "/missing.html",
+        "/.skiff/static.wasm",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/css/..%2f..%2fstatic.json",
+    ] {
+        let resp = get(path)?;
+        ensure!(
+            resp.status == 404 && resp.body.contains("Nothing here"),
+            "{path}: {resp:?}"
+        );
+    }
+    let post = http_full(s.http_port, &host, "POST", "/", Some("x"), &[])?;
+    ensure!(
+        post.status == 405 && post.header("allow") == Some("GET, HEAD"),
+        "{post:?}"
+    );
+
+    replace_in(
+        &repo.join("index.html"),
+        "Hello from a static site on Skiff!",
+        "Static, changed and pushed again",
+    )?;
+    let (second, rebuild) = push(&s, &repo, "change")?;
+    ensure!(second.contains("built earlier on this machine"), "{second}");
+    let changed = get("/")?;
+    ensure!(
+        changed.body.contains("Static, changed and pushed again"),
+        "{changed:?}"
+    );
+    report("static", &output, first_build, rebuild, latency);
+    Ok(())
+}
