@@ -79,7 +79,10 @@ fn check_routes(s: &Skiff, repo: &Path, app: &str, greeting: &str) -> Result<Dur
         Some("ping pong"),
         &[("Content-Type", "text/x-test")],
     )?;
-    ensure!(echoed.status == 200 && echoed.body == "ping pong", "{echoed:?}");
+    ensure!(
+        echoed.status == 200 && echoed.body == "ping pong",
+        "{echoed:?}"
+    );
     ensure!(
         echoed.header("content-type") == Some("text/x-test"),
         "{echoed:?}"
