@@ -505,6 +505,15 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Domains(app) => crate::routing::domains(app, json),
         Command::DomainsAdd { app, hostname } => crate::routing::add_domain(app, &hostname),
         Command::DomainsRemove { app, hostname } => crate::routing::remove_domain(app, &hostname),
+        Command::Certs(app) => crate::routing::certs(app, json),
+        Command::CertsAdd {
+            app,
+            certificate,
+            key,
+            name,
+        } => crate::routing::add_cert(app, &certificate, &key, name, json),
+        Command::CertsInfo { app, name } => crate::routing::cert_info(app, name, json),
+        Command::CertsRemove { app, name } => crate::routing::remove_cert(app, name),
         Command::Features(app) => crate::routing::features(app, json),
         Command::FeaturesEnable { app, feature } => {
             crate::routing::set_feature(app, &feature, true)

@@ -65,6 +65,7 @@ pub(crate) fn router(p: Shared) -> axum::Router {
         )
         .merge(crate::logs::routes())
         .merge(crate::routing::routes())
+        .merge(crate::certs::routes())
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
         .route("/{repo}/git-receive-pack", post(gitweb::service))
@@ -315,6 +316,7 @@ async fn rename_app(
     let cache = p.config.data_dir.join("cache");
     let _ = std::fs::rename(cache.join(&app), cache.join(to.as_str()));
     p.dynos.remove_app(&app);
+    p.routes.certs().remove_app(&app);
     p.logs.forget(&app);
     crate::drains::restart(&p, to.as_str())?;
     // The dynos carry the app's name in their environment: start them again under the new one.
@@ -337,6 +339,7 @@ async fn destroy_app(
     let _guard = lock.lock().await;
     let releases = p.state.releases(&app)?;
     p.dynos.remove_app(&app);
+    p.routes.certs().remove_app(&app);
     p.state.destroy_app(&app)?;
     p.logs.forget(&app);
     let _ = std::fs::remove_dir_all(skiff_builder::git::repo_path(&p.repos_dir(), &app));

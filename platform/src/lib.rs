@@ -4,6 +4,7 @@
 
 mod api;
 mod auth;
+mod certs;
 mod deploy;
 mod drains;
 mod dynos;
