@@ -140,8 +140,11 @@ def _environ(request):
 class _Reply:
     """What the app passed to start_response, and the response once it is sent."""
 
-    def __init__(self, response_out):
+    def __init__(self, response_out, head):
         self.response_out = response_out
+        # A HEAD response has no body; the host checks a body against its Content-Length, so
+        # the length the app computed for GET is left out.
+        self.head = head
         self.status = None
         self.headers = None
         self.body = None
@@ -166,7 +169,7 @@ class _Reply:
             raise RuntimeError(f"the WSGI app gave an invalid status {self.status!r}")
         fields = []
         for name, value in self.headers:
-            if name.lower() in _HOP_BY_HOP:
+            if name.lower() in _HOP_BY_HOP or (self.head and name.lower() == "content-length"):
                 continue
             fields.append((name.lower(), str(value).encode("latin-1")))
         response = OutgoingResponse(Fields.from_list(fields))
@@ -177,6 +180,8 @@ class _Reply:
 
     def write(self, data):
         self.send_head()
+        if self.head:
+            return
         view = memoryview(data)
         for start in range(0, len(view), WRITE_CHUNK):
             self.stream.blocking_write_and_flush(bytes(view[start : start + WRITE_CHUNK]))
@@ -202,9 +207,10 @@ def handler_for(app):
 
     class IncomingHandler(exports.IncomingHandler):
         def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
-            reply = _Reply(response_out)
+            reply = _Reply(response_out, head=False)
             try:
                 environ = _environ(request)
+                reply.head = environ["REQUEST_METHOD"] == "HEAD"
                 result = app(environ, reply.start_response)
                 try:
                     for chunk in result:
