@@ -168,6 +168,13 @@ fn python_app_builds_serves_and_redeploys() -> Result<()> {
     let host = format!("pyhello.localhost:{}", s.http_port);
     assert_eq!(s.request(&host, "GET", "/nowhere", None)?.0, 404);
     assert_eq!(s.request(&host, "DELETE", "/", None)?.0, 405);
+    // HEAD: the status and headers of GET, no body, and no complaint from the host about a
+    // body shorter than the Content-Length Flask computed.
+    let head = http_full(s.http_port, &host, "HEAD", "/", None, &[])?;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.body, "");
+    assert_eq!(s.request(&host, "GET", "/", None)?.0, 200);
+    assert!(!s.logs().contains("HttpResponseBodySize"), "{}", s.logs());
 
     // The second push reuses the toolchain and the installed requirements.
     edit(
