@@ -134,6 +134,21 @@ fn nodejs_app_builds_serves_and_redeploys() -> Result<()> {
             "failed to compile Node.js app",
         ],
     );
+
+    // So does a module with no fetch handler, with a message that says what to write.
+    std::fs::write(
+        repo.join("src/index.ts"),
+        "export default { hello() {} };\n",
+    )?;
+    let (pushed, output) = s.commit_and_push(&repo, "no handler")?;
+    assert!(!pushed, "{output}");
+    assert_contains(
+        &output,
+        &[
+            "the app has no fetch handler",
+            "failed to compile Node.js app",
+        ],
+    );
     assert_eq!(
         s.request(&host, "GET", "/", None)?,
         (200, "Hello again from Node.js!\n".into())

@@ -71,6 +71,11 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         include_str!("../../buildpacks/nodejs/bin/entry.mjs"),
     ),
     (
+        "nodejs",
+        "prelude.mjs",
+        include_str!("../../buildpacks/nodejs/bin/prelude.mjs"),
+    ),
+    (
         "python",
         "detect",
         include_str!("../../buildpacks/python/bin/detect"),

@@ -2,6 +2,7 @@
 // fetch event. Apps written Workers-style (`export default { fetch(request, env, ctx) }`) get
 // a listener here; apps that call addEventListener('fetch', ...) themselves need nothing.
 import { getEnvironment } from 'wasi:cli/environment@0.2.10';
+import '__SKIFF_PRELUDE__';
 import * as app from '__SKIFF_APP_ENTRY__';
 
 // Config vars are read when the app asks for them, never cached: the module's top level runs
@@ -35,6 +36,14 @@ if (typeof globalThis.process !== 'object' || globalThis.process === null) {
 }
 
 const handler = app.default;
+if (!(handler && typeof handler.fetch === 'function') && globalThis.__skiffFetchListeners === 0) {
+  // Thrown while the component is built, so the push fails with this message.
+  throw new Error(
+    "the app has no fetch handler: export default { fetch(request, env) { ... } } " +
+      "(or an object with a fetch method, such as a Hono app), or call " +
+      "addEventListener('fetch', (event) => event.respondWith(...))",
+  );
+}
 if (handler && typeof handler.fetch === 'function') {
   addEventListener('fetch', (event) => {
     const ctx = {
