@@ -285,7 +285,7 @@ enum Command {
         /// The feature.
         feature: String,
     },
-    /// List the buildpacks this Skiff installs, in detection order.
+    /// List the installed buildpacks in detection order, with the files each one detects.
     Buildpacks,
     /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`.
     Bench(bench::BenchArgs),

@@ -33,6 +33,7 @@ use skiff_core::BUILD_RESULT_MARKER as RESULT_MARKER;
 pub(crate) fn router(p: Shared) -> axum::Router {
     axum::Router::new()
         .route("/account", get(account))
+        .route("/buildpacks", get(list_buildpacks))
         .route("/users", post(create_user))
         .route("/apps", get(list_apps).post(create_app))
         .route(
@@ -606,6 +607,22 @@ async fn stop_dyno(
 
 async fn account(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "email": caller.0 }))
+}
+
+/// The installed buildpacks in detection order, and what each one's `bin/detect` looks for.
+async fn list_buildpacks(State(p): State<Shared>) -> Json<serde_json::Value> {
+    let list: Vec<_> = p
+        .builder
+        .buildpacks()
+        .iter()
+        .map(|bp| {
+            serde_json::json!({
+                "name": bp.name,
+                "detects": skiff_builder::detects(&bp.name),
+            })
+        })
+        .collect();
+    Json(serde_json::Value::Array(list))
 }
 
 #[derive(serde::Deserialize)]
