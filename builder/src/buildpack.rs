@@ -45,7 +45,57 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "package-name",
         include_str!("../../buildpacks/rust/bin/package-name"),
     ),
-    // Go, C and static sites: CGI programs (see runtime's CGI executor).
+    (
+        "nodejs",
+        "detect",
+        include_str!("../../buildpacks/nodejs/bin/detect"),
+    ),
+    (
+        "nodejs",
+        "compile",
+        include_str!("../../buildpacks/nodejs/bin/compile"),
+    ),
+    (
+        "nodejs",
+        "release",
+        include_str!("../../buildpacks/nodejs/bin/release"),
+    ),
+    (
+        "nodejs",
+        "procfile-web",
+        include_str!("../../buildpacks/nodejs/bin/procfile-web"),
+    ),
+    (
+        "nodejs",
+        "entry.mjs",
+        include_str!("../../buildpacks/nodejs/bin/entry.mjs"),
+    ),
+    (
+        "nodejs",
+        "prelude.mjs",
+        include_str!("../../buildpacks/nodejs/bin/prelude.mjs"),
+    ),
+    (
+        "python",
+        "detect",
+        include_str!("../../buildpacks/python/bin/detect"),
+    ),
+    (
+        "python",
+        "compile",
+        include_str!("../../buildpacks/python/bin/compile"),
+    ),
+    (
+        "python",
+        "release",
+        include_str!("../../buildpacks/python/bin/release"),
+    ),
+    (
+        "python",
+        "procfile-web",
+        include_str!("../../buildpacks/python/bin/procfile-web"),
+    ),
+    // Go and C build CGI programs (served by the runtime's CGI executor).
     (
         "go",
         "detect",
@@ -93,17 +143,40 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "release",
         include_str!("../../buildpacks/static/bin/release"),
     ),
+];
+
+/// Files of built-in buildpacks outside `bin/` (WIT worlds, modules shipped into apps):
+/// (buildpack, path under its folder, contents).
+const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
+    (
+        "nodejs",
+        "wit/world.wit",
+        include_str!("../../buildpacks/nodejs/wit/world.wit"),
+    ),
+    (
+        "python",
+        "wit/world.wit",
+        include_str!("../../buildpacks/python/wit/world.wit"),
+    ),
+    (
+        "python",
+        "lib/skiff_wsgi.py",
+        include_str!("../../buildpacks/python/lib/skiff_wsgi.py"),
+    ),
     (
         "static",
-        "file-server.rs",
-        include_str!("../../buildpacks/static/bin/file-server.rs"),
+        "lib/file-server.rs",
+        include_str!("../../buildpacks/static/lib/file-server.rs"),
     ),
 ];
 
-/// What each built-in buildpack's `bin/detect` looks for, for the "nothing detected" message.
-pub(crate) fn detects(name: &str) -> Option<&'static str> {
+/// What each built-in buildpack's `bin/detect` looks for (for `skiff buildpacks` and the
+/// "nothing detected" message).
+pub fn detects(name: &str) -> Option<&'static str> {
     match name {
         "rust" => Some("Cargo.toml"),
+        "nodejs" => Some("package.json"),
+        "python" => Some("requirements.txt, pyproject.toml or app.py"),
         "go" => Some("go.mod"),
         "c" => Some("Makefile and *.c"),
         "static" => Some("static.json or index.html"),
@@ -132,6 +205,13 @@ pub fn install_builtin_buildpacks(dir: &Path) -> std::io::Result<Vec<Buildpack>>
         let path = bin.join(file);
         std::fs::write(&path, contents)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    for (name, file, contents) in BUILTIN_SUPPORT_FILES {
+        let path = dir.join(name).join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, contents)?;
     }
     Ok(builtin_buildpacks()
         .into_iter()

@@ -14,7 +14,13 @@ use crate::PlatformError;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied. Never edit
 /// a shipped entry: append a new one.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_ROUTING];
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_ROUTING,
+    SCHEMA_CERTS,
+];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS apps (
@@ -90,6 +96,18 @@ CREATE TABLE IF NOT EXISTS app_flags (
     app  TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
     flag TEXT NOT NULL,
     PRIMARY KEY (app, flag)
+);
+";
+
+/// HTTPS certificates per app, as the user uploaded them (the key is never returned).
+const SCHEMA_CERTS: &str = "
+CREATE TABLE IF NOT EXISTS certs (
+    app        TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    cert_pem   TEXT NOT NULL,
+    key_pem    TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (app, name)
 );
 ";
 
@@ -651,6 +669,7 @@ const APP_TABLES: &[&str] = &[
     "log_drains",
     "domains",
     "app_flags",
+    "certs",
 ];
 
 const RELEASE_SELECT: &str = "SELECT app, version, slug, manifest, config, description, created_by, created_at FROM releases";
