@@ -47,6 +47,27 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
     ),
 ];
 
+/// Files a built-in buildpack ships besides its scripts: (buildpack, path under the
+/// buildpack's folder, contents). The Rust buildpack ships Skiff's guest SDK (`skiff-sdk`,
+/// with the WIT it binds) and points apps' builds at it.
+const BUILTIN_EXTRAS: &[BuiltinFile] = &[
+    (
+        "rust",
+        "sdk/skiff-sdk/Cargo.toml",
+        include_str!("../../sdk/rust/Cargo.toml"),
+    ),
+    (
+        "rust",
+        "sdk/skiff-sdk/src/lib.rs",
+        include_str!("../../sdk/rust/src/lib.rs"),
+    ),
+    (
+        "rust",
+        "sdk/skiff-sdk/wit/skiff.wit",
+        include_str!("../../wit/skiff.wit"),
+    ),
+];
+
 /// What each built-in buildpack's `bin/detect` looks for, for the "nothing detected" message.
 pub(crate) fn detects(name: &str) -> Option<&'static str> {
     match name {
@@ -76,6 +97,16 @@ pub fn install_builtin_buildpacks(dir: &Path) -> std::io::Result<Vec<Buildpack>>
         let path = bin.join(file);
         std::fs::write(&path, contents)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    for (name, file, contents) in BUILTIN_EXTRAS {
+        let path = dir.join(name).join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        // Unchanged files keep their times, so cargo does not rebuild the SDK every start.
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(*contents) {
+            std::fs::write(&path, contents)?;
+        }
     }
     Ok(builtin_buildpacks()
         .into_iter()

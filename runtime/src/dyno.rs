@@ -21,6 +21,7 @@ use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::addons::GuestAddons;
 use crate::engine::LoadedComponent;
 use crate::limits::{DynoLimiter, Failure};
 use crate::outbound::{Outbound, OutboundPolicy};
@@ -108,6 +109,8 @@ pub(crate) struct DynoState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: DynoLimiter,
     pub(crate) hooks: Outbound,
+    /// What the guest may open through the add-on interfaces.
+    pub(crate) addons: GuestAddons,
 }
 
 impl WasiView for DynoState {
@@ -140,6 +143,7 @@ impl Runtime {
         let name = spec.name.clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(spec.limits.concurrency.max(1)));
         let fuel = self.meters_fuel();
+        let addons = self.guest_addons(&spec.env);
         let spec = Arc::new(spec);
         tracing::info!(app = %spec.app, dyno = %spec.name, release = spec.release, %addr, "dyno up");
         tokio::spawn(async move {
@@ -160,12 +164,16 @@ impl Runtime {
                 let _ = stream.set_nodelay(true);
                 let spec = spec.clone();
                 let slots = slots.clone();
+                let addons = addons.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let spec = spec.clone();
                         let slots = slots.clone();
+                        let addons = addons.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(handle(spec, slots, fuel, req).await)
+                            Ok::<_, std::convert::Infallible>(
+                                handle(spec, slots, fuel, addons, req).await,
+                            )
                         }
                     });
                     if let Err(e) = http1::Builder::new()
@@ -192,6 +200,7 @@ async fn handle(
     spec: Arc<DynoSpec>,
     slots: Arc<tokio::sync::Semaphore>,
     fuel: bool,
+    addons: GuestAddons,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
@@ -201,7 +210,7 @@ async fn handle(
     let Ok(_slot) = slots.try_acquire_owned() else {
         return failure_response(&Failure::Full);
     };
-    match run_guest(&spec, fuel, req).await {
+    match run_guest(&spec, fuel, addons, req).await {
         Ok(resp) => {
             tracing::debug!(app = %spec.app, dyno = %spec.name, %method, path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
             resp
@@ -259,6 +268,7 @@ fn emit_output(spec: &DynoSpec, stdout: &MemoryOutputPipe, stderr: &MemoryOutput
 async fn run_guest(
     spec: &Arc<DynoSpec>,
     fuel: bool,
+    addons: GuestAddons,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<ResponseBody>, Failure> {
     let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
@@ -279,6 +289,7 @@ async fn run_guest(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         limits: limiter,
+        addons,
         hooks: Outbound {
             policy: spec.outbound.clone(),
             app: spec.app.clone(),
@@ -355,6 +366,7 @@ pub(crate) async fn instantiate_once(component: &LoadedComponent) -> Result<(), 
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         limits: limiter,
+        addons: GuestAddons::default(),
         hooks: Outbound {
             policy: Arc::new(OutboundPolicy::Closed),
             app: String::new(),

@@ -6,6 +6,7 @@
 //! `Store`, with a memory limit and an epoch deadline, so one request can neither see nor
 //! stall another.
 
+pub mod addons;
 pub mod cache;
 pub mod command;
 pub mod dyno;
@@ -13,6 +14,7 @@ pub mod engine;
 pub mod limits;
 pub mod outbound;
 
+pub use addons::{KvBackend, KvStore};
 pub use command::{CommandSpec, Exit, Output};
 pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
 pub use engine::{LoadedCommand, LoadedComponent, Runtime, RuntimeConfig};
