@@ -146,6 +146,41 @@ fn todo_rows_survive_rotation_and_restart() -> Result<()> {
         (200, "3\n".into())
     );
 
+    // Pointing the app at another app's store with its own secret opens nothing: the host
+    // checks the credentials, not just the name.
+    ok(s.cli(&repo, &["apps:create", "spy", "--remote", "spy"])?)?;
+    ok(s.cli(&repo, &["addons:create", "kv", "-a", "spy"])?)?;
+    let own = config_get(&s, &repo, "todo", "KV_URL")?;
+    let other = config_get(&s, &repo, "spy", "KV_URL")?;
+    let secret = own
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, secret)| secret.to_owned())
+        .context("secret in KV_URL")?;
+    let other_store = other
+        .trim_start_matches("skiff-kv://")
+        .split(':')
+        .next()
+        .context("store in KV_URL")?
+        .to_owned();
+    let forged = format!("skiff-kv://{other_store}:{secret}@local");
+    ok(s.cli(
+        &repo,
+        &["config:set", &format!("KV_URL={forged}"), "-a", "todo"],
+    )?)?;
+    let (status, body) = s.request(&host, "GET", "/visits", None)?;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("credentials are wrong"), "{body}");
+    ok(s.cli(
+        &repo,
+        &["config:set", &format!("KV_URL={own}"), "-a", "todo"],
+    )?)?;
+    assert_eq!(
+        s.request(&host, "GET", "/visits", None)?,
+        (200, "4\n".into())
+    );
+
     // Destroying the add-on drops the database and unsets the var.
     let out = s.cli(&repo, &["addons:destroy", "postgres", "-a", "todo"])?;
     assert!(

@@ -34,6 +34,9 @@ use wit_pg::DbValue;
 
 /// Idle connections kept per database URL.
 const IDLE_PER_DATABASE: usize = 8;
+/// Connections one instance (one request) may hold open at once: a guest opening in a loop
+/// must not take the server's connection slots from every other app.
+const OPEN_PER_INSTANCE: usize = 4;
 /// How long opening a connection or one statement may take; a request's own deadline only
 /// interrupts wasm code, not a host call waiting on the server.
 const PG_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,6 +100,8 @@ pub(crate) struct GuestAddons {
     kv_url: Option<String>,
     pool: Arc<PgPool>,
     kv: Option<Arc<dyn KvBackend>>,
+    /// Connections this instance holds now.
+    pg_open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl GuestAddons {
@@ -118,6 +123,15 @@ impl GuestAddons {
             kv_url: find("KV_URL"),
             pool,
             kv,
+            pg_open: Default::default(),
+        }
+    }
+
+    /// A copy for one instance: same URLs and pool, its own count of open connections.
+    pub(crate) fn for_instance(&self) -> Self {
+        Self {
+            pg_open: Default::default(),
+            ..self.clone()
         }
     }
 }
@@ -128,10 +142,12 @@ pub struct PgConnection {
     client: Option<tokio_postgres::Client>,
     url: String,
     pool: Arc<PgPool>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for PgConnection {
     fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let Some(client) = self.client.take() else {
             return;
         };
@@ -304,6 +320,12 @@ impl wit_pg::HostConnection for DynoState {
                     .into(),
             )));
         };
+        let open = self.addons.pg_open.clone();
+        if open.load(std::sync::atomic::Ordering::Relaxed) >= OPEN_PER_INSTANCE {
+            return Ok(Err(wit_pg::Error::ConnectionFailed(format!(
+                "at most {OPEN_PER_INSTANCE} connections per request; reuse or drop one"
+            ))));
+        }
         let pool = self.addons.pool.clone();
         let client = match pool.take(&url) {
             Some(c) => c,
@@ -332,10 +354,12 @@ impl wit_pg::HostConnection for DynoState {
                 }
             }
         };
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let conn = PgConnection {
             client: Some(client),
             url,
             pool,
+            open,
         };
         Ok(Ok(self.table.push(conn)?))
     }

@@ -210,7 +210,7 @@ async fn handle(
     let Ok(_slot) = slots.try_acquire_owned() else {
         return failure_response(&Failure::Full);
     };
-    match run_guest(&spec, fuel, addons, req).await {
+    match run_guest(&spec, fuel, addons.for_instance(), req).await {
         Ok(resp) => {
             tracing::debug!(app = %spec.app, dyno = %spec.name, %method, path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
             resp

@@ -19,6 +19,9 @@ pub(crate) fn provider(ctx: &ProviderContext<'_>) -> Result<Arc<dyn Provider>, P
     }))
 }
 
+/// Connections one app's role may hold at once (all its dynos together).
+const CONNECTION_LIMIT: u32 = 40;
+
 struct Postgres {
     server: PgServer,
 }
@@ -115,7 +118,11 @@ impl Provider for Postgres {
         // CREATE DATABASE cannot run in a transaction block: one statement per call, and
         // undo by hand if a later one fails.
         let steps = [
-            format!("CREATE ROLE \"{name}\" LOGIN PASSWORD '{}'", r.password),
+            // A connection limit keeps one app from taking every slot of a shared server.
+            format!(
+                "CREATE ROLE \"{name}\" LOGIN CONNECTION LIMIT {CONNECTION_LIMIT} PASSWORD '{}'",
+                r.password
+            ),
             format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""),
             format!("REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC"),
             format!("GRANT CONNECT, TEMPORARY ON DATABASE \"{name}\" TO \"{name}\""),
