@@ -63,6 +63,11 @@ const BUILTIN_EXTRAS: &[BuiltinFile] = &[
     ),
     (
         "rust",
+        "sdk/skiff-sdk/src/bindings.rs",
+        include_str!("../../sdk/rust/src/bindings.rs"),
+    ),
+    (
+        "rust",
         "sdk/skiff-sdk/wit/skiff.wit",
         include_str!("../../wit/skiff.wit"),
     ),
