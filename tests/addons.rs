@@ -108,6 +108,10 @@ fn todo_rows_survive_rotation_and_restart() -> Result<()> {
         &["pg:psql", "-a", "todo", "-c", "SELECT count(*) FROM todos"],
     )?)?;
     assert!(stdout(&out).contains('2'), "{out:?}");
+    // Command dynos reach the database through the same interface as web dynos.
+    let out = ok(s.cli(&repo, &["run", "-a", "todo", "--", "todos"])?)?;
+    assert!(stdout(&out).contains("[x] buy milk"), "{out:?}");
+    assert!(stdout(&out).contains("2 todos"), "{out:?}");
     let out = ok(s.cli(&repo, &["pg:info", "-a", "todo"])?)?;
     assert!(stdout(&out).contains("PG Version"), "{out:?}");
 
