@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -63,18 +63,22 @@ pub trait KvBackend: Send + Sync {
     fn open(&self, url: &str) -> Result<Arc<dyn KvStore>, String>;
 }
 
-/// Pooled PostgreSQL sessions, by database URL.
+/// Idle sessions older than this are closed: after a credentials rotation or a redeploy no
+/// dyno asks for the old URL again, and its sessions should not hold server slots.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Pooled PostgreSQL sessions, by database URL, with when each went idle.
 #[derive(Default)]
 pub(crate) struct PgPool {
-    idle: Mutex<HashMap<String, Vec<tokio_postgres::Client>>>,
+    idle: Mutex<HashMap<String, Vec<(tokio_postgres::Client, Instant)>>>,
 }
 
 impl PgPool {
     fn take(&self, url: &str) -> Option<tokio_postgres::Client> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(url)?;
-        while let Some(client) = list.pop() {
-            if !client.is_closed() {
+        while let Some((client, since)) = list.pop() {
+            if !client.is_closed() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(client);
             }
         }
@@ -86,9 +90,14 @@ impl PgPool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Dropping a client closes its session.
+        idle.retain(|_, list| {
+            list.retain(|(c, since)| !c.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+            !list.is_empty()
+        });
         let list = idle.entry(url).or_default();
         if list.len() < IDLE_PER_DATABASE {
-            list.push(client);
+            list.push((client, Instant::now()));
         }
     }
 }
