@@ -267,6 +267,62 @@ fn one_apps_credentials_cannot_open_another_apps_database() -> Result<()> {
     let a_now = config_get(&s, work.path(), "alpha", "DATABASE_URL")?;
     let (worked, text) = psql(&a_now, "SELECT count(*) FROM secrets")?;
     assert!(worked, "{text}");
+
+    // Another Skiff pointed at this cluster with --postgres-admin-url provisions there.
+    let data = s.dir.path().join("data/postgres");
+    let password = std::fs::read_to_string(data.join("admin-password"))?;
+    let port = std::fs::read_to_string(data.join("port"))?;
+    let admin = format!(
+        "postgres://skiff:{}@127.0.0.1:{}/postgres",
+        password.trim(),
+        port.trim()
+    );
+    let mut other = Skiff::start()?;
+    other.stop()?;
+    other.boot_with(&["--postgres-admin-url", &admin])?;
+    ok(other.cli(work.path(), &["apps:create", "gamma"])?)?;
+    ok(other.cli(work.path(), &["addons:create", "postgres", "-a", "gamma"])?)?;
+    let g = config_get(&other, work.path(), "gamma", "DATABASE_URL")?;
+    assert!(g.contains(&format!("@127.0.0.1:{}/", port.trim())), "{g}");
+    let (worked, text) = psql(&g, "SELECT current_user")?;
+    assert!(worked, "{text}");
+    assert!(
+        !other.dir.path().join("data/postgres").exists(),
+        "a Skiff with an admin URL runs no cluster of its own"
+    );
+    ok(other.cli(
+        work.path(),
+        &[
+            "addons:destroy",
+            "postgres",
+            "-a",
+            "gamma",
+            "--confirm",
+            "gamma",
+        ],
+    )?)?;
+    other.stop()?;
+    s.stop()?;
+    Ok(())
+}
+
+/// With no server named and no initdb to run one, creating a database fails and says how to
+/// get one.
+#[test]
+fn without_postgres_the_error_says_how_to_get_one() -> Result<()> {
+    let mut s = Skiff::start()?;
+    s.stop()?;
+    let nowhere = s.dir.path().join("no-postgres-here");
+    s.boot_with(&["--postgres-bin-dir", &nowhere.to_string_lossy()])?;
+    let work = tempfile::tempdir()?;
+    ok(s.cli(work.path(), &["apps:create", "lonely"])?)?;
+    let out = s.cli(work.path(), &["addons:create", "postgres", "-a", "lonely"])?;
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains("--postgres-admin-url"), "{text}");
+    assert!(text.contains("apt-get install postgresql"), "{text}");
+    let out = ok(s.cli(work.path(), &["addons", "-a", "lonely"])?)?;
+    assert!(stdout(&out).contains("no add-ons"), "{out:?}");
     s.stop()?;
     Ok(())
 }

@@ -108,6 +108,8 @@ pub struct PlatformConfig {
     /// An existing PostgreSQL server for the postgres add-on, as an admin URL; without it,
     /// Skiff runs its own cluster with the machine's `initdb` and `pg_ctl` when first needed.
     pub postgres_admin_url: Option<String>,
+    /// Where `initdb` and `pg_ctl` are (default: on PATH, else `/usr/lib/postgresql/*/bin`).
+    pub postgres_bin_dir: Option<PathBuf>,
 }
 
 impl PlatformConfig {
@@ -125,6 +127,7 @@ impl PlatformConfig {
             pool_instances: Some(1000),
             fuel: false,
             postgres_admin_url: None,
+            postgres_bin_dir: None,
         }
     }
 
@@ -277,6 +280,7 @@ pub async fn run(
     let addons = addons::Addons::new(&addons::ProviderContext {
         data_dir: data.clone(),
         postgres_admin_url: config.postgres_admin_url.clone(),
+        postgres_bin_dir: config.postgres_bin_dir.clone(),
         runtime: &runtime,
     })?;
     let logs = logs.0;

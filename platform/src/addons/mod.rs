@@ -78,6 +78,8 @@ pub(crate) struct ProviderContext<'a> {
     pub data_dir: PathBuf,
     /// `--postgres-admin-url`.
     pub postgres_admin_url: Option<String>,
+    /// `--postgres-bin-dir`.
+    pub postgres_bin_dir: Option<PathBuf>,
     /// The runtime, for providers that serve guests directly (the kv store).
     pub runtime: &'a Runtime,
 }

@@ -107,10 +107,20 @@ fn free_port(preferred: Option<u16>) -> std::io::Result<u16> {
 }
 
 impl PgServer {
-    pub(crate) fn new(admin_url: Option<String>, data_dir: &Path) -> Self {
+    pub(crate) fn new(
+        admin_url: Option<String>,
+        bin_dir: Option<PathBuf>,
+        data_dir: &Path,
+    ) -> Self {
+        let bin_dir = match bin_dir {
+            Some(dir) => {
+                (dir.join("initdb").is_file() && dir.join("pg_ctl").is_file()).then_some(dir)
+            }
+            None => find_bin_dir(),
+        };
         let source = match admin_url.filter(|u| !u.trim().is_empty()) {
             Some(url) => Source::Admin(url),
-            None => match find_bin_dir() {
+            None => match bin_dir {
                 Some(bin) => {
                     let root = effective_uid() == Some(0);
                     let run_as = if root { user_ids("postgres") } else { None };

@@ -15,7 +15,11 @@ use crate::state::AddonRow;
 
 pub(crate) fn provider(ctx: &ProviderContext<'_>) -> Result<Arc<dyn Provider>, PlatformError> {
     Ok(Arc::new(Postgres {
-        server: PgServer::new(ctx.postgres_admin_url.clone(), &ctx.data_dir),
+        server: PgServer::new(
+            ctx.postgres_admin_url.clone(),
+            ctx.postgres_bin_dir.clone(),
+            &ctx.data_dir,
+        ),
     }))
 }
 
