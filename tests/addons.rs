@@ -302,6 +302,18 @@ fn one_apps_credentials_cannot_open_another_apps_database() -> Result<()> {
         ],
     )?)?;
     other.stop()?;
+
+    // If the cluster's port is taken when Skiff starts again, the cluster moves and every
+    // DATABASE_URL follows it (a release, for deployed apps).
+    s.stop()?;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port.trim().parse::<u16>()?))?;
+    s.boot()?;
+    let moved = config_get(&s, work.path(), "alpha", "DATABASE_URL")?;
+    assert_ne!(moved, a_now);
+    let (worked, text) = psql(&moved, "SELECT count(*) FROM secrets")?;
+    assert!(worked, "{text}");
+    assert!(!moved.contains(&format!(":{}/", port.trim())), "{moved}");
+    drop(squatter);
     s.stop()?;
     Ok(())
 }
