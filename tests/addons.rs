@@ -367,3 +367,44 @@ fn kv_urls_open_their_own_store_only() -> Result<()> {
     s.stop()?;
     Ok(())
 }
+
+/// The Python todo example (plain WSGI, the `skiff` module the Python buildpack ships) keeps
+/// its rows in PostgreSQL and counts visits in its key-value store.
+#[test]
+fn python_todo_stores_rows_in_postgres() -> Result<()> {
+    pg_bin("initdb")?;
+    let mut s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = work.path().join("python-todo");
+    copy_tree(&repo_root().join("examples/python-todo"), &repo)?;
+    ok(s.git(&repo, &["init", "--quiet", "--initial-branch=main"])?)?;
+    ok(s.cli(&repo, &["apps:create", "pytodo"])?)?;
+    let (pushed, output) = s.commit_and_push(&repo, "python todo app")?;
+    ensure!(pushed, "push failed:\n{output}\n{}", s.logs());
+    let host = format!("pytodo.localhost:{}", s.http_port);
+
+    let (status, body) = s.request(&host, "GET", "/todos", None)?;
+    assert_eq!(status, 503, "{body}");
+    ok(s.cli(&repo, &["addons:create", "postgres", "-a", "pytodo"])?)?;
+    ok(s.cli(&repo, &["addons:create", "kv", "-a", "pytodo"])?)?;
+    for title in ["feed the cat", "water plants"] {
+        let (status, body) = s.request(&host, "POST", "/todos", Some(title))?;
+        assert_eq!(status, 201, "{body}\n{}", s.logs());
+    }
+    let (status, body) = s.request(&host, "POST", "/todos/2/done", None)?;
+    assert_eq!(status, 200, "{body}");
+    let listed = todos(&s, &host)?;
+    assert_eq!(listed[0]["title"], "feed the cat");
+    assert_eq!(listed[0]["done"], false);
+    assert_eq!(listed[1]["done"], true);
+    assert_eq!(
+        s.request(&host, "GET", "/visits", None)?,
+        (200, "1\n".into())
+    );
+    assert_eq!(
+        s.request(&host, "GET", "/visits", None)?,
+        (200, "2\n".into())
+    );
+    s.stop()?;
+    Ok(())
+}

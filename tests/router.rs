@@ -523,3 +523,108 @@ fn bench_router_prints_its_table() -> Result<()> {
     );
     Ok(())
 }
+
+/// Pushes `repo` and, as soon as the release phase starts (no web dyno is up yet, and the
+/// phase sleeps), sends one GET through the router. Returns that response and the push output.
+fn request_during_release_phase(s: &Skiff, repo: &Path, host: &str) -> Result<(Response, String)> {
+    use std::io::BufRead;
+    ok(s.git(repo, &["add", "--all"])?)?;
+    ok(s.git(repo, &["commit", "--quiet", "--allow-empty", "-m", "boot"])?)?;
+    let mut push = s
+        .git_command(repo, &["push", "skiff", "main"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = push.stderr.take().context("push stderr")?;
+    let mut output = String::new();
+    let mut response = None;
+    for line in std::io::BufReader::new(stderr).split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).into_owned();
+        output.push_str(&line);
+        output.push('\n');
+        if response.is_none() && line.contains("Running release command") {
+            let port = s.http_port;
+            let host = host.to_owned();
+            // Sent from another thread so the push output keeps draining meanwhile.
+            response = Some(std::thread::spawn(move || {
+                http_full(port, &host, "GET", "/", None, &[])
+            }));
+        }
+    }
+    let status = push.wait()?;
+    ensure!(status.success(), "push failed:\n{output}");
+    let response = response
+        .context("the release phase never started")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("request thread panicked"))??;
+    Ok((response, output))
+}
+
+/// Requests for an app whose first web dynos are starting wait for them (Heroku queues them up
+/// to 75 s) instead of failing at once with H14; past the app's boot timeout they get H20.
+#[test]
+fn requests_wait_for_booting_dynos_then_h20() -> Result<()> {
+    let mut s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let procfile = "web: bin/rust-hello.wasm\nrelease: bin/tasks.wasm sleep 3\n";
+
+    // The first deploy: a request sent while the release phase runs (no dyno yet) is held
+    // until the new web dyno is up, then served.
+    let repo = rust_hello_repo(&s, work.path())?;
+    ok(s.cli(&repo, &["apps:create", "booting"])?)?;
+    std::fs::write(repo.join("Procfile"), procfile)?;
+    let host = format!("booting.localhost:{}", s.http_port);
+    let (r, output) = request_during_release_phase(&s, &repo, &host)?;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "Hello from Skiff!\n"),
+        "{output}"
+    );
+
+    // With a boot timeout shorter than the release phase the held request gets H20.
+    let late = work.path().join("late");
+    copy_tree(&repo, &late)?;
+    ok(s.cli(&late, &["apps:create", "boot-late", "--remote", "late"])?)?;
+    ok(s.git(
+        &late,
+        &[
+            "remote",
+            "set-url",
+            "skiff",
+            &format!("{}/boot-late.git", s.api()),
+        ],
+    )?)?;
+    ok(s.cli(
+        &late,
+        &["config:set", "SKIFF_BOOT_TIMEOUT=0.5", "-a", "boot-late"],
+    )?)?;
+    let host = format!("boot-late.localhost:{}", s.http_port);
+    let (r, output) = request_during_release_phase(&s, &late, &host)?;
+    assert_eq!(r.status, 503, "{}\n{output}", r.body);
+    assert!(r.body.contains("H20"), "{}", r.body);
+    let logs = stdout(&ok(s.cli(
+        &late,
+        &[
+            "logs",
+            "--source",
+            "router",
+            "-n",
+            "1500",
+            "-a",
+            "boot-late",
+        ],
+    )?)?);
+    assert!(
+        logs.contains("code=H20 desc=\"App boot timeout\""),
+        "{logs}"
+    );
+    assert_eq!(s.request(&host, "GET", "/", None)?.0, 200);
+
+    // Scaled to zero, a deploy starts no web dyno, so nothing is held: H14 at once.
+    ok(s.cli(&late, &["ps:scale", "web=0", "-a", "boot-late"])?)?;
+    let (r, output) = request_during_release_phase(&s, &late, &host)?;
+    assert_eq!(r.status, 503, "{}\n{output}", r.body);
+    assert!(r.body.contains("H14"), "{}", r.body);
+    s.stop()?;
+    Ok(())
+}

@@ -45,12 +45,87 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "package-name",
         include_str!("../../buildpacks/rust/bin/package-name"),
     ),
+    (
+        "nodejs",
+        "detect",
+        include_str!("../../buildpacks/nodejs/bin/detect"),
+    ),
+    (
+        "nodejs",
+        "compile",
+        include_str!("../../buildpacks/nodejs/bin/compile"),
+    ),
+    (
+        "nodejs",
+        "release",
+        include_str!("../../buildpacks/nodejs/bin/release"),
+    ),
+    (
+        "nodejs",
+        "procfile-web",
+        include_str!("../../buildpacks/nodejs/bin/procfile-web"),
+    ),
+    (
+        "nodejs",
+        "entry.mjs",
+        include_str!("../../buildpacks/nodejs/bin/entry.mjs"),
+    ),
+    (
+        "nodejs",
+        "prelude.mjs",
+        include_str!("../../buildpacks/nodejs/bin/prelude.mjs"),
+    ),
+    (
+        "python",
+        "detect",
+        include_str!("../../buildpacks/python/bin/detect"),
+    ),
+    (
+        "python",
+        "compile",
+        include_str!("../../buildpacks/python/bin/compile"),
+    ),
+    (
+        "python",
+        "release",
+        include_str!("../../buildpacks/python/bin/release"),
+    ),
+    (
+        "python",
+        "procfile-web",
+        include_str!("../../buildpacks/python/bin/procfile-web"),
+    ),
 ];
 
-/// Files a built-in buildpack ships besides its scripts: (buildpack, path under the
-/// buildpack's folder, contents). The Rust buildpack ships Skiff's guest SDK (`skiff-sdk`,
-/// with the WIT it binds) and points apps' builds at it.
-const BUILTIN_EXTRAS: &[BuiltinFile] = &[
+/// Files of built-in buildpacks outside `bin/` (WIT worlds, modules shipped into apps):
+/// (buildpack, path under its folder, contents).
+const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
+    (
+        "nodejs",
+        "wit/world.wit",
+        include_str!("../../buildpacks/nodejs/wit/world.wit"),
+    ),
+    (
+        "python",
+        "wit/world.wit",
+        include_str!("../../buildpacks/python/wit/world.wit"),
+    ),
+    (
+        "python",
+        "lib/skiff_wsgi.py",
+        include_str!("../../buildpacks/python/lib/skiff_wsgi.py"),
+    ),
+    (
+        "python",
+        "lib/skiff.py",
+        include_str!("../../buildpacks/python/lib/skiff.py"),
+    ),
+    (
+        "python",
+        "wit/skiff-addons/skiff.wit",
+        include_str!("../../wit/skiff.wit"),
+    ),
+    // Skiff's guest SDK (`skiff-sdk`): the Rust buildpack points apps' builds at it.
     (
         "rust",
         "sdk/skiff-sdk/Cargo.toml",
@@ -73,10 +148,13 @@ const BUILTIN_EXTRAS: &[BuiltinFile] = &[
     ),
 ];
 
-/// What each built-in buildpack's `bin/detect` looks for, for the "nothing detected" message.
-pub(crate) fn detects(name: &str) -> Option<&'static str> {
+/// What each built-in buildpack's `bin/detect` looks for (for `skiff buildpacks` and the
+/// "nothing detected" message).
+pub fn detects(name: &str) -> Option<&'static str> {
     match name {
         "rust" => Some("Cargo.toml"),
+        "nodejs" => Some("package.json"),
+        "python" => Some("requirements.txt, pyproject.toml or app.py"),
         _ => None,
     }
 }
@@ -103,7 +181,7 @@ pub fn install_builtin_buildpacks(dir: &Path) -> std::io::Result<Vec<Buildpack>>
         std::fs::write(&path, contents)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     }
-    for (name, file, contents) in BUILTIN_EXTRAS {
+    for (name, file, contents) in BUILTIN_SUPPORT_FILES {
         let path = dir.join(name).join(file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

@@ -12,6 +12,6 @@ pub mod inspect;
 pub mod pipeline;
 pub mod slug;
 
-pub use buildpack::{Buildpack, builtin_buildpacks, install_builtin_buildpacks};
+pub use buildpack::{Buildpack, builtin_buildpacks, detects, install_builtin_buildpacks};
 pub use pipeline::{BuildError, BuildLog, BuildRequest, Builder, BuiltSlug};
 pub use slug::{SlugError, SlugStore};

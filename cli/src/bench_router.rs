@@ -51,6 +51,7 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     let router = skiff_router::spawn_router(
         RouterConfig {
             listen,
+            https_listen: None,
             threads: 2,
             run_dir: run_dir.clone(),
             access_log: None,

@@ -85,13 +85,32 @@ pub(crate) fn json_out(json: bool, value: &Value) -> Result<bool> {
 pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
     match cmd {
         Command::Buildpacks => {
-            let names = skiff_platform::builtin_buildpack_names();
-            if json_out(json, &json!(names))? {
+            // What the running platform has installed; without one, what `skiff up` installs.
+            let value: Value = match Client::from_env().and_then(|c| c.get("/buildpacks")) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!(" !     {e:#}; listing the buildpacks built into this skiff");
+                    json!(
+                        skiff_platform::builtin_buildpack_names()
+                            .into_iter()
+                            .map(|name| json!({
+                                "name": name,
+                                "detects": skiff_platform::buildpack_detects(name),
+                            }))
+                            .collect::<Vec<_>>()
+                    )
+                }
+            };
+            if json_out(json, &value)? {
                 return Ok(());
             }
             println!("=== Buildpacks (detection order)");
-            for (i, name) in names.iter().enumerate() {
-                println!("{}. {name}", i + 1);
+            for (i, bp) in value.as_array().into_iter().flatten().enumerate() {
+                let name = bp["name"].as_str().unwrap_or("?");
+                match bp["detects"].as_str() {
+                    Some(files) => println!("{}. {name:<8} {files}", i + 1),
+                    None => println!("{}. {name}", i + 1),
+                }
             }
             Ok(())
         }
@@ -505,6 +524,15 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::Domains(app) => crate::routing::domains(app, json),
         Command::DomainsAdd { app, hostname } => crate::routing::add_domain(app, &hostname),
         Command::DomainsRemove { app, hostname } => crate::routing::remove_domain(app, &hostname),
+        Command::Certs(app) => crate::routing::certs(app, json),
+        Command::CertsAdd {
+            app,
+            certificate,
+            key,
+            name,
+        } => crate::routing::add_cert(app, &certificate, &key, name, json),
+        Command::CertsInfo { app, name } => crate::routing::cert_info(app, name, json),
+        Command::CertsRemove { app, name } => crate::routing::remove_cert(app, name),
         Command::Features(app) => crate::routing::features(app, json),
         Command::FeaturesEnable { app, feature } => {
             crate::routing::set_feature(app, &feature, true)

@@ -234,6 +234,40 @@ enum Command {
         /// The host name.
         hostname: String,
     },
+    /// List an app's HTTPS certificates.
+    Certs(AppArg),
+    /// Add (or, with --name of an existing one, replace) an HTTPS certificate for an app's
+    /// domains: a PEM chain, leaf first, and its PEM private key.
+    #[command(name = "certs:add")]
+    CertsAdd {
+        #[command(flatten)]
+        app: AppArg,
+        /// The certificate chain file (PEM).
+        certificate: std::path::PathBuf,
+        /// The private key file (PEM).
+        key: std::path::PathBuf,
+        /// Name to store it under (default: derived from its first domain).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show one certificate: its domains, issuer, expiry, and which hosts it serves.
+    #[command(name = "certs:info")]
+    CertsInfo {
+        #[command(flatten)]
+        app: AppArg,
+        /// The certificate's name (from `skiff certs`); optional when there is only one.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove an HTTPS certificate from an app.
+    #[command(name = "certs:remove")]
+    CertsRemove {
+        #[command(flatten)]
+        app: AppArg,
+        /// The certificate's name (from `skiff certs`); optional when there is only one.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// List an app's features and whether each is on.
     Features(AppArg),
     /// Turn a feature on (`http-session-affinity`).
@@ -312,7 +346,7 @@ enum Command {
     /// DATABASE_URL.
     #[command(name = "pg:credentials:rotate")]
     PgRotate(AppArg),
-    /// List the buildpacks this Skiff installs, in detection order.
+    /// List the installed buildpacks in detection order, with the files each one detects.
     Buildpacks,
     /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`.
     Bench(bench::BenchArgs),

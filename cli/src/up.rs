@@ -20,6 +20,16 @@ pub(crate) struct UpArgs {
     /// Port of the HTTP router (on 127.0.0.1).
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
+    /// Port of the router's HTTPS listener (HTTP/2 and HTTP/1.1; 0 turns it off). Hosts are
+    /// served over HTTPS once a certificate covers them: `skiff certs:add`, or --tls-cert.
+    #[arg(long, default_value_t = 8443)]
+    https_port: u16,
+    /// A certificate (PEM chain) for the apps' domain, e.g. `*.example.com`, with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Apps are served at <app>.<domain>.
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -86,10 +96,20 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     // Pingora owns its threads and runtimes: start it before any tokio runtime exists.
     // The router writes each request's line to the app's logs, so the hub exists first too.
     let routes = Arc::new(RouteTable::new(&config.domain));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let cert = skiff_router::Certificate::from_pem(&read(cert)?, &read(key)?)
+            .context("loading --tls-cert and --tls-key")?;
+        routes.certs().set_platform(cert);
+    }
+    let https_listen =
+        (args.https_port > 0).then(|| SocketAddr::from(([127, 0, 0, 1], args.https_port)));
     let logs = Logs::new();
     let router = skiff_router::spawn_router(
         RouterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
+            https_listen,
             threads: args.router_threads,
             run_dir: data_dir.join("run"),
             access_log: Some(logs.access_log()),
@@ -101,7 +121,14 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
         .enable_all()
         .thread_name("skiff")
         .build()?;
-    let result = runtime.block_on(serve(config, routes, logs, token, args.demo));
+    let result = runtime.block_on(serve(
+        config,
+        routes,
+        logs,
+        token,
+        args.demo,
+        args.https_port,
+    ));
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     router.shutdown();
     println!("Skiff stopped.");
@@ -114,6 +141,7 @@ async fn serve(
     logs: Logs,
     token: String,
     demo: bool,
+    https_port: u16,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -148,6 +176,12 @@ async fn serve(
     println!("Skiff is up.");
     println!("  API and git:  http://{}", config.api_addr);
     println!("  Apps:         {}", config.app_url("<app>"));
+    if https_port > 0 {
+        println!(
+            "  HTTPS:        https://<app>.{}:{https_port}/ (once `skiff certs:add` covers the host)",
+            config.domain
+        );
+    }
     println!("  Admin token:  {token}");
     println!("  Data dir:     {}", config.data_dir.display());
     println!("Press Ctrl-C to stop.");

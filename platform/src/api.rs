@@ -33,6 +33,7 @@ use skiff_core::BUILD_RESULT_MARKER as RESULT_MARKER;
 pub(crate) fn router(p: Shared) -> axum::Router {
     axum::Router::new()
         .route("/account", get(account))
+        .route("/buildpacks", get(list_buildpacks))
         .route("/users", post(create_user))
         .route("/apps", get(list_apps).post(create_app))
         .route(
@@ -65,6 +66,7 @@ pub(crate) fn router(p: Shared) -> axum::Router {
         )
         .merge(crate::logs::routes())
         .merge(crate::routing::routes())
+        .merge(crate::certs::routes())
         .merge(crate::addons::routes())
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
@@ -323,6 +325,7 @@ async fn rename_app(
     let cache = p.config.data_dir.join("cache");
     let _ = std::fs::rename(cache.join(&app), cache.join(to.as_str()));
     p.dynos.remove_app(&app);
+    p.routes.certs().remove_app(&app);
     p.logs.forget(&app);
     crate::drains::restart(&p, to.as_str())?;
     // The dynos carry the app's name in their environment: start them again under the new one.
@@ -345,6 +348,7 @@ async fn destroy_app(
     let _guard = lock.lock().await;
     let releases = p.state.releases(&app)?;
     p.dynos.remove_app(&app);
+    p.routes.certs().remove_app(&app);
     // Heroku destroys an app's add-ons with it: their databases and stores go too.
     crate::addons::destroy_all(&p, &app).await?;
     p.state.destroy_app(&app)?;
@@ -613,6 +617,22 @@ async fn stop_dyno(
 
 async fn account(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "email": caller.0 }))
+}
+
+/// The installed buildpacks in detection order, and what each one's `bin/detect` looks for.
+async fn list_buildpacks(State(p): State<Shared>) -> Json<serde_json::Value> {
+    let list: Vec<_> = p
+        .builder
+        .buildpacks()
+        .iter()
+        .map(|bp| {
+            serde_json::json!({
+                "name": bp.name,
+                "detects": skiff_builder::detects(&bp.name),
+            })
+        })
+        .collect();
+    Json(serde_json::Value::Array(list))
 }
 
 #[derive(serde::Deserialize)]

@@ -50,8 +50,36 @@ pub(crate) async fn restore(p: &Platform, app: &str) -> Result<(), PlatformError
     }
 }
 
+/// While an app with no web dyno routed gets its first ones (first deploy, restart of the
+/// platform, scale from zero), the router holds its requests (H20 after the boot timeout)
+/// instead of answering H14 at once. Dropping the guard ends that, whatever the outcome.
+struct Booting<'a> {
+    p: &'a Platform,
+    app: &'a str,
+}
+
+impl<'a> Booting<'a> {
+    fn begin(p: &'a Platform, release: &'a ReleaseRow) -> Option<Self> {
+        let app = release.app.as_str();
+        let wants_web = release.manifest.process_types.contains_key("web")
+            && p.state.quantity(app, "web").is_ok_and(|n| n > 0);
+        let idle = p.routes.backends(app).is_none_or(|b| b.is_empty());
+        (wants_web && idle).then(|| {
+            p.routes.set_booting(app, true);
+            Self { p, app }
+        })
+    }
+}
+
+impl Drop for Booting<'_> {
+    fn drop(&mut self) {
+        self.p.routes.set_booting(self.app, false);
+    }
+}
+
 /// Starts the dynos of an already-recorded release and routes to them.
 pub(crate) async fn launch(p: &Platform, release: &ReleaseRow) -> Result<(), PlatformError> {
+    let _booting = Booting::begin(p, release);
     let (component, quantities) = prepare(p, release).await?;
     let formation = p.dynos.start(release, component, &quantities).await?;
     p.dynos.activate(&release.app, formation);
@@ -121,6 +149,7 @@ async fn roll_out(
     log: &(dyn Fn(String) + Send + Sync),
     record: impl FnOnce() -> Result<ReleaseRow, PlatformError>,
 ) -> Result<ReleaseRow, PlatformError> {
+    let _booting = Booting::begin(p, draft);
     let (component, quantities) = prepare(p, draft).await?;
     oneoff::release_phase(p, draft, log).await?;
     let formation = p.dynos.start(draft, component, &quantities).await?;
@@ -229,9 +258,12 @@ pub(crate) async fn change_config_locked(
     by: &str,
 ) -> Result<Option<ReleaseRow>, PlatformError> {
     let Some(current) = p.state.current_release(app)? else {
-        return p
+        let changed = p
             .state
-            .change_config_with(app, changes, addon, description, by);
+            .change_config_with(app, changes, addon, description, by)?;
+        // No dynos to roll, but the router's limits (e.g. the boot timeout) apply from now.
+        sync_routing(p, app);
+        return Ok(changed);
     };
     let mut config = p.state.config(app)?;
     for (k, v) in changes {

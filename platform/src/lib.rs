@@ -5,6 +5,7 @@
 mod addons;
 mod api;
 mod auth;
+mod certs;
 mod deploy;
 mod drains;
 mod dynos;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 pub use auth::hash_token;
 pub use logs::Logs;
 pub use skiff_builder::builtin_buildpacks as builtin_buildpack_names;
+pub use skiff_builder::detects as buildpack_detects;
 pub use state::{AppRow, DrainRow, ReleaseRow, State};
 
 /// Errors the platform reports; the API turns each into a status code and a message.

@@ -32,6 +32,7 @@ const TIMEOUT_VAR: &str = "SKIFF_ROUTER_TIMEOUT";
 const CLIENT_TIMEOUT_VAR: &str = "SKIFF_ROUTER_CLIENT_TIMEOUT";
 const CONCURRENCY_VAR: &str = "SKIFF_MAX_CONCURRENCY";
 const BODY_VAR: &str = "SKIFF_MAX_BODY_BYTES";
+const BOOT_TIMEOUT_VAR: &str = "SKIFF_BOOT_TIMEOUT";
 
 pub(crate) fn routes() -> axum::Router<Shared> {
     axum::Router::new()
@@ -67,7 +68,7 @@ pub(crate) fn sync(p: &Platform, app: &str) -> Result<(), PlatformError> {
         .map(|d| d.hostname)
         .collect();
     p.routes.set_domains(app, &domains);
-    Ok(())
+    crate::certs::sync(p, app)
 }
 
 /// Reads the router's config vars into `settings`; returns a message per value it ignored.
@@ -85,6 +86,7 @@ fn apply_config(settings: &mut AppSettings, config: &BTreeMap<String, String>) -
     };
     seconds(TIMEOUT_VAR, &mut settings.timeout);
     seconds(CLIENT_TIMEOUT_VAR, &mut settings.client_timeout);
+    seconds(BOOT_TIMEOUT_VAR, &mut settings.boot_timeout);
     if let Some(v) = config.get(CONCURRENCY_VAR) {
         match v.trim().parse::<usize>() {
             Ok(n) if (1..=100_000).contains(&n) => settings.max_concurrency = n,

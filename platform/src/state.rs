@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V2,
     SCHEMA_V3,
     SCHEMA_ROUTING,
+    SCHEMA_CERTS,
     SCHEMA_ADDONS,
 ];
 
@@ -96,6 +97,18 @@ CREATE TABLE IF NOT EXISTS app_flags (
     app  TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
     flag TEXT NOT NULL,
     PRIMARY KEY (app, flag)
+);
+";
+
+/// HTTPS certificates per app, as the user uploaded them (the key is never returned).
+const SCHEMA_CERTS: &str = "
+CREATE TABLE IF NOT EXISTS certs (
+    app        TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    cert_pem   TEXT NOT NULL,
+    key_pem    TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (app, name)
 );
 ";
 
@@ -795,6 +808,7 @@ const APP_TABLES: &[&str] = &[
     "log_drains",
     "domains",
     "app_flags",
+    "certs",
     "addons",
 ];
 

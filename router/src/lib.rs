@@ -5,9 +5,11 @@
 mod pages;
 mod proxy;
 mod table;
+mod tls;
 
 pub use proxy::{AccessLog, RouterConfig, RouterHandle, spawn_router};
 pub use table::{AppSettings, Backend, RouteTable};
+pub use tls::{CertError, CertStore, Certificate};
 
 /// Errors from starting the router.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,8 @@ pub(crate) enum Code {
     H14,
     /// The client went away or stalled before the exchange finished.
     H18,
+    /// Web dynos were starting and none came up within the boot timeout.
+    H20,
     /// Maintenance mode.
     H80,
     /// The router itself failed.
@@ -48,6 +50,7 @@ impl Code {
             Self::H13 => "H13",
             Self::H14 => "H14",
             Self::H18 => "H18",
+            Self::H20 => "H20",
             Self::H80 => "H80",
             Self::H99 => "H99",
         }
@@ -61,6 +64,7 @@ impl Code {
             Self::H13 => "Connection closed without response",
             Self::H14 => "No web processes running",
             Self::H18 => "Request Interrupted",
+            Self::H20 => "App boot timeout",
             Self::H80 => "Maintenance mode",
             Self::H99 => "Platform error",
         }
@@ -89,6 +93,10 @@ impl Code {
             Self::H18 => (
                 "Request interrupted",
                 "The request was not sent in time (H18).",
+            ),
+            Self::H20 => (
+                "Application error",
+                "The app's web dynos did not start in time (H20). Its logs say why.",
             ),
             Self::H80 => (
                 "Offline for maintenance",

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::Digest;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -20,6 +22,7 @@ use tokio::sync::watch;
 use crate::RouterError;
 use crate::pages::{Code, page};
 use crate::table::{AppRoute, InFlight, RouteTable, normalize};
+use crate::tls::SniResolver;
 
 /// Receives one Heroku-style router line per routed request. Called on the router's threads
 /// after each response, so implementations must not block.
@@ -33,6 +36,8 @@ pub trait AccessLog: Send + Sync {
 pub struct RouterConfig {
     /// The public HTTP listen address.
     pub listen: SocketAddr,
+    /// The HTTPS listen address (HTTP/2 and HTTP/1.1 by ALPN), if any.
+    pub https_listen: Option<SocketAddr>,
     /// Worker threads for the router's own runtime.
     pub threads: usize,
     /// A private folder for Pingora's pid and upgrade socket files.
@@ -45,6 +50,7 @@ impl std::fmt::Debug for RouterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouterConfig")
             .field("listen", &self.listen)
+            .field("https_listen", &self.https_listen)
             .field("threads", &self.threads)
             .field("run_dir", &self.run_dir)
             .field("access_log", &self.access_log.is_some())
@@ -75,10 +81,9 @@ pub fn spawn_router(
     table: Arc<RouteTable>,
 ) -> Result<RouterHandle, RouterError> {
     // Pingora exits the process on a bind failure; checking first turns it into an error.
-    std::net::TcpListener::bind(config.listen).map_err(|source| RouterError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    for addr in std::iter::once(config.listen).chain(config.https_listen) {
+        std::net::TcpListener::bind(addr).map_err(|source| RouterError::Bind { addr, source })?;
+    }
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("skiff-router".into())
@@ -106,20 +111,40 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
     let mut service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Router {
-            table,
+            table: table.clone(),
             port: config.listen.port(),
+            https_port: config.https_listen.map(|a| a.port()),
             access_log: config.access_log.clone(),
         },
         "skiff-router",
     );
     service.add_tcp(&config.listen.to_string());
+    if let Some(addr) = config.https_listen {
+        match tls_settings(table.clone()) {
+            Ok(settings) => service.add_tls_with_settings(&addr.to_string(), None, settings),
+            Err(e) => tracing::error!(error = %e, "HTTPS listener not started"),
+        }
+    }
     server.add_service(service);
-    tracing::info!(listen = %config.listen, "router up");
+    tracing::info!(listen = %config.listen, https = ?config.https_listen, "router up");
     server.run(RunArgs {
         shutdown_signal: Box::new(StopWatch(stop)),
     });
     tracing::info!("router stopped");
 }
+
+/// HTTP/2 and HTTP/1.1 by ALPN, the certificate chosen per handshake by SNI.
+fn tls_settings(table: Arc<RouteTable>) -> Result<TlsSettings> {
+    let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))?;
+    settings.set_cert_resolver(Arc::new(SniResolver(table)));
+    settings.enable_h2();
+    Ok(settings)
+}
+
+/// The resolver does the work; Pingora's settings just need a callbacks value to start from.
+struct NoCallbacks;
+
+impl TlsAccept for NoCallbacks {}
 
 /// Lets the platform, not Unix signals, decide when the router stops.
 struct StopWatch(watch::Receiver<bool>);
@@ -136,6 +161,7 @@ impl ShutdownSignalWatch for StopWatch {
 struct Router {
     table: Arc<RouteTable>,
     port: u16,
+    https_port: Option<u16>,
     access_log: Option<Arc<dyn AccessLog>>,
 }
 
@@ -177,6 +203,33 @@ pub struct RequestCtx {
     failure: Option<Failure>,
     /// Status written by the router itself when the client could not get it.
     status: u16,
+}
+
+impl Router {
+    /// Holds a request while the app's first web dynos start: the route once one is up or the
+    /// platform stopped starting them (then H14 or H10 follow as usual), `None` after `limit`.
+    async fn wait_for_boot(&self, host: &str, limit: Duration) -> Option<Arc<AppRoute>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let route = self.table.lookup(host)?;
+            if !route.slots.is_empty() || !route.booting() {
+                return Some(route);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `("https", 443-ish)` for requests that came over the TLS listener, else plain HTTP's.
+    fn scheme(&self, session: &Session) -> (&'static str, u16) {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        match (tls, self.https_port) {
+            (true, Some(port)) => ("https", port),
+            _ => ("http", self.port),
+        }
+    }
 }
 
 #[async_trait]
@@ -235,6 +288,18 @@ impl ProxyHttp for Router {
         if route.settings.maintenance {
             return refuse(session, ctx, Code::H80).await;
         }
+        let route = if route.slots.is_empty() && route.booting() {
+            match self
+                .wait_for_boot(&ctx.host, route.settings.boot_timeout)
+                .await
+            {
+                Some(r) => r,
+                None => return refuse(session, ctx, Code::H20).await,
+            }
+        } else {
+            route
+        };
+        ctx.route = Some(route.clone());
         if route.slots.is_empty() {
             return refuse(session, ctx, Code::H14).await;
         }
@@ -385,8 +450,9 @@ impl ProxyHttp for Router {
             .map(|d| d.as_millis())
             .unwrap_or_default();
         upstream.insert_header("x-forwarded-for", forwarded_for)?;
-        upstream.insert_header("x-forwarded-proto", "http")?;
-        upstream.insert_header("x-forwarded-port", self.port.to_string())?;
+        let (proto, port) = self.scheme(session);
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        upstream.insert_header("x-forwarded-port", port.to_string())?;
         upstream.insert_header("x-request-start", now_ms.to_string())?;
         upstream.insert_header("x-request-id", ctx.request_id.clone())?;
         upstream.insert_header("via", via)?;
@@ -492,7 +558,7 @@ impl ProxyHttp for Router {
             .unwrap_or_default();
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let line = format!(
-            "at={at}{code} method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol=http",
+            "at={at}{code} method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol={}",
             req.method,
             quoted(path),
             token(&normalize(&ctx.host)),
@@ -503,6 +569,7 @@ impl ProxyHttp for Router {
             service,
             status,
             session.body_bytes_sent(),
+            self.scheme(session).0,
         );
         tracing::info!(target: "skiff::router", total_ms = total as u64, "{line}");
         // Requests for unknown hosts belong to no app, so only routed ones reach its logs.
@@ -763,6 +830,30 @@ mod tests {
         addr
     }
 
+    /// A dyno stand-in that reads each request whole, then closes without answering; counts them.
+    fn serve_hangup() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !got.is_empty() {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        (addr, seen)
+    }
+
     fn get(port: u16, id: &str) -> (u16, String, String) {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(20)))
@@ -810,6 +901,7 @@ mod tests {
         let handle = spawn_router(
             RouterConfig {
                 listen,
+                https_listen: None,
                 threads: 1,
                 run_dir: run_dir.clone(),
                 access_log: Some(lines.clone()),
@@ -856,6 +948,42 @@ mod tests {
             line.contains("at=error code=H10 desc=\"App crashed\""),
             "{line}"
         );
+
+        // A dyno that reads the request and hangs up: H13, and the request is not replayed on
+        // another dyno (it may have had effects).
+        let (hangup, seen) = serve_hangup();
+        table.set_app(
+            "a-app",
+            vec![
+                Backend {
+                    dyno: "web.1".into(),
+                    addr: hangup,
+                },
+                Backend {
+                    dyno: "web.2".into(),
+                    addr: live,
+                },
+            ],
+        );
+        let mut h13 = 0;
+        for i in 0..4 {
+            let id = format!("retry-test-request-h13-{i}");
+            let (status, _, body) = get(listen.port(), &id);
+            let line = lines.of(&id);
+            if line.contains(" dyno=web.1 ") {
+                assert_eq!(status, 503, "{body}");
+                assert!(body.contains("H13"), "{body}");
+                assert!(
+                    line.contains("at=error code=H13 desc=\"Connection closed without response\""),
+                    "{line}"
+                );
+                h13 += 1;
+            } else {
+                assert_eq!(status, 200, "{line}");
+            }
+        }
+        assert!(h13 > 0, "the hanging-up dyno was never chosen");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), h13);
 
         // Maintenance wins over everything, and lifts in place.
         table.set_settings(

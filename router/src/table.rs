@@ -6,10 +6,12 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+
+use crate::tls::CertStore;
 
 /// One web dyno the router may send requests to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct AppSettings {
     pub max_body_bytes: u64,
     /// How long the router waits on a silent client while it sends its request.
     pub client_timeout: Duration,
+    /// How long a request waits for web dynos that are starting before H20.
+    pub boot_timeout: Duration,
 }
 
 impl Default for AppSettings {
@@ -47,6 +51,8 @@ impl Default for AppSettings {
             max_concurrency: 50,
             max_body_bytes: 100 << 20,
             client_timeout: Duration::from_secs(30),
+            // Heroku's router queues requests this long for starting dynos.
+            boot_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -95,9 +101,16 @@ pub(crate) struct AppRoute {
     /// deploy does not reset the H11 bound.
     inflight: Arc<AtomicUsize>,
     next: Arc<AtomicUsize>,
+    /// Web dynos are starting where none run yet; shared across rebuilds like `inflight`.
+    booting: Arc<AtomicBool>,
 }
 
 impl AppRoute {
+    /// True while the platform starts web dynos for an app that has none routed.
+    pub(crate) fn booting(&self) -> bool {
+        self.booting.load(Ordering::Acquire)
+    }
+
     /// Chooses a dyno: the pinned one when it is still routed, else the one with the fewest
     /// requests in flight (ties in turn). Dynos in `exclude` already failed to connect.
     pub(crate) fn pick(&self, exclude: &[SocketAddr], pinned: Option<&str>) -> Option<&Slot> {
@@ -140,6 +153,7 @@ pub struct RouteTable {
     /// Keys affinity ids, so a cookie reveals nothing about the dyno's address.
     ids: RandomState,
     generations: AtomicU64,
+    certs: CertStore,
 }
 
 impl RouteTable {
@@ -151,7 +165,23 @@ impl RouteTable {
             domains: ArcSwap::from_pointee(HashMap::new()),
             ids: RandomState::new(),
             generations: AtomicU64::new(1),
+            certs: CertStore::new(),
         }
+    }
+
+    /// The HTTPS certificates, chosen per handshake by the host's app.
+    pub fn certs(&self) -> &CertStore {
+        &self.certs
+    }
+
+    /// The app a host belongs to, whether or not it has dynos.
+    pub(crate) fn owner(&self, host: &str) -> Option<String> {
+        let host = normalize(host);
+        if let Some(app) = self.domains.load().get(&host) {
+            return Some(app.clone());
+        }
+        let app = host.strip_suffix(&self.domain)?.strip_suffix('.')?;
+        (!app.is_empty() && !app.contains('.')).then(|| app.to_owned())
     }
 
     /// The apps' parent domain.
@@ -190,6 +220,7 @@ impl RouteTable {
             settings,
             inflight: prior.map(|p| p.inflight.clone()).unwrap_or_default(),
             next: prior.map(|p| p.next.clone()).unwrap_or_default(),
+            booting: prior.map(|p| p.booting.clone()).unwrap_or_default(),
         }
     }
 
@@ -204,6 +235,17 @@ impl RouteTable {
             next.insert(app.to_owned(), Arc::new(route));
             next
         });
+    }
+
+    /// Marks an app's web dynos as starting (or no longer). While the app has none routed,
+    /// requests wait for them up to the app's boot timeout (then H20) instead of getting H14.
+    pub fn set_booting(&self, app: &str, booting: bool) {
+        if self.apps.load().get(app).is_none() {
+            self.set_app(app, Vec::new());
+        }
+        if let Some(route) = self.apps.load().get(app) {
+            route.booting.store(booting, Ordering::Release);
+        }
     }
 
     /// Sets an app's router settings; its dynos stay as they are.

@@ -32,6 +32,8 @@ pub struct Skiff {
     pub api_port: u16,
     /// Router port.
     pub http_port: u16,
+    /// Router HTTPS port.
+    pub https_port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -45,6 +47,7 @@ impl Skiff {
             dir,
             api_port: free_port()?,
             http_port: free_port()?,
+            https_port: free_port()?,
             child: None,
         };
         s.boot()?;
@@ -98,6 +101,7 @@ impl Skiff {
             .arg(self.dir.path().join("data"))
             .args(["--api-port", &self.api_port.to_string()])
             .args(["--http-port", &self.http_port.to_string()])
+            .args(["--https-port", &self.https_port.to_string()])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

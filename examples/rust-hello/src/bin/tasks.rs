@@ -30,13 +30,20 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some("sleep") => {
+            // A slow release phase, e.g. a long migration.
+            let secs = args.get(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(1);
+            println!("sleeping {secs}s");
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            ExitCode::SUCCESS
+        }
         Some("exit") => {
             let code = args.get(1).and_then(|c| c.parse::<u8>().ok()).unwrap_or(1);
             eprintln!("exiting with {code}");
             ExitCode::from(code)
         }
         _ => {
-            eprintln!("usage: tasks migrate | tasks work | tasks env NAME... | tasks exit CODE");
+            eprintln!("usage: tasks migrate | tasks work | tasks env NAME... | tasks sleep SECS | tasks exit CODE");
             ExitCode::from(2)
         }
     }

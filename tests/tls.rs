@@ -1,0 +1,195 @@
+//! HTTPS through the router: certificates added with `skiff certs:add`, chosen by SNI, HTTP/2
+//! by ALPN, Heroku's forwarding headers saying `https`, and certificates scoped to their app.
+//! The client is the machine's `curl`; certificates come from the machine's `openssl`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use common::*;
+
+/// A self-signed certificate and key for `names` (the first is also the CN).
+fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> Result<(PathBuf, PathBuf)> {
+    let cert = dir.join(format!("{stem}.crt"));
+    let key = dir.join(format!("{stem}.key"));
+    let san = names
+        .iter()
+        .map(|n| format!("DNS:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30", "-subj"])
+        .arg(format!("/CN={}", names[0]))
+        .arg("-addext")
+        .arg(format!("subjectAltName={san}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl (install the openssl package)")?;
+    if !out.status.success() {
+        bail!("openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((cert, key))
+}
+
+/// What curl saw: HTTP version, status and body; `None` when the TLS handshake failed.
+struct Fetched {
+    version: String,
+    status: u16,
+    body: String,
+}
+
+fn curl(s: &Skiff, host: &str, path: &str, ca: &Path, http2: bool) -> Result<Option<Fetched>> {
+    let port = s.https_port;
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .args(["-w", "\n%{http_version} %{http_code}"]);
+    cmd.arg(if http2 { "--http2" } else { "--http1.1" });
+    cmd.arg(format!("https://{host}:{port}{path}"));
+    let out = cmd.output().context("running curl")?;
+    if !out.status.success() {
+        // 35: TLS handshake failed; 60: certificate not trusted for this host.
+        return match out.status.code() {
+            Some(35 | 51 | 60) => Ok(None),
+            _ => bail!(
+                "curl {host}{path}: {:?} {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        };
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').context("curl -w output")?;
+    let (version, code) = tail.split_once(' ').context("curl -w output")?;
+    Ok(Some(Fetched {
+        version: version.to_owned(),
+        status: code.parse()?,
+        body: body.to_owned(),
+    }))
+}
+
+#[test]
+fn https_with_certs_sni_and_http2() -> Result<()> {
+    let mut s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = rust_hello_repo(&s, work.path())?;
+    ok(s.cli(&repo, &["apps:create", "tls-a"])?)?;
+    let (pushed, output) = s.commit_and_push(&repo, "first")?;
+    assert!(pushed, "push failed:\n{output}");
+    ok(s.cli(&repo, &["domains:add", "www.tls-a.test"])?)?;
+    let certs = work.path();
+
+    // No certificate yet: the handshake fails, and plain HTTP is unaffected.
+    let (ca_a, key_a) = self_signed(certs, "a", &["www.tls-a.test"])?;
+    assert!(curl(&s, "www.tls-a.test", "/", &ca_a, true)?.is_none());
+    let out = stdout(&ok(s.cli(&repo, &["certs"])?)?);
+    assert!(out.contains("no SSL certificates"), "{out}");
+
+    // A certificate for none of the app's hosts is refused with the reason.
+    let (stray, stray_key) = self_signed(certs, "stray", &["elsewhere.test"])?;
+    let out = s.cli(&repo, &["certs:add", path(&stray), path(&stray_key)])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("none of tls-a's hosts"),
+        "{}",
+        stderr(&out)
+    );
+    // A key that does not belong to the certificate is refused.
+    let out = s.cli(&repo, &["certs:add", path(&ca_a), path(&stray_key)])?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
+
+    let out = stdout(&ok(
+        s.cli(&repo, &["certs:add", path(&ca_a), path(&key_a)])?
+    )?);
+    assert!(out.contains("www.tls-a.test"), "{out}");
+    let listed = stdout(&ok(s.cli(&repo, &["certs"])?)?);
+    assert!(listed.contains("www-tls-a-test"), "{listed}");
+
+    // HTTP/2 by ALPN, HTTP/1.1 when asked; the app sees https and the HTTPS port.
+    let h2 = curl(&s, "www.tls-a.test", "/", &ca_a, true)?.context("h2 handshake")?;
+    assert_eq!((h2.version.as_str(), h2.status), ("2", 200));
+    assert_eq!(h2.body.trim_end(), "Hello from Skiff!");
+    let h1 = curl(&s, "www.tls-a.test", "/headers", &ca_a, false)?.context("h1 handshake")?;
+    assert_eq!((h1.version.as_str(), h1.status), ("1.1", 200));
+    let seen = h1.body.to_ascii_lowercase();
+    assert!(seen.contains("x-forwarded-proto: https"), "{seen}");
+    assert!(
+        seen.contains(&format!("x-forwarded-port: {}", s.https_port)),
+        "{seen}"
+    );
+    let h2 = curl(&s, "www.tls-a.test", "/headers", &ca_a, true)?.context("h2")?;
+    let seen = h2.body.to_ascii_lowercase();
+    assert!(seen.contains("x-forwarded-proto: https"), "{seen}");
+    // A body over HTTP/2 reaches the app whole.
+    let big = "x".repeat(200_000);
+    let body_file = work.path().join("body");
+    std::fs::write(&body_file, &big)?;
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "20", "--cacert"])
+        .arg(&ca_a)
+        .arg("--resolve")
+        .arg(format!("www.tls-a.test:{}:127.0.0.1", s.https_port))
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!("https://www.tls-a.test:{}/echo", s.https_port))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), big.len());
+
+    // The router's line says how the request came.
+    let logs = stdout(&ok(
+        s.cli(&repo, &["logs", "--source", "router", "-n", "1500"])?
+    )?);
+    assert!(logs.contains("protocol=https"), "{logs}");
+
+    // Another app cannot serve app A's domain, even with a certificate naming it.
+    let repo_b = work.path().join("b");
+    copy_tree(&repo, &repo_b)?;
+    ok(s.cli(&repo_b, &["apps:create", "tls-b", "--remote", "b"])?)?;
+    let (both, both_key) = self_signed(certs, "both", &["tls-b.localhost", "www.tls-a.test"])?;
+    ok(s.cli(
+        &repo_b,
+        &["certs:add", path(&both), path(&both_key), "-a", "tls-b"],
+    )?)?;
+    let fetched = curl(&s, "www.tls-a.test", "/", &both, true)?;
+    assert!(
+        fetched.is_none(),
+        "app B's certificate served app A's domain"
+    );
+
+    // Certificates survive a restart; removing one stops HTTPS for its host.
+    s.stop()?;
+    s.boot()?;
+    let again = curl(&s, "www.tls-a.test", "/", &ca_a, true)?.context("after restart")?;
+    assert_eq!(again.status, 200);
+    let info = stdout(&ok(s.cli(&repo, &["certs:info"])?)?);
+    assert!(info.contains("Serves:         www.tls-a.test"), "{info}");
+    ok(s.cli(&repo, &["certs:remove"])?)?;
+    assert!(curl(&s, "www.tls-a.test", "/", &ca_a, true)?.is_none());
+    s.stop()?;
+    Ok(())
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
