@@ -168,6 +168,37 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
         "lib/file-server.rs",
         include_str!("../../buildpacks/static/lib/file-server.rs"),
     ),
+    (
+        "python",
+        "lib/skiff.py",
+        include_str!("../../buildpacks/python/lib/skiff.py"),
+    ),
+    (
+        "python",
+        "wit/skiff-addons/skiff.wit",
+        include_str!("../../wit/skiff.wit"),
+    ),
+    // Skiff's guest SDK (`skiff-sdk`): the Rust buildpack points apps' builds at it.
+    (
+        "rust",
+        "sdk/skiff-sdk/Cargo.toml",
+        include_str!("../../sdk/rust/Cargo.toml"),
+    ),
+    (
+        "rust",
+        "sdk/skiff-sdk/src/lib.rs",
+        include_str!("../../sdk/rust/src/lib.rs"),
+    ),
+    (
+        "rust",
+        "sdk/skiff-sdk/src/bindings.rs",
+        include_str!("../../sdk/rust/src/bindings.rs"),
+    ),
+    (
+        "rust",
+        "sdk/skiff-sdk/wit/skiff.wit",
+        include_str!("../../wit/skiff.wit"),
+    ),
 ];
 
 /// What each built-in buildpack's `bin/detect` looks for (for `skiff buildpacks` and the
@@ -211,7 +242,10 @@ pub fn install_builtin_buildpacks(dir: &Path) -> std::io::Result<Vec<Buildpack>>
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&path, contents)?;
+        // Unchanged files keep their times, so cargo does not rebuild the SDK every start.
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(*contents) {
+            std::fs::write(&path, contents)?;
+        }
     }
     Ok(builtin_buildpacks()
         .into_iter()

@@ -75,7 +75,7 @@ struct Dyno {
 }
 
 /// Prints `value` as JSON and returns true when `--json` was given.
-fn json_out(json: bool, value: &Value) -> Result<bool> {
+pub(crate) fn json_out(json: bool, value: &Value) -> Result<bool> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     }
@@ -540,8 +540,20 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
         Command::FeaturesDisable { app, feature } => {
             crate::routing::set_feature(app, &feature, false)
         }
-        Command::Up(_) | Command::Hook { .. } | Command::Run(_) | Command::Bench(_) => {
-            unreachable!("dispatched in main")
+        Command::Up(_)
+        | Command::Hook { .. }
+        | Command::Run(_)
+        | Command::Bench(_)
+        | Command::Addons(_)
+        | Command::AddonsServices
+        | Command::AddonsCreate { .. }
+        | Command::AddonsInfo { .. }
+        | Command::AddonsDestroy { .. }
+        | Command::AddonsRotate { .. }
+        | Command::PgInfo(_)
+        | Command::PgPsql { .. }
+        | Command::PgRotate(_) => {
+            bail!("this command is dispatched before the others; this is a bug in skiff")
         }
     }
 }
@@ -638,7 +650,7 @@ fn login(token: Option<String>) -> Result<()> {
     Ok(())
 }
 
-fn release_suffix(out: &Value) -> String {
+pub(crate) fn release_suffix(out: &Value) -> String {
     match out.get("release").and_then(Value::as_u64) {
         Some(v) => format!("done, v{v}"),
         None => "done".to_owned(),
@@ -646,13 +658,13 @@ fn release_suffix(out: &Value) -> String {
 }
 
 /// A spinner on stderr while a call runs, when stderr is a terminal; a plain line otherwise.
-struct Spinner {
+pub(crate) struct Spinner {
     bar: Option<indicatif::ProgressBar>,
     message: String,
 }
 
 impl Spinner {
-    fn start(message: String) -> Self {
+    pub(crate) fn start(message: String) -> Self {
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_message(format!("{message}..."));
@@ -667,7 +679,7 @@ impl Spinner {
         }
     }
 
-    fn done(self, outcome: &str) {
+    pub(crate) fn done(self, outcome: &str) {
         match self.bar {
             Some(bar) => bar.finish_with_message(format!("{}... {outcome}", self.message)),
             None => eprintln!("{outcome}"),

@@ -1,5 +1,6 @@
 //! `skiff`: runs the platform (`skiff up`) and drives it like Heroku's CLI.
 
+mod addons;
 mod bench;
 mod bench_router;
 mod client;
@@ -285,6 +286,66 @@ enum Command {
         /// The feature.
         feature: String,
     },
+    /// List an app's add-ons.
+    Addons(AppArg),
+    /// List the add-on services this Skiff offers.
+    #[command(name = "addons:services")]
+    AddonsServices,
+    /// Add an add-on (`postgres`, `kv`) to an app: sets its config var (DATABASE_URL,
+    /// KV_URL) and cuts a release.
+    #[command(name = "addons:create")]
+    AddonsCreate {
+        #[command(flatten)]
+        app: AppArg,
+        /// The service: postgres or kv.
+        service: String,
+        /// The plan (default: the service's first).
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Show an add-on (by name, or by service: `addons:info postgres`).
+    #[command(name = "addons:info")]
+    AddonsInfo {
+        #[command(flatten)]
+        app: AppArg,
+        /// The add-on's name or service.
+        addon: String,
+    },
+    /// Destroy an add-on and its data (drops the database); unsets its config vars.
+    #[command(name = "addons:destroy", alias = "addons:remove")]
+    AddonsDestroy {
+        #[command(flatten)]
+        app: AppArg,
+        /// The add-on's name or service.
+        addon: String,
+        /// The app's name again, to confirm.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Give an add-on new credentials (the old stop working) and cut a release.
+    #[command(name = "addons:credentials:rotate")]
+    AddonsRotate {
+        #[command(flatten)]
+        app: AppArg,
+        /// The add-on's name or service.
+        addon: String,
+    },
+    /// Show the app's PostgreSQL database.
+    #[command(name = "pg:info")]
+    PgInfo(AppArg),
+    /// Open psql on the app's database (`-c SQL` runs one command).
+    #[command(name = "pg:psql")]
+    PgPsql {
+        #[command(flatten)]
+        app: AppArg,
+        /// SQL to run instead of an interactive session.
+        #[arg(short, long)]
+        command: Option<String>,
+    },
+    /// Give the app's database role a new password and cut a release with the new
+    /// DATABASE_URL.
+    #[command(name = "pg:credentials:rotate")]
+    PgRotate(AppArg),
     /// List the installed buildpacks in detection order, with the files each one detects.
     Buildpacks,
     /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`.
@@ -320,7 +381,10 @@ fn main() -> ExitCode {
         }
         other => {
             init_client_logging();
-            commands::run(other, cli.json)
+            match addon_action(other) {
+                Ok(action) => addons::run(action, cli.json),
+                Err(other) => commands::run(*other, cli.json),
+            }
         }
     };
     match result {
@@ -339,4 +403,32 @@ fn init_client_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The add-on commands, or the command back if it is another one.
+fn addon_action(cmd: Command) -> Result<addons::Action, Box<Command>> {
+    use addons::Action;
+    Ok(match cmd {
+        Command::Addons(app) => Action::List(app),
+        Command::AddonsServices => Action::Services,
+        Command::AddonsCreate { app, service, plan } => Action::Create { app, service, plan },
+        Command::AddonsInfo { app, addon } => Action::Info { app, addon },
+        Command::AddonsDestroy {
+            app,
+            addon,
+            confirm,
+        } => Action::Destroy {
+            app,
+            addon,
+            confirm,
+        },
+        Command::AddonsRotate { app, addon } => Action::Rotate { app, addon },
+        Command::PgInfo(app) => Action::PgInfo(app),
+        Command::PgPsql { app, command } => Action::PgPsql { app, command },
+        Command::PgRotate(app) => Action::Rotate {
+            app,
+            addon: "postgres".into(),
+        },
+        other => return Err(Box::new(other)),
+    })
 }

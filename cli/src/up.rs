@@ -46,6 +46,15 @@ pub(crate) struct UpArgs {
     /// apps on this machine; defaults to `<data-dir>/toolchains`.
     #[arg(long, env = "SKIFF_TOOLCHAINS_DIR")]
     toolchains_dir: Option<PathBuf>,
+    /// An existing PostgreSQL server for the postgres add-on, as an admin URL
+    /// (postgres://USER:PASSWORD@HOST:PORT/postgres). Without it, Skiff runs its own cluster
+    /// in the data dir with the machine's initdb and pg_ctl when an app first needs one.
+    #[arg(long, env = "SKIFF_POSTGRES_ADMIN_URL", hide_env_values = true)]
+    postgres_admin_url: Option<String>,
+    /// Where the machine's initdb and pg_ctl are (default: on PATH, else
+    /// /usr/lib/postgresql/*/bin).
+    #[arg(long, env = "SKIFF_POSTGRES_BIN_DIR")]
+    postgres_bin_dir: Option<PathBuf>,
     /// Do not write the API token to ~/.netrc.
     #[arg(long)]
     no_netrc: bool,
@@ -66,6 +75,8 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     config.domain = args.domain.clone();
     config.pool_instances = (args.pool_instances > 0).then_some(args.pool_instances);
     config.fuel = args.fuel;
+    config.postgres_admin_url = args.postgres_admin_url.clone();
+    config.postgres_bin_dir = args.postgres_bin_dir.clone();
     if let Some(dir) = &args.toolchains_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the toolchains dir {}", dir.display()))?;

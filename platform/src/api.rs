@@ -67,6 +67,7 @@ pub(crate) fn router(p: Shared) -> axum::Router {
         .merge(crate::logs::routes())
         .merge(crate::routing::routes())
         .merge(crate::certs::routes())
+        .merge(crate::addons::routes())
         .route("/{repo}/info/refs", get(gitweb::info_refs))
         .route("/{repo}/git-upload-pack", post(gitweb::service))
         .route("/{repo}/git-receive-pack", post(gitweb::service))
@@ -138,6 +139,13 @@ impl From<PlatformError> for ApiError {
             }
             PlatformError::Build(_) | PlatformError::Unrunnable(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "build_failed")
+            }
+            PlatformError::AddonUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "addon_unavailable")
+            }
+            PlatformError::Addon(_) => {
+                tracing::error!(error = %e, "add-on provider failed");
+                (StatusCode::BAD_GATEWAY, "addon_failed")
             }
             _ => {
                 tracing::error!(error = %e, "API call failed");
@@ -341,6 +349,8 @@ async fn destroy_app(
     let releases = p.state.releases(&app)?;
     p.dynos.remove_app(&app);
     p.routes.certs().remove_app(&app);
+    // Heroku destroys an app's add-ons with it: their databases and stores go too.
+    crate::addons::destroy_all(&p, &app).await?;
     p.state.destroy_app(&app)?;
     p.logs.forget(&app);
     let _ = std::fs::remove_dir_all(skiff_builder::git::repo_path(&p.repos_dir(), &app));

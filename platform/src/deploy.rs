@@ -11,7 +11,7 @@ use skiff_builder::{BuildLog, BuildRequest};
 use skiff_runtime::LoadedComponent;
 
 use crate::logs::Source;
-use crate::state::ReleaseRow;
+use crate::state::{AddonChange, ReleaseRow};
 use crate::{Platform, PlatformError, oneoff};
 
 /// How many releases keep their slugs, as Heroku keeps a rollback window.
@@ -243,8 +243,24 @@ pub(crate) async fn change_config(
         parts.push(format!("Remove {} config vars", unset.join(", ")));
     }
     let description = parts.join("; ");
+    change_config_locked(p, app, changes, &AddonChange::None, &description, by).await
+}
+
+/// A config change (with an add-on change recorded in the same transaction) under the app's
+/// lock, which the caller holds: the same path `config:set` takes, so add-on changes cut
+/// releases and roll dynos exactly as config changes do.
+pub(crate) async fn change_config_locked(
+    p: &Platform,
+    app: &str,
+    changes: &BTreeMap<String, Option<String>>,
+    addon: &AddonChange,
+    description: &str,
+    by: &str,
+) -> Result<Option<ReleaseRow>, PlatformError> {
     let Some(current) = p.state.current_release(app)? else {
-        let changed = p.state.change_config(app, changes, &description, by)?;
+        let changed = p
+            .state
+            .change_config_with(app, changes, addon, description, by)?;
         // No dynos to roll, but the router's limits (e.g. the boot timeout) apply from now.
         sync_routing(p, app);
         return Ok(changed);
@@ -259,13 +275,13 @@ pub(crate) async fn change_config(
     let draft = ReleaseRow {
         version: p.state.next_version(app)?,
         config,
-        description: description.clone(),
+        description: description.to_owned(),
         created_by: by.to_owned(),
         ..current
     };
     let release = roll_out(p, &draft, &|line| tracing::info!(app, "{line}"), || {
         p.state
-            .change_config(app, changes, &description, by)?
+            .change_config_with(app, changes, addon, description, by)?
             .ok_or_else(|| PlatformError::BadRequest("the app has no release".into()))
     })
     .await?;

@@ -2,6 +2,7 @@
 //! and the git endpoint, and wires the builder, the runtime and the router together. It is the
 //! only crate that knows all three.
 
+mod addons;
 mod api;
 mod auth;
 mod certs;
@@ -71,6 +72,12 @@ pub enum PlatformError {
     /// The state database failed.
     #[error("state database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// An add-on provider failed (its server refused, a record is unreadable).
+    #[error("add-on error: {0}")]
+    Addon(String),
+    /// The add-on cannot be provided by this host; the message says how to fix that.
+    #[error("{0}")]
+    AddonUnavailable(String),
     /// Disk or network I/O.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -100,6 +107,11 @@ pub struct PlatformConfig {
     /// Per-machine toolchain cache given to buildpacks as `SKIFF_TOOLCHAINS`: what one app's
     /// first build installs, the next app's build reuses.
     pub toolchains_dir: PathBuf,
+    /// An existing PostgreSQL server for the postgres add-on, as an admin URL; without it,
+    /// Skiff runs its own cluster with the machine's `initdb` and `pg_ctl` when first needed.
+    pub postgres_admin_url: Option<String>,
+    /// Where `initdb` and `pg_ctl` are (default: on PATH, else `/usr/lib/postgresql/*/bin`).
+    pub postgres_bin_dir: Option<PathBuf>,
 }
 
 impl PlatformConfig {
@@ -116,6 +128,8 @@ impl PlatformConfig {
             max_slug_bytes: 300 << 20,
             pool_instances: Some(1000),
             fuel: false,
+            postgres_admin_url: None,
+            postgres_bin_dir: None,
         }
     }
 
@@ -153,6 +167,8 @@ pub(crate) struct Platform {
     pub hook_token: String,
     pub deploy_locks:
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Add-on providers.
+    pub addons: addons::Addons,
 }
 
 impl Platform {
@@ -263,6 +279,12 @@ pub async fn run(
         max_memory_bytes: skiff_core::sizes::largest_memory_bytes(),
         fuel: config.fuel,
     })?;
+    let addons = addons::Addons::new(&addons::ProviderContext {
+        data_dir: data.clone(),
+        postgres_admin_url: config.postgres_admin_url.clone(),
+        postgres_bin_dir: config.postgres_bin_dir.clone(),
+        runtime: &runtime,
+    })?;
     let logs = logs.0;
     let dynos = dynos::Dynos::new(
         runtime,
@@ -282,7 +304,13 @@ pub async fn run(
         logs,
         shutdown: shutdown.clone(),
         deploy_locks: Default::default(),
+        addons,
     });
+
+    // Add-ons first: a server they need may have to start (and move) before dynos use it.
+    if let Err(e) = addons::boot(&platform).await {
+        tracing::error!(error = %e, "could not start the add-on providers");
+    }
 
     for app in platform.state.apps()? {
         // Drains first, so they also get the restore's own lines.
@@ -307,5 +335,6 @@ pub async fn run(
     });
     let result = serve.await;
     platform.dynos.stop_all();
+    platform.addons.shutdown();
     result.map_err(PlatformError::Io)
 }

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA_V3,
     SCHEMA_ROUTING,
     SCHEMA_CERTS,
+    SCHEMA_ADDONS,
 ];
 
 const SCHEMA_V1: &str = "
@@ -111,6 +112,22 @@ CREATE TABLE IF NOT EXISTS certs (
 );
 ";
 
+/// Add-ons: one row per provisioned resource. `resource` is the provider's own record (JSON:
+/// which database and role, which store), never shown to users; `config_vars` lists the vars
+/// it set on the app.
+const SCHEMA_ADDONS: &str = "
+CREATE TABLE IF NOT EXISTS addons (
+    name        TEXT PRIMARY KEY,
+    app         TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    provider    TEXT NOT NULL,
+    plan        TEXT NOT NULL,
+    resource    TEXT NOT NULL,
+    config_vars TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    UNIQUE (app, provider)
+);
+";
+
 fn migrate(conn: &mut Connection) -> Result<(), PlatformError> {
     let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, step) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
@@ -165,6 +182,39 @@ pub struct DrainRow {
     pub url: String,
     /// `d.<hex>`, sent to HTTP drains as `Logplex-Drain-Token`.
     pub token: String,
+}
+
+/// One add-on as stored.
+#[derive(Debug, Clone)]
+pub struct AddonRow {
+    /// `postgres-1a2b3c`: unique on this Skiff.
+    pub name: String,
+    /// The app it is attached to.
+    pub app: String,
+    /// The provider (`postgres`, `kv`).
+    pub provider: String,
+    /// The provider's plan.
+    pub plan: String,
+    /// The provider's private record of what it made.
+    pub resource: serde_json::Value,
+    /// Config vars it set on the app.
+    pub config_vars: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// What an add-on change does to the `addons` table, in the same transaction as its config
+/// change and release.
+#[derive(Debug, Clone)]
+pub(crate) enum AddonChange {
+    /// A plain config change.
+    None,
+    /// Attach a new add-on.
+    Attach(AddonRow),
+    /// Detach (and forget) the add-on of this name.
+    Detach(String),
+    /// The provider's record changed (new credentials).
+    Update(String, serde_json::Value),
 }
 
 /// The state database.
@@ -288,8 +338,57 @@ impl State {
         description: &str,
         by: &str,
     ) -> Result<Option<ReleaseRow>, PlatformError> {
+        self.change_config_with(app, changes, &AddonChange::None, description, by)
+    }
+
+    /// [`State::change_config`] plus an add-on change, in the same transaction: an add-on and
+    /// the config vars pointing at it appear (or go) together.
+    pub(crate) fn change_config_with(
+        &self,
+        app: &str,
+        changes: &BTreeMap<String, Option<String>>,
+        addon: &AddonChange,
+        description: &str,
+        by: &str,
+    ) -> Result<Option<ReleaseRow>, PlatformError> {
         let mut db = self.db();
         let tx = db.transaction()?;
+        match addon {
+            AddonChange::None => {}
+            AddonChange::Attach(row) => {
+                let inserted = tx.execute(
+                    "INSERT OR IGNORE INTO addons (name, app, provider, plan, resource, config_vars, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        row.name,
+                        app,
+                        row.provider,
+                        row.plan,
+                        row.resource.to_string(),
+                        serde_json::to_string(&row.config_vars).unwrap_or_else(|_| "[]".into()),
+                        row.created_at
+                    ],
+                )?;
+                if inserted == 0 {
+                    return Err(PlatformError::BadRequest(format!(
+                        "{app} already has a {} add-on",
+                        row.provider
+                    )));
+                }
+            }
+            AddonChange::Detach(name) => {
+                tx.execute(
+                    "DELETE FROM addons WHERE name = ?1 AND app = ?2",
+                    params![name, app],
+                )?;
+            }
+            AddonChange::Update(name, resource) => {
+                tx.execute(
+                    "UPDATE addons SET resource = ?3 WHERE name = ?1 AND app = ?2",
+                    params![name, app, resource.to_string()],
+                )?;
+            }
+        }
         for (key, value) in changes {
             match value {
                 Some(v) => tx.execute(
@@ -320,6 +419,46 @@ impl State {
         };
         tx.commit()?;
         Ok(release)
+    }
+
+    /// The app's add-ons, oldest first.
+    pub fn addons(&self, app: &str) -> Result<Vec<AddonRow>, PlatformError> {
+        self.addons_where("app = ?1", app)
+    }
+
+    /// Every add-on of a provider, all apps together.
+    pub fn addons_of_provider(&self, provider: &str) -> Result<Vec<AddonRow>, PlatformError> {
+        self.addons_where("provider = ?1", provider)
+    }
+
+    fn addons_where(&self, filter: &str, value: &str) -> Result<Vec<AddonRow>, PlatformError> {
+        let db = self.db();
+        let mut stmt = db.prepare(&format!(
+            "SELECT name, app, provider, plan, resource, config_vars, created_at FROM addons WHERE {filter} ORDER BY created_at, name"
+        ))?;
+        let rows = stmt
+            .query_map([value], |r| {
+                let resource: String = r.get(4)?;
+                let vars: String = r.get(5)?;
+                let bad = |i, e: serde_json::Error| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                };
+                Ok(AddonRow {
+                    name: r.get(0)?,
+                    app: r.get(1)?,
+                    provider: r.get(2)?,
+                    plan: r.get(3)?,
+                    resource: serde_json::from_str(&resource).map_err(|e| bad(4, e))?,
+                    config_vars: serde_json::from_str(&vars).map_err(|e| bad(5, e))?,
+                    created_at: r.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Records a new release of `slug` with the app's current config.
@@ -670,6 +809,7 @@ const APP_TABLES: &[&str] = &[
     "domains",
     "app_flags",
     "certs",
+    "addons",
 ];
 
 const RELEASE_SELECT: &str = "SELECT app, version, slug, manifest, config, description, created_by, created_at FROM releases";

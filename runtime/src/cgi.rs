@@ -80,6 +80,7 @@ pub(crate) async fn serve(
     spec: &Arc<DynoSpec>,
     pre: CommandPre<DynoState>,
     fuel: bool,
+    addons: crate::addons::GuestAddons,
     conn: Conn,
     slot: OwnedSemaphorePermit,
     req: hyper::Request<Incoming>,
@@ -130,7 +131,7 @@ pub(crate) async fn serve(
         .stdin(AsyncStdinStream::new(stdin_guest))
         .stdout(AsyncStdoutStream::new(PIPE_BUFFER, stdout_guest))
         .stderr(stderr.pipe.clone());
-    let mut guest = GuestStore::new(spec, pre.engine(), wasi.build(), fuel)?;
+    let mut guest = GuestStore::new(spec, pre.engine(), wasi.build(), fuel, addons)?;
 
     tokio::spawn(feed_stdin(stdin, stdin_host));
 

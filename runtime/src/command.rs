@@ -89,7 +89,8 @@ impl Runtime {
         let out_task = tokio::spawn(forward(out_host, output.clone(), Output::Stdout));
         let err_task = tokio::spawn(forward(err_host, output, Output::Stderr));
 
-        let exit = run(&spec, out_guest, err_guest).await;
+        let addons = self.guest_addons(&spec.env);
+        let exit = run(&spec, addons, out_guest, err_guest).await;
         let _ = out_task.await;
         let _ = err_task.await;
         exit
@@ -98,6 +99,7 @@ impl Runtime {
 
 async fn run(
     spec: &CommandSpec,
+    addons: crate::addons::GuestAddons,
     stdout: tokio::io::DuplexStream,
     stderr: tokio::io::DuplexStream,
 ) -> Exit {
@@ -119,6 +121,7 @@ async fn run(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         limits: DynoLimiter::new(spec.memory_bytes).0,
+        addons,
         hooks: Outbound {
             policy: spec.outbound.clone(),
             app: spec.app.clone(),

@@ -24,6 +24,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::addons::GuestAddons;
 use crate::engine::{LoadedComponent, WebGuest};
 use crate::limits::{DynoLimiter, Failure};
 use crate::outbound::{Outbound, OutboundPolicy};
@@ -114,6 +115,8 @@ pub(crate) struct DynoState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: DynoLimiter,
     pub(crate) hooks: Outbound,
+    /// What the guest may open through the add-on interfaces.
+    pub(crate) addons: GuestAddons,
 }
 
 impl WasiView for DynoState {
@@ -146,6 +149,7 @@ impl Runtime {
         let name = spec.name.clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(spec.limits.concurrency.max(1)));
         let fuel = self.meters_fuel();
+        let addons = self.guest_addons(&spec.env);
         let spec = Arc::new(spec);
         tracing::info!(app = %spec.app, dyno = %spec.name, release = spec.release, %addr, "dyno up");
         tokio::spawn(async move {
@@ -166,6 +170,7 @@ impl Runtime {
                 let _ = stream.set_nodelay(true);
                 let spec = spec.clone();
                 let slots = slots.clone();
+                let addons = addons.clone();
                 let conn = Conn {
                     peer,
                     port: addr.port(),
@@ -174,9 +179,10 @@ impl Runtime {
                     let service = hyper::service::service_fn(move |req| {
                         let spec = spec.clone();
                         let slots = slots.clone();
+                        let addons = addons.clone();
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                handle(spec, slots, fuel, conn, req).await,
+                                handle(spec, slots, fuel, conn, addons, req).await,
                             )
                         }
                     });
@@ -214,6 +220,7 @@ async fn handle(
     slots: Arc<tokio::sync::Semaphore>,
     fuel: bool,
     conn: Conn,
+    addons: GuestAddons,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
@@ -224,8 +231,13 @@ async fn handle(
         return failure_response(&Failure::Full);
     };
     let result = match &spec.component.guest {
-        WebGuest::Http(pre) => run_guest(&spec, pre.clone(), fuel, slot, req).await,
-        WebGuest::Cgi(pre) => crate::cgi::serve(&spec, pre.clone(), fuel, conn, slot, req).await,
+        WebGuest::Http(pre) => {
+            run_guest(&spec, pre.clone(), fuel, addons.for_instance(), slot, req).await
+        }
+        WebGuest::Cgi(pre) => {
+            let addons = addons.for_instance();
+            crate::cgi::serve(&spec, pre.clone(), fuel, addons, conn, slot, req).await
+        }
     };
     match result {
         Ok(resp) => {
@@ -319,6 +331,7 @@ impl GuestStore {
         engine: &Engine,
         wasi: WasiCtx,
         fuel: bool,
+        addons: GuestAddons,
     ) -> Result<Self, Failure> {
         let (limiter, memory_hit) = DynoLimiter::new(spec.limits.memory_bytes);
         let state = DynoState {
@@ -326,6 +339,7 @@ impl GuestStore {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: limiter,
+            addons,
             hooks: Outbound {
                 policy: spec.outbound.clone(),
                 app: spec.app.clone(),
@@ -374,6 +388,7 @@ async fn run_guest(
     spec: &Arc<DynoSpec>,
     pre: ProxyPre<DynoState>,
     fuel: bool,
+    addons: GuestAddons,
     slot: OwnedSemaphorePermit,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<ResponseBody>, Failure> {
@@ -381,7 +396,7 @@ async fn run_guest(
     let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
     let mut wasi = guest_wasi(spec, &spec.env)?;
     wasi.stdout(stdout.clone()).stderr(stderr.clone());
-    let mut guest = GuestStore::new(spec, pre.engine(), wasi.build(), fuel)?;
+    let mut guest = GuestStore::new(spec, pre.engine(), wasi.build(), fuel, addons)?;
     let store = &mut guest.store;
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -438,6 +453,7 @@ pub(crate) async fn instantiate_once(component: &LoadedComponent) -> Result<(), 
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         limits: limiter,
+        addons: GuestAddons::default(),
         hooks: Outbound {
             policy: Arc::new(OutboundPolicy::Closed),
             app: String::new(),

@@ -55,6 +55,10 @@ struct Inner {
     linker: Linker<DynoState>,
     cache: PrecompiledCache,
     ticker_stop: Arc<AtomicBool>,
+    /// PostgreSQL sessions kept for guests across requests.
+    pg: Arc<crate::addons::PgPool>,
+    /// Where `KV_URL`s are opened; set once by whoever owns the stores.
+    kv: std::sync::OnceLock<Arc<dyn crate::addons::KvBackend>>,
 }
 
 impl Drop for Inner {
@@ -123,6 +127,8 @@ impl Runtime {
             .map_err(|e| RuntimeError::wasm("linking WASI", e))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::wasm("linking wasi:http", e))?;
+        crate::addons::add_to_linker(&mut linker)
+            .map_err(|e| RuntimeError::wasm("linking Skiff's add-on interfaces", e))?;
         let cache = PrecompiledCache::new(cache_dir, &engine)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -148,6 +154,8 @@ impl Runtime {
                 linker,
                 cache,
                 ticker_stop,
+                pg: Default::default(),
+                kv: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -161,6 +169,21 @@ impl Runtime {
         let started = std::time::Instant::now();
         crate::dyno::instantiate_once(component).await?;
         Ok(started.elapsed())
+    }
+
+    /// Gives guests their key-value stores: `KV_URL`s are opened by `backend`. Set once;
+    /// later calls are ignored.
+    pub fn set_kv_backend(&self, backend: Arc<dyn crate::addons::KvBackend>) {
+        let _ = self.inner.kv.set(backend);
+    }
+
+    /// What a dyno with environment `env` may open through the add-on interfaces.
+    pub(crate) fn guest_addons(&self, env: &[(String, String)]) -> crate::addons::GuestAddons {
+        crate::addons::GuestAddons::from_env(
+            env,
+            self.inner.pg.clone(),
+            self.inner.kv.get().cloned(),
+        )
     }
 
     /// Whether requests are metered with fuel.

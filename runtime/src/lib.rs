@@ -7,6 +7,7 @@
 //! stall another. A web process that is a `wasi:cli/run` command is served CGI-style
 //! (the `cgi` module): one run per request, with the same fences.
 
+pub mod addons;
 pub mod cache;
 mod cgi;
 pub mod command;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod limits;
 pub mod outbound;
 
+pub use addons::{KvBackend, KvStore};
 pub use command::{CommandSpec, Exit, Output};
 pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
 pub use engine::{LoadedCommand, LoadedComponent, Runtime, RuntimeConfig};
