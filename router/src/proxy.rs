@@ -808,20 +808,26 @@ mod tests {
             .expect("free port")
     }
 
+    /// Reads a request up to the end of its head (or until the peer stops sending).
+    fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        seen
+    }
+
     /// A dyno stand-in: answers every request with `ok`, one request per connection.
     fn serve_ok() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
+                read_head(&mut stream);
                 let _ = stream.write_all(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nKeep-Alive: timeout=5\r\nX-Gone: 1\r\nConnection: x-gone\r\n\r\nok",
                 );
@@ -838,15 +844,7 @@ mod tests {
         let counter = seen.clone();
         std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                if !got.is_empty() {
+                if !read_head(&mut stream).is_empty() {
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             }
