@@ -39,20 +39,26 @@ pub(crate) enum Action {
     },
 }
 
+/// The config vars an add-on sets, as `A, B`.
+fn config_var_list(addon: &Value) -> String {
+    addon["config_vars"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 fn print_addon_line(a: &Value) {
     println!(
         "{:<20} {:<10} {:<10} {}",
         a["name"].as_str().unwrap_or(""),
         a["provider"].as_str().unwrap_or(""),
         a["plan"].as_str().unwrap_or(""),
-        a["config_vars"]
-            .as_array()
-            .map(|v| v
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        config_var_list(a)
     );
 }
 
@@ -72,18 +78,7 @@ fn print_info(value: &Value) {
             "App".to_owned(),
             addon["app"].as_str().unwrap_or("").to_owned(),
         ),
-        (
-            "Config Vars".to_owned(),
-            addon["config_vars"]
-                .as_array()
-                .map(|v| {
-                    v.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default(),
-        ),
+        ("Config Vars".to_owned(), config_var_list(addon)),
     ];
     for fact in value["info"].as_array().into_iter().flatten() {
         rows.push((
@@ -174,14 +169,7 @@ pub(crate) fn run(action: Action, json: bool) -> Result<()> {
             println!(
                 "Created {} as {}",
                 addon["name"].as_str().unwrap_or(""),
-                addon["config_vars"]
-                    .as_array()
-                    .map(|v| v
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default()
+                config_var_list(addon)
             );
             println!(
                 "Use `skiff addons:info {} -a {name}` to see it.",

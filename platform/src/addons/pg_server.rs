@@ -411,19 +411,7 @@ impl Local {
                 pid,
                 "the local PostgreSQL cluster is still running from an earlier start; restarting it"
             );
-            self.run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &self.pgdata().to_string_lossy(),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    "60",
-                    "stop",
-                ],
-            )?;
+            self.pg_ctl_stop()?;
         } else {
             tracing::warn!("removing a stale postmaster.pid left by a crash");
             std::fs::remove_file(&pid_file)?;
@@ -431,8 +419,9 @@ impl Local {
         Ok(())
     }
 
-    fn stop(&self) {
-        let result = self.run(
+    /// A fast shutdown (open sessions are ended), waiting up to a minute for it.
+    fn pg_ctl_stop(&self) -> Result<(), PlatformError> {
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -444,7 +433,11 @@ impl Local {
                 "60",
                 "stop",
             ],
-        );
+        )
+    }
+
+    fn stop(&self) {
+        let result = self.pg_ctl_stop();
         match result {
             Ok(()) => tracing::info!("local PostgreSQL cluster stopped"),
             Err(e) => tracing::warn!(error = %e, "could not stop the local PostgreSQL cluster"),
