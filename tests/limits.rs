@@ -206,3 +206,57 @@ fn cpu_budget_stops_a_request() -> Result<()> {
     assert!(fuel_line.contains("fuel="), "{fuel_line}");
     Ok(())
 }
+
+/// Counts from `/count` over `n` sequential requests.
+fn counts(s: &Skiff, host: &str, n: usize) -> Result<Vec<u64>> {
+    (0..n)
+        .map(|_| {
+            let (status, body) = s.request(host, "GET", "/count", None)?;
+            anyhow::ensure!(status == 200, "{status} {body}");
+            Ok(body.trim().parse::<u64>()?)
+        })
+        .collect()
+}
+
+#[test]
+fn instance_reuse_is_opt_in_and_bounded() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let hostile = hostile_repo(&s, work.path())?;
+    ok(s.cli(&hostile, &["apps:create", "reuse"])?)?;
+    let (pushed, output) = s.commit_and_push(&hostile, "reuse")?;
+    assert!(pushed, "{output}");
+    let h = format!("reuse.localhost:{}", s.http_port);
+
+    // By default every request meets a fresh instance.
+    assert_eq!(counts(&s, &h, 5)?, vec![1; 5]);
+
+    // Opted in, an instance serves up to 3 requests. The next request can arrive before the
+    // previous instance is handed back, so some requests may still start fresh: the bound is
+    // what must hold, and that reuse happens at all.
+    ok(s.cli(&hostile, &["config:set", "SKIFF_INSTANCE_REUSE=3"])?)?;
+    let seen = counts(&s, &h, 12)?;
+    assert!(seen.iter().all(|&n| (1..=3).contains(&n)), "{seen:?}");
+    assert!(
+        seen.iter().any(|&n| n > 1),
+        "no instance was reused: {seen:?}"
+    );
+
+    // A trap retires the instance it happened on; the dyno goes on serving.
+    let (status, _) = s.request(&h, "GET", "/trap", None)?;
+    assert_eq!(status, 500);
+    let after = counts(&s, &h, 3)?;
+    assert!(after.iter().all(|&n| (1..=3).contains(&n)), "{after:?}");
+
+    // A value that is not a number is reported in the app's logs and ignored.
+    ok(s.cli(&hostile, &["config:set", "SKIFF_INSTANCE_REUSE=lots"])?)?;
+    assert_eq!(counts(&s, &h, 4)?, vec![1; 4]);
+    let logs = ok(s.cli(&hostile, &["logs"])?)?;
+    assert!(
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("SKIFF_INSTANCE_REUSE=\"lots\" is not a whole number"),
+        "{}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+    Ok(())
+}

@@ -524,6 +524,43 @@ fn bench_router_prints_its_table() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn bench_serve_compares_with_wasmtime_serve() -> Result<()> {
+    let peer = std::process::Command::new("wasmtime")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut args = vec!["bench", "serve", "--seconds", "1", "--connections", "2"];
+    if !peer {
+        // Without the peer the bench says how to get it, and does nothing else.
+        args.extend(["--wasmtime", "/nonexistent/wasmtime"]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(&args)
+        .output()?;
+    if !peer {
+        ensure!(!out.status.success());
+        ensure!(
+            stderr(&out).contains("cargo install wasmtime-cli --version 48.0.8"),
+            "{}",
+            stderr(&out)
+        );
+        return Ok(());
+    }
+    let text = stdout(&out);
+    ensure!(out.status.success(), "{text}{}", stderr(&out));
+    for part in [
+        "wasmtime serve",
+        "skiff dyno",
+        "skiff router+dyno",
+        "skiff reuse=16",
+        "Skiff / wasmtime serve",
+    ] {
+        ensure!(text.contains(part), "{part} missing:\n{text}");
+    }
+    Ok(())
+}
+
 /// Pushes `repo` and, as soon as the release phase starts (no web dyno is up yet, and the
 /// phase sleeps), sends one GET through the router. Returns that response and the push output.
 fn request_during_release_phase(s: &Skiff, repo: &Path, host: &str) -> Result<(Response, String)> {

@@ -1,5 +1,5 @@
 //! `skiff bench density`: how many web dynos one host holds, and what they cost
-//! (`skiff bench router` lives in bench_router.rs).
+//! (`skiff bench router` lives in bench_router.rs, `skiff bench serve` in bench_serve.rs).
 //!
 //! It runs the runtime alone, in this process: builds (or takes) a hello-world component,
 //! starts N dynos of it per step, sends each one request, then loads them all, and prints a
@@ -23,6 +23,8 @@ pub(crate) struct BenchArgs {
 enum BenchWhat {
     /// The router against a static upstream on loopback, direct vs routed (and nginx).
     Router(crate::bench_router::RouterBenchArgs),
+    /// The runtime against `wasmtime serve` on the same component (and through the router).
+    Serve(crate::bench_serve::ServeBenchArgs),
     /// Start N dynos per step and measure memory, instantiation and request latency.
     Density {
         /// Dyno counts to measure, comma-separated.
@@ -53,6 +55,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         // The router bench starts a router, which must come before any tokio runtime.
         BenchWhat::Router(args) => crate::bench_router::run(args),
+        BenchWhat::Serve(args) => crate::bench_serve::run(args),
         BenchWhat::Density {
             steps,
             component,
@@ -73,7 +76,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Builds examples/rust-hello for wasm32-wasip2 into target/bench-guest.
-fn build_hello() -> Result<PathBuf> {
+pub(crate) fn build_hello() -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let example = root.join("examples/rust-hello");
     let target = root.join("target/bench-guest");

@@ -124,18 +124,18 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     Ok(())
 }
 
-struct Stats {
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-    errors: usize,
+pub(crate) struct Stats {
+    pub(crate) elapsed: Duration,
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) errors: usize,
 }
 
 impl Stats {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    fn percentile(&self, p: usize) -> Duration {
+    pub(crate) fn percentile(&self, p: usize) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
@@ -144,20 +144,25 @@ impl Stats {
     }
 }
 
-fn secs(d: Duration) -> f64 {
+pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.3}ms", d.as_secs_f64() * 1000.0)
 }
 
 /// Runs the load against `addr` for `duration` (plus a short unmeasured warm-up).
-fn measure(addr: SocketAddr, host: &str, connections: usize, duration: Duration) -> Result<Stats> {
+pub(crate) fn measure(
+    addr: SocketAddr,
+    host: &str,
+    connections: usize,
+    duration: Duration,
+) -> Result<Stats> {
     let _ = load(addr, host, connections, Duration::from_millis(300));
     let stats = load(addr, host, connections, duration);
     if stats.latencies.is_empty() {
@@ -340,11 +345,11 @@ fn nginx_proxy(upstream: SocketAddr, dir: &Path) -> Result<Option<(Child, Socket
     Ok(Some((child, listen)))
 }
 
-fn free_addr() -> Result<SocketAddr> {
+pub(crate) fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn wait_for(addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_for(addr: SocketAddr) -> Result<()> {
     for _ in 0..200 {
         if TcpStream::connect(addr).is_ok() {
             return Ok(());
@@ -354,7 +359,7 @@ fn wait_for(addr: SocketAddr) -> Result<()> {
     bail!("nothing listens on {addr}")
 }
 
-fn tempdir() -> Result<std::path::PathBuf> {
+pub(crate) fn tempdir() -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("skiff-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

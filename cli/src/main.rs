@@ -3,6 +3,7 @@
 mod addons;
 mod bench;
 mod bench_router;
+mod bench_serve;
 mod client;
 mod commands;
 mod hook;
@@ -348,7 +349,7 @@ enum Command {
     PgRotate(AppArg),
     /// List the installed buildpacks in detection order, with the files each one detects.
     Buildpacks,
-    /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`.
+    /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`, `skiff bench serve`.
     Bench(bench::BenchArgs),
     /// Internal: run by git hooks in app repositories.
     #[command(hide = true)]

@@ -1,5 +1,6 @@
 //! A web dyno: a loopback HTTP/1.1 listener serving one release's component, one fresh
-//! instance per request.
+//! instance per request, or, when the app opts in with `SKIFF_INSTANCE_REUSE=N`, up to N
+//! requests per instance.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,8 +21,8 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::addons::GuestAddons;
@@ -150,6 +151,7 @@ impl Runtime {
         let slots = Arc::new(tokio::sync::Semaphore::new(spec.limits.concurrency.max(1)));
         let fuel = self.meters_fuel();
         let addons = self.guest_addons(&spec.env);
+        let reuse = Reuse::for_spec(&spec).map(Arc::new);
         let spec = Arc::new(spec);
         tracing::info!(app = %spec.app, dyno = %spec.name, release = spec.release, %addr, "dyno up");
         tokio::spawn(async move {
@@ -171,6 +173,7 @@ impl Runtime {
                 let spec = spec.clone();
                 let slots = slots.clone();
                 let addons = addons.clone();
+                let reuse = reuse.clone();
                 let conn = Conn {
                     peer,
                     port: addr.port(),
@@ -180,9 +183,10 @@ impl Runtime {
                         let spec = spec.clone();
                         let slots = slots.clone();
                         let addons = addons.clone();
+                        let reuse = reuse.clone();
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                handle(spec, slots, fuel, conn, addons, req).await,
+                                handle(spec, slots, fuel, conn, addons, reuse, req).await,
                             )
                         }
                     });
@@ -221,6 +225,7 @@ async fn handle(
     fuel: bool,
     conn: Conn,
     addons: GuestAddons,
+    reuse: Option<Arc<Reuse>>,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
@@ -232,7 +237,13 @@ async fn handle(
     };
     let result = match &spec.component.guest {
         WebGuest::Http(pre) => {
-            run_guest(&spec, pre.clone(), fuel, addons.for_instance(), slot, req).await
+            let guest = Guest {
+                pre: pre.clone(),
+                fuel,
+                addons: &addons,
+                reuse,
+            };
+            run_guest(&spec, guest, slot, req).await
         }
         WebGuest::Cgi(pre) => {
             let addons = addons.for_instance();
@@ -368,6 +379,15 @@ impl GuestStore {
         })
     }
 
+    /// Gives a kept instance a fresh deadline and fuel budget for its next request.
+    fn rearm(&mut self, spec: &DynoSpec) {
+        crate::limits::fence_time(&mut self.store, spec.limits.request_timeout);
+        if self.fuel {
+            // Setting fuel only fails on an engine without metering, which `fuel` rules out.
+            let _ = self.store.set_fuel(self.budget);
+        }
+    }
+
     /// Logs the fuel the request used, when the engine meters it.
     pub(crate) fn report_fuel(&self, spec: &DynoSpec) {
         if self.fuel {
@@ -384,20 +404,156 @@ impl GuestStore {
     }
 }
 
-async fn run_guest(
-    spec: &Arc<DynoSpec>,
+/// What a wasi:http request runs on: the dyno's pre-instantiated component, and its
+/// instance-reuse pool when the app opted in.
+struct Guest<'a> {
     pre: ProxyPre<DynoState>,
     fuel: bool,
-    addons: GuestAddons,
+    addons: &'a GuestAddons,
+    reuse: Option<Arc<Reuse>>,
+}
+
+/// An instance kept between requests, with the output pipes its WASI context writes to.
+struct Warm {
+    guest: GuestStore,
+    proxy: Option<Proxy>,
+    output: Output,
+    served: u32,
+}
+
+/// A store's stdout and stderr, and how much of each the logs already have.
+struct Output {
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    stdout_seen: usize,
+    stderr_seen: usize,
+}
+
+impl Output {
+    /// Sends what the guest printed since the last call to the logs.
+    fn emit(&mut self, spec: &DynoSpec) {
+        let out = self.stdout.contents();
+        let err = self.stderr.contents();
+        emit_lines(
+            spec,
+            "stdout",
+            out.get(self.stdout_seen..).unwrap_or_default(),
+        );
+        emit_lines(
+            spec,
+            "stderr",
+            err.get(self.stderr_seen..).unwrap_or_default(),
+        );
+        self.stdout_seen = out.len();
+        self.stderr_seen = err.len();
+    }
+
+    /// Whether the pipes still have room for another request's output: they only grow, so
+    /// an instance whose pipes are half full is retired before the guest's writes could fail.
+    fn has_room(&self, capacity: usize) -> bool {
+        self.stdout_seen.max(self.stderr_seen) < capacity / 2
+    }
+}
+
+/// Instances a dyno keeps warm when the app sets `SKIFF_INSTANCE_REUSE=N`: each serves at
+/// most N requests, one at a time, and is dropped after a failure. Instance state (globals,
+/// memory) carries from one request to the next, which is why this is the app's choice.
+pub(crate) struct Reuse {
+    max_requests: u32,
+    idle: std::sync::Mutex<Vec<Warm>>,
+}
+
+/// Idle instances a dyno keeps at most. Each holds a slot of the host's instance pool that
+/// the formation check counts once per dyno, so the number stays small.
+const MAX_IDLE_PER_DYNO: usize = 4;
+
+impl Reuse {
+    /// The app's choice, from its config; `None` (a fresh instance per request) unless it
+    /// set a number above 1 for a wasi:http web process.
+    fn for_spec(spec: &DynoSpec) -> Option<Self> {
+        if !matches!(spec.component.guest, WebGuest::Http(_)) {
+            return None;
+        }
+        let (_, value) = spec.env.iter().find(|(k, _)| k == "SKIFF_INSTANCE_REUSE")?;
+        match value.trim().parse::<u32>() {
+            Ok(n) if n > 1 => Some(Self {
+                max_requests: n,
+                idle: std::sync::Mutex::new(Vec::new()),
+            }),
+            Ok(_) => None,
+            Err(_) => {
+                spec.log.line(
+                    &spec.app,
+                    &spec.name,
+                    &format!(
+                        "SKIFF_INSTANCE_REUSE={value:?} is not a whole number; each request gets a fresh instance"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn take(&self) -> Option<Warm> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    /// Keeps an instance that served its request cleanly, unless it has served its share.
+    fn give_back(&self, warm: Warm, log_bytes: usize) {
+        if warm.served >= self.max_requests || !warm.output.has_room(log_bytes) {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_PER_DYNO
+        {
+            idle.push(warm);
+        }
+    }
+}
+
+async fn run_guest(
+    spec: &Arc<DynoSpec>,
+    guest: Guest<'_>,
     slot: OwnedSemaphorePermit,
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<ResponseBody>, Failure> {
-    let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
-    let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
-    let mut wasi = guest_wasi(spec, &spec.env)?;
-    wasi.stdout(stdout.clone()).stderr(stderr.clone());
-    let mut guest = GuestStore::new(spec, pre.engine(), wasi.build(), fuel, addons)?;
-    let store = &mut guest.store;
+    let Guest {
+        pre,
+        fuel,
+        addons,
+        reuse,
+    } = guest;
+    let mut warm = match reuse.as_ref().and_then(|r| r.take()) {
+        Some(mut warm) => {
+            warm.guest.rearm(spec);
+            warm
+        }
+        None => {
+            let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
+            let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
+            let mut wasi = guest_wasi(spec, &spec.env)?;
+            wasi.stdout(stdout.clone()).stderr(stderr.clone());
+            let guest = GuestStore::new(
+                spec,
+                pre.engine(),
+                wasi.build(),
+                fuel,
+                addons.for_instance(),
+            )?;
+            Warm {
+                guest,
+                proxy: None,
+                output: Output {
+                    stdout,
+                    stderr,
+                    stdout_seen: 0,
+                    stderr_seen: 0,
+                },
+                served: 0,
+            }
+        }
+    };
+    let store = &mut warm.guest.store;
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = store
@@ -414,21 +570,35 @@ async fn run_guest(
     let task = tokio::spawn(async move {
         // The slot stays taken while the guest runs, streaming included.
         let _slot = slot;
-        let store = &mut guest.store;
         let result = async {
-            let proxy = pre.instantiate_async(&mut *store).await?;
+            let store = &mut warm.guest.store;
+            let proxy = match warm.proxy.take() {
+                Some(proxy) => proxy,
+                None => pre.instantiate_async(&mut *store).await?,
+            };
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut *store, incoming, out)
-                .await
+                .await?;
+            Ok::<_, wasmtime::Error>(proxy)
         }
         .await;
         // The guest may go on printing while its response body streams, so its output is
         // read once it has finished (or trapped), not when the response head is ready.
-        emit_lines(&spec, "stdout", &stdout.contents());
-        emit_lines(&spec, "stderr", &stderr.contents());
-        guest.report_fuel(&spec);
-        result.map_err(|e| guest.classify(&e))
+        warm.output.emit(&spec);
+        warm.guest.report_fuel(&spec);
+        match result {
+            Ok(proxy) => {
+                if let Some(reuse) = reuse {
+                    warm.proxy = Some(proxy);
+                    warm.served += 1;
+                    reuse.give_back(warm, spec.limits.log_bytes);
+                }
+                Ok(())
+            }
+            // A trapped instance is never used again.
+            Err(e) => Err(warm.guest.classify(&e)),
+        }
     });
     match receiver.await {
         Ok(Ok(resp)) => Ok(resp),

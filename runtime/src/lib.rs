@@ -4,7 +4,8 @@
 //! disk ([`cache`]), then linked into an `InstancePre` per release. Each web dyno listens on its
 //! own loopback port ([`dyno`]) and serves every request on a fresh instance in a fresh
 //! `Store`, with a memory limit and an epoch deadline, so one request can neither see nor
-//! stall another. A web process that is a `wasi:cli/run` command is served CGI-style
+//! stall another (an app may opt into serving several requests per instance with
+//! `SKIFF_INSTANCE_REUSE=N`). A web process that is a `wasi:cli/run` command is served CGI-style
 //! (the `cgi` module): one run per request, with the same fences.
 
 pub mod addons;
@@ -22,6 +23,10 @@ pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
 pub use engine::{LoadedCommand, LoadedComponent, Runtime, RuntimeConfig};
 pub use limits::Failure;
 pub use outbound::OutboundPolicy;
+
+/// The wasmtime release Skiff embeds (pinned in the workspace manifest); peers compared in
+/// benchmarks, such as `wasmtime serve`, should be the same release.
+pub const WASMTIME_VERSION: &str = "48.0.8";
 
 /// Errors from loading or running dynos.
 #[derive(Debug, thiserror::Error)]
