@@ -45,6 +45,23 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "package-name",
         include_str!("../../buildpacks/rust/bin/package-name"),
     ),
+    // Clojure comes before Node.js: a shadow-cljs project has a package.json too. It builds
+    // through the Node.js buildpack's componentize-js step.
+    (
+        "clojure",
+        "detect",
+        include_str!("../../buildpacks/clojure/bin/detect"),
+    ),
+    (
+        "clojure",
+        "compile",
+        include_str!("../../buildpacks/clojure/bin/compile"),
+    ),
+    (
+        "clojure",
+        "release",
+        include_str!("../../buildpacks/clojure/bin/release"),
+    ),
     (
         "nodejs",
         "detect",
@@ -154,6 +171,16 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
         include_str!("../../buildpacks/nodejs/wit/world.wit"),
     ),
     (
+        "clojure",
+        "lib/build.clj",
+        include_str!("../../buildpacks/clojure/lib/build.clj"),
+    ),
+    (
+        "clojure",
+        "lib/skiff/ring.cljs",
+        include_str!("../../buildpacks/clojure/lib/skiff/ring.cljs"),
+    ),
+    (
         "python",
         "wit/world.wit",
         include_str!("../../buildpacks/python/wit/world.wit"),
@@ -206,6 +233,7 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
 pub fn detects(name: &str) -> Option<&'static str> {
     match name {
         "rust" => Some("Cargo.toml"),
+        "clojure" => Some("deps.edn, project.clj or shadow-cljs.edn"),
         "nodejs" => Some("package.json"),
         "python" => Some("requirements.txt, pyproject.toml or app.py"),
         "go" => Some("go.mod"),
