@@ -192,3 +192,58 @@ fn clojure_app_compiled_with_clojurescript() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn java_app_compiled_with_teavm() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = example_repo(&s, work.path(), "java-hello")?;
+    ok(s.cli(&repo, &["apps:create", "javahello"])?)?;
+
+    let (output, first_build) = push(&s, &repo, "first")?;
+    ensure_lines(
+        &output,
+        &[
+            "remote: -----> Java app detected",
+            "TeaVM 0.10.2",
+            "-----> Building with Maven (build cache cold)",
+            "-----> Serving hello.App",
+            "-----> Compiling to WebAssembly (TeaVM 0.10.2, WASI)",
+            "-----> Wrapping bin/web.wasm (a WASI preview 1 module) into a component",
+            "-----> Launching... done, v1",
+        ],
+    )?;
+    let latency = check_routes(&s, &repo, "javahello", "Hello from Java on Skiff!")?;
+
+    replace_in(
+        &repo.join("src/main/java/hello/App.java"),
+        "Hello from Java on Skiff!",
+        "Java, changed and pushed again",
+    )?;
+    let (second, rebuild) = push(&s, &repo, "change")?;
+    ensure_lines(
+        &second,
+        &[
+            "-----> Using TeaVM 0.10.2 (installed on this machine)",
+            "build cache warm",
+        ],
+    )?;
+    let host = format!("javahello.localhost:{}", s.http_port);
+    let changed = s.request(&host, "GET", "/", None)?;
+    ensure!(
+        changed == (200, "Java, changed and pushed again\n".into()),
+        "{changed:?}"
+    );
+    let rps = requests_per_second(&s, &host, Duration::from_secs(3))?;
+    report(
+        "java",
+        &Timings {
+            first_build,
+            rebuild,
+            slug: slug_size(&output),
+            latency,
+            rps,
+        },
+    );
+    Ok(())
+}

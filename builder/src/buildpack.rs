@@ -62,6 +62,22 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "release",
         include_str!("../../buildpacks/clojure/bin/release"),
     ),
+    // Java after Clojure: Leiningen writes a pom.xml next to project.clj.
+    (
+        "java",
+        "detect",
+        include_str!("../../buildpacks/java/bin/detect"),
+    ),
+    (
+        "java",
+        "compile",
+        include_str!("../../buildpacks/java/bin/compile"),
+    ),
+    (
+        "java",
+        "release",
+        include_str!("../../buildpacks/java/bin/release"),
+    ),
     (
         "nodejs",
         "detect",
@@ -180,6 +196,37 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
         "lib/skiff/ring.cljs",
         include_str!("../../buildpacks/clojure/lib/skiff/ring.cljs"),
     ),
+    // Skiff's Java API (dev.skiff.http) and the CGI bridge TeaVM compiles with the app.
+    (
+        "java",
+        "lib/api/dev/skiff/http/Handler.java",
+        include_str!("../../buildpacks/java/lib/api/dev/skiff/http/Handler.java"),
+    ),
+    (
+        "java",
+        "lib/api/dev/skiff/http/Request.java",
+        include_str!("../../buildpacks/java/lib/api/dev/skiff/http/Request.java"),
+    ),
+    (
+        "java",
+        "lib/api/dev/skiff/http/Response.java",
+        include_str!("../../buildpacks/java/lib/api/dev/skiff/http/Response.java"),
+    ),
+    (
+        "java",
+        "lib/api/dev/skiff/http/Env.java",
+        include_str!("../../buildpacks/java/lib/api/dev/skiff/http/Env.java"),
+    ),
+    (
+        "java",
+        "lib/bridge/dev/skiff/cgi/Cgi.java",
+        include_str!("../../buildpacks/java/lib/bridge/dev/skiff/cgi/Cgi.java"),
+    ),
+    (
+        "java",
+        "lib/bridge/dev/skiff/cgi/Environ.java",
+        include_str!("../../buildpacks/java/lib/bridge/dev/skiff/cgi/Environ.java"),
+    ),
     (
         "python",
         "wit/world.wit",
@@ -234,6 +281,7 @@ pub fn detects(name: &str) -> Option<&'static str> {
     match name {
         "rust" => Some("Cargo.toml"),
         "clojure" => Some("deps.edn, project.clj or shadow-cljs.edn"),
+        "java" => Some("pom.xml"),
         "nodejs" => Some("package.json"),
         "python" => Some("requirements.txt, pyproject.toml or app.py"),
         "go" => Some("go.mod"),

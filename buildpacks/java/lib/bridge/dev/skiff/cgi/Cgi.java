@@ -9,6 +9,7 @@ import java.nio.charset.StandardCharsets;
 import java.util.HashMap;
 import java.util.Locale;
 import java.util.Map;
+import org.teavm.backend.wasm.wasi.Wasi;
 import org.teavm.interop.Address;
 
 /**
@@ -92,12 +93,12 @@ public final class Cgi {
         int[] count = new int[1];
         int[] size = new int[1];
         Map<String, String> env = new HashMap<>();
-        if (Wasi.environSizesGet(Address.ofData(count), Address.ofData(size)) != 0 || size[0] == 0) {
+        if (Environ.sizesGet(Address.ofData(count), Address.ofData(size)) != 0 || size[0] == 0) {
             return env;
         }
         int[] pointers = new int[count[0] + 1];
         byte[] buffer = new byte[size[0]];
-        if (Wasi.environGet(Address.ofData(pointers), Address.ofData(buffer)) != 0) {
+        if (Environ.get(Address.ofData(pointers), Address.ofData(buffer)) != 0) {
             return env;
         }
         // The buffer holds NAME=value entries, each ended by a NUL byte.
@@ -119,29 +120,33 @@ public final class Cgi {
         ByteArrayOutputStream out = new ByteArrayOutputStream();
         byte[] chunk = new byte[16384];
         int[] iovec = new int[2];
-        int[] read = new int[1];
+        long[] read = new long[1];
         while (true) {
             iovec[0] = Address.ofData(chunk).toInt();
             iovec[1] = chunk.length;
-            if (Wasi.fdRead(fd, Address.ofData(iovec), 1, Address.ofData(read)) != 0 || read[0] <= 0) {
+            read[0] = 0;
+            if (Wasi.fdRead(fd, Address.ofData(iovec).toStructure(), 1,
+                    Address.ofData(read).toStructure()) != 0 || read[0] <= 0) {
                 break;
             }
-            out.write(chunk, 0, read[0]);
+            out.write(chunk, 0, (int) read[0]);
         }
         return out.toByteArray();
     }
 
     private static void write(int fd, byte[] bytes) {
         int[] iovec = new int[2];
-        int[] written = new int[1];
+        long[] written = new long[1];
         int offset = 0;
         while (offset < bytes.length) {
             iovec[0] = Address.ofData(bytes).toInt() + offset;
             iovec[1] = bytes.length - offset;
-            if (Wasi.fdWrite(fd, Address.ofData(iovec), 1, Address.ofData(written)) != 0 || written[0] <= 0) {
+            written[0] = 0;
+            if (Wasi.fdWrite(fd, Address.ofData(iovec).toStructure(), 1,
+                    Address.ofData(written).toStructure()) != 0 || written[0] <= 0) {
                 return;
             }
-            offset += written[0];
+            offset += (int) written[0];
         }
     }
 
