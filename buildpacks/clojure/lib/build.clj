@@ -38,9 +38,12 @@
         deps (when (.isFile (file "deps.edn")) (read-edn (file "deps.edn")))
         shadow (when (.isFile (file "shadow-cljs.edn")) (read-edn (file "shadow-cljs.edn")))
         strings (fn [xs] (when (and (sequential? xs) (every? string? xs)) (seq xs)))]
-    {:paths (distinct (or (concat (strings (:paths deps))
+    {:libs (concat (keys (:deps deps))
+                   (map first (filter sequential? (:dependencies project)))
+                   (map first (filter sequential? (:dependencies shadow))))
+     :paths (distinct (or (seq (concat (strings (:paths deps))
                                   (strings (:source-paths project))
-                                  (strings (:source-paths shadow)))
+                                  (strings (:source-paths shadow))))
                           ["src"]))
      :handler (or (not-empty (System/getenv "SKIFF_RING_HANDLER"))
                   (get-in project [:ring :handler])
@@ -77,7 +80,14 @@
       optimizations (keyword (or (not-empty (System/getenv "CLJS_OPTIMIZATIONS")) "simple"))
       _ (when-not (#{:simple :advanced} optimizations)
           (fail "CLJS_OPTIMIZATIONS must be simple or advanced, not " (name optimizations)))
-      {:keys [paths handler]} (app-config app)
+      {:keys [libs paths handler]} (app-config app)
+      ;; The compiler and its own dependencies are all the build has; other libraries are
+      ;; named so a missing namespace later is not a mystery.
+      extra (remove '#{org.clojure/clojurescript org.clojure/clojure thheller/shadow-cljs}
+                    (distinct (filter symbol? libs)))
+      _ (when (seq extra)
+          (println (str "Not fetched (only ClojureScript and its own dependencies are "
+                        "available to the build yet): " (str/join ", " extra))))
       sources (filter #(.isDirectory ^java.io.File %) (map #(io/file app %) paths))
       _ (when (empty? sources)
           (fail "no source folder: looked for " (str/join ", " paths)))
