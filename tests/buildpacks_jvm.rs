@@ -70,6 +70,16 @@ fn requests_per_second(s: &Skiff, host: &str, window: Duration) -> Result<f64> {
     Ok(f64::from(n) / started.elapsed().as_secs_f64())
 }
 
+/// The push's step lines and the buildpack's own timings, for the printed report.
+fn steps(lang: &str, push: &str, output: &str) {
+    for line in output.lines() {
+        let line = line.trim_start_matches("remote: ").trim_end();
+        if line.starts_with("-----> ") || line.contains("Done in") {
+            eprintln!("[{lang}] {push}: {line}");
+        }
+    }
+}
+
 struct Timings {
     first_build: Duration,
     rebuild: Duration,
@@ -180,6 +190,8 @@ fn clojure_app_compiled_with_clojurescript() -> Result<()> {
         "{changed:?}"
     );
     let rps = requests_per_second(&s, &host, Duration::from_secs(3))?;
+    steps("clojure", "first push", &output);
+    steps("clojure", "second push", &second);
     report(
         "clojure",
         &Timings {
@@ -235,6 +247,8 @@ fn java_app_compiled_with_teavm() -> Result<()> {
         "{changed:?}"
     );
     let rps = requests_per_second(&s, &host, Duration::from_secs(3))?;
+    steps("java", "first push", &output);
+    steps("java", "second push", &second);
     report(
         "java",
         &Timings {
