@@ -261,3 +261,25 @@ fn java_app_compiled_with_teavm() -> Result<()> {
     );
     Ok(())
 }
+
+/// Clojure comes before Java (Leiningen writes a pom.xml) and both before Node.js (a
+/// shadow-cljs project has a package.json), each listed with what it detects.
+#[test]
+fn jvm_buildpacks_listed_in_detection_order() -> Result<()> {
+    let s = Skiff::start()?;
+    let out = ok(s.cli(s.dir.path(), &["buildpacks"])?)?;
+    let text = stdout(&out);
+    let at = |needle: &str| {
+        text.find(needle)
+            .with_context(|| format!("{needle} missing from:\n{text}"))
+    };
+    ensure!(
+        at("clojure")? < at("java")? && at("java")? < at("nodejs")?,
+        "{text}"
+    );
+    ensure_lines(
+        &text,
+        &["deps.edn, project.clj or shadow-cljs.edn", "pom.xml"],
+    )?;
+    Ok(())
+}
