@@ -45,6 +45,39 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "package-name",
         include_str!("../../buildpacks/rust/bin/package-name"),
     ),
+    // Clojure comes before Node.js: a shadow-cljs project has a package.json too. It builds
+    // through the Node.js buildpack's componentize-js step.
+    (
+        "clojure",
+        "detect",
+        include_str!("../../buildpacks/clojure/bin/detect"),
+    ),
+    (
+        "clojure",
+        "compile",
+        include_str!("../../buildpacks/clojure/bin/compile"),
+    ),
+    (
+        "clojure",
+        "release",
+        include_str!("../../buildpacks/clojure/bin/release"),
+    ),
+    // Java after Clojure: Leiningen writes a pom.xml next to project.clj.
+    (
+        "java",
+        "detect",
+        include_str!("../../buildpacks/java/bin/detect"),
+    ),
+    (
+        "java",
+        "compile",
+        include_str!("../../buildpacks/java/bin/compile"),
+    ),
+    (
+        "java",
+        "release",
+        include_str!("../../buildpacks/java/bin/release"),
+    ),
     (
         "nodejs",
         "detect",
@@ -154,6 +187,47 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
         include_str!("../../buildpacks/nodejs/wit/world.wit"),
     ),
     (
+        "clojure",
+        "lib/build.clj",
+        include_str!("../../buildpacks/clojure/lib/build.clj"),
+    ),
+    (
+        "clojure",
+        "lib/skiff/ring.cljs",
+        include_str!("../../buildpacks/clojure/lib/skiff/ring.cljs"),
+    ),
+    // Skiff's Java API (dev.skiff.http) and the CGI bridge TeaVM compiles with the app.
+    (
+        "java",
+        "lib/api/dev/skiff/http/Handler.java",
+        include_str!("../../buildpacks/java/lib/api/dev/skiff/http/Handler.java"),
+    ),
+    (
+        "java",
+        "lib/api/dev/skiff/http/Request.java",
+        include_str!("../../buildpacks/java/lib/api/dev/skiff/http/Request.java"),
+    ),
+    (
+        "java",
+        "lib/api/dev/skiff/http/Response.java",
+        include_str!("../../buildpacks/java/lib/api/dev/skiff/http/Response.java"),
+    ),
+    (
+        "java",
+        "lib/api/dev/skiff/http/Env.java",
+        include_str!("../../buildpacks/java/lib/api/dev/skiff/http/Env.java"),
+    ),
+    (
+        "java",
+        "lib/bridge/dev/skiff/cgi/Cgi.java",
+        include_str!("../../buildpacks/java/lib/bridge/dev/skiff/cgi/Cgi.java"),
+    ),
+    (
+        "java",
+        "lib/bridge/dev/skiff/cgi/Environ.java",
+        include_str!("../../buildpacks/java/lib/bridge/dev/skiff/cgi/Environ.java"),
+    ),
+    (
         "python",
         "wit/world.wit",
         include_str!("../../buildpacks/python/wit/world.wit"),
@@ -206,6 +280,8 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
 pub fn detects(name: &str) -> Option<&'static str> {
     match name {
         "rust" => Some("Cargo.toml"),
+        "clojure" => Some("deps.edn, project.clj or shadow-cljs.edn"),
+        "java" => Some("pom.xml"),
         "nodejs" => Some("package.json"),
         "python" => Some("requirements.txt, pyproject.toml or app.py"),
         "go" => Some("go.mod"),

@@ -146,6 +146,7 @@ const PASSED_VARS: &[&str] = &[
     "RUSTUP_HOME",
     "LANG",
     "TMPDIR",
+    "JAVA_HOME",
 ];
 
 impl Builder {
