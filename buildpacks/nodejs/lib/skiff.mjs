@@ -118,7 +118,9 @@ export class PgConnection {
 
   /** Gives the session back to the host's pool now rather than when the request ends. */
   close() {
-    this.#conn?.[Symbol.dispose]?.();
+    // The bindings key resources' release by Symbol.dispose, or its registered stand-in
+    // where the engine has no Symbol.dispose.
+    this.#conn?.[Symbol.dispose ?? Symbol.for('dispose')]?.();
     this.#conn = undefined;
   }
 }
