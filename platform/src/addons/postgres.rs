@@ -25,8 +25,9 @@ pub(crate) fn provider(ctx: &ProviderContext<'_>) -> Result<Arc<dyn Provider>, P
 
 /// Connections one app's role may hold at once (all its dynos together).
 const CONNECTION_LIMIT: u32 = 40;
-/// How long ending the old sessions after a rotation may take.
-const TERMINATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long ending the old sessions after a rotation may take (backends exit in moments;
+/// the margin is for a loaded machine).
+const TERMINATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Postgres {
     server: PgServer,
