@@ -408,3 +408,218 @@ fn python_todo_stores_rows_in_postgres() -> Result<()> {
     s.stop()?;
     Ok(())
 }
+
+/// A `psql` session held open, as a client that connected before a credentials rotation.
+struct HeldSession {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    output: PathBuf,
+    pid: u32,
+}
+
+impl HeldSession {
+    fn open(url: &str, output: PathBuf) -> Result<Self> {
+        let file = std::fs::File::create(&output)?;
+        let mut child = Command::new(pg_bin("psql")?)
+            .args([url, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(std::process::Stdio::piped())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("psql's stdin")?;
+        use std::io::Write;
+        writeln!(stdin, "SELECT 'session ' || pg_backend_pid();")?;
+        stdin.flush()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&output)?;
+            if let Some(pid) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("session "))
+                .and_then(|p| p.trim().parse().ok())
+            {
+                return Ok(Self {
+                    child,
+                    stdin: Some(stdin),
+                    output,
+                    pid,
+                });
+            }
+            if std::time::Instant::now() > deadline || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("psql did not open a session: {text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Sends one more statement and ends the input; returns whether psql succeeded and all
+    /// it printed.
+    fn finish(mut self, sql: &str) -> Result<(bool, String)> {
+        use std::io::Write;
+        if let Some(mut stdin) = self.stdin.take() {
+            // A session the server ended may have closed psql already.
+            let _ = writeln!(stdin, "{sql}");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                anyhow::bail!("psql did not exit");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        Ok((status.success(), std::fs::read_to_string(&self.output)?))
+    }
+}
+
+impl Drop for HeldSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Node.js todo example (the `skiff` module the Node.js buildpack ships): rows in
+/// PostgreSQL through a credentials rotation that ends the sessions of the old password, a
+/// server-side end of the app's pooled sessions and a restart of the platform; kv get, set
+/// and delete.
+#[test]
+fn nodejs_todo_survives_rotation_that_ends_old_sessions() -> Result<()> {
+    pg_bin("initdb")?;
+    let mut s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = work.path().join("nodejs-todo");
+    copy_tree(&repo_root().join("examples/nodejs-todo"), &repo)?;
+    ok(s.git(&repo, &["init", "--quiet", "--initial-branch=main"])?)?;
+    ok(s.cli(&repo, &["apps:create", "jstodo"])?)?;
+    let (pushed, output) = s.commit_and_push(&repo, "node todo app")?;
+    ensure!(pushed, "push failed:\n{output}\n{}", s.logs());
+    let host = format!("jstodo.localhost:{}", s.http_port);
+
+    // Built against the world with the add-on imports, the app runs without any add-on and
+    // says what is missing.
+    let (status, body) = s.request(&host, "GET", "/todos", None)?;
+    assert_eq!(status, 503, "{body}\n{}", s.logs());
+    assert!(body.contains("addons:create postgres"), "{body}");
+    let (status, body) = s.request(&host, "GET", "/nowhere", None)?;
+    assert_eq!(status, 404, "{body}");
+
+    ok(s.cli(&repo, &["addons:create", "postgres", "-a", "jstodo"])?)?;
+    let url = config_get(&s, &repo, "jstodo", "DATABASE_URL")?;
+    for title in ["pack boxes", "it's $1 \"quoted\""] {
+        let (status, body) = s.request(&host, "POST", "/todos", Some(title))?;
+        assert_eq!(status, 201, "{body}\n{}", s.logs());
+    }
+    let (status, body) = s.request(&host, "POST", "/todos/1/done", None)?;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s.request(&host, "POST", "/todos/99/done", None)?;
+    assert_eq!(status, 404);
+    let listed = todos(&s, &host)?;
+    assert_eq!(listed[0]["id"], 1);
+    assert_eq!(listed[0]["title"], "pack boxes");
+    assert_eq!(listed[0]["done"], true);
+    assert_eq!(listed[1]["title"], "it's $1 \"quoted\"");
+    assert_eq!(listed[1]["done"], false);
+
+    // A session opened with the current password before the rotation.
+    let held = HeldSession::open(&url, work.path().join("held-session.log"))?;
+    let out = ok(s.cli(&repo, &["pg:credentials:rotate", "-a", "jstodo"])?)?;
+    assert!(stderr(&out).contains("done, v3"), "{out:?}");
+    let rotated = config_get(&s, &repo, "jstodo", "DATABASE_URL")?;
+    assert_ne!(rotated, url);
+    // The rotation returned only after the old sessions were gone: the held one, and the
+    // ones the app's old dynos had pooled.
+    let (worked, text) = psql(
+        &rotated,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {}",
+            held.pid
+        ),
+    )?;
+    assert!(worked, "{text}");
+    assert_eq!(text.trim(), "0", "the old session is still there");
+    let (worked, text) = held.finish("SELECT 'still ' || 'here';")?;
+    assert!(!worked, "the old session still answered: {text}");
+    assert!(!text.contains("still here"), "{text}");
+    let (worked, text) = psql(&url, "SELECT 1")?;
+    assert!(!worked, "the old password still works: {text}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert_eq!(todos(&s, &host)?.as_array().map(Vec::len), Some(2));
+
+    // The server ends every session of the app's role, pooled ones included: the runtime
+    // notices and opens new ones instead of failing requests.
+    let data = s.dir.path().join("data/postgres");
+    let admin = format!(
+        "postgres://skiff:{}@127.0.0.1:{}/postgres",
+        std::fs::read_to_string(data.join("admin-password"))?.trim(),
+        std::fs::read_to_string(data.join("port"))?.trim()
+    );
+    let role = rotated
+        .trim_start_matches("postgres://")
+        .split(':')
+        .next()
+        .context("role in DATABASE_URL")?
+        .to_owned();
+    // Once with time for the pool to see the sessions close, once racing it.
+    for pause in [200, 0] {
+        let (worked, text) = psql(
+            &admin,
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{role}'"
+            ),
+        )?;
+        assert!(worked, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(pause));
+        let (status, body) = s.request(&host, "POST", "/todos", Some("after a kill"))?;
+        assert_eq!(status, 201, "{body}\n{}", s.logs());
+    }
+    assert_eq!(todos(&s, &host)?.as_array().map(Vec::len), Some(4));
+
+    // The key-value store: get, set (text and bytes), delete.
+    let (status, body) = s.request(&host, "GET", "/visits", None)?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("addons:create kv"), "{body}");
+    ok(s.cli(&repo, &["addons:create", "kv", "-a", "jstodo"])?)?;
+    assert_eq!(
+        s.request(&host, "GET", "/visits", None)?,
+        (200, "1\n".into())
+    );
+    assert_eq!(
+        s.request(&host, "GET", "/visits", None)?,
+        (200, "2\n".into())
+    );
+    assert_eq!(s.request(&host, "GET", "/kv/greeting", None)?.0, 404);
+    assert_eq!(
+        s.request(&host, "PUT", "/kv/greeting", Some("hello, 世界"))?,
+        (200, "stored\n".into())
+    );
+    assert_eq!(
+        s.request(&host, "GET", "/kv/greeting", None)?,
+        (200, "hello, 世界".into())
+    );
+    assert_eq!(
+        s.request(&host, "DELETE", "/kv/greeting", None)?,
+        (200, "deleted\n".into())
+    );
+    assert_eq!(s.request(&host, "GET", "/kv/greeting", None)?.0, 404);
+
+    // A restart of the platform and its cluster keeps rows and keys.
+    s.stop()?;
+    s.boot()?;
+    let listed = todos(&s, &host)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(4), "{listed}");
+    assert_eq!(listed[0]["done"], true);
+    assert_eq!(
+        s.request(&host, "GET", "/visits", None)?,
+        (200, "3\n".into())
+    );
+    s.stop()?;
+    Ok(())
+}

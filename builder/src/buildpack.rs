@@ -252,6 +252,16 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
         "wit/skiff-addons/skiff.wit",
         include_str!("../../wit/skiff.wit"),
     ),
+    (
+        "nodejs",
+        "lib/skiff.mjs",
+        include_str!("../../buildpacks/nodejs/lib/skiff.mjs"),
+    ),
+    (
+        "nodejs",
+        "wit/skiff-addons/skiff.wit",
+        include_str!("../../wit/skiff.wit"),
+    ),
     // Skiff's guest SDK (`skiff-sdk`): the Rust buildpack points apps' builds at it.
     (
         "rust",

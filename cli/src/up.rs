@@ -319,8 +319,12 @@ fn base64_basic(user: &str, password: &str) -> String {
 }
 
 fn init_logging() {
+    // tokio_postgres logs every server notice at info: the pool's ROLLBACK before a session
+    // is reused ("no transaction in progress") and apps' `IF NOT EXISTS` would fill the log.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,pingora_core=warn,pingora_proxy=warn,tokio_postgres=warn",
+        )
     });
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()

@@ -149,6 +149,10 @@ impl GuestAddons {
 /// ends.
 pub struct PgConnection {
     client: Option<tokio_postgres::Client>,
+    /// Taken from the pool and not used yet: if the server ended the session while it sat
+    /// idle (a credentials rotation, a server restart), the first statement finds out and the
+    /// host opens a new session instead of failing the guest's request.
+    stale_possible: bool,
     url: String,
     pool: Arc<PgPool>,
     open: Arc<std::sync::atomic::AtomicUsize>,
@@ -302,7 +306,72 @@ fn column_value(row: &tokio_postgres::Row, i: usize) -> Result<DbValue, String> 
     })
 }
 
+/// Opens a new session on the database `url` names.
+async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, wit_pg::Error> {
+    let connect = async {
+        let config: tokio_postgres::Config = url.parse()?;
+        config.connect(tokio_postgres::NoTls).await
+    };
+    match tokio::time::timeout(PG_TIMEOUT, connect).await {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "a pooled PostgreSQL connection ended");
+                }
+            });
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(wit_pg::Error::ConnectionFailed(pg_message(&e))),
+        Err(_) => Err(wit_pg::Error::ConnectionFailed(
+            "timed out connecting to the database".into(),
+        )),
+    }
+}
+
+/// Whether `e` says the session itself is gone (closed, or ended by the server) rather than
+/// that the statement failed.
+fn session_gone(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::IDLE_SESSION_TIMEOUT
+        })
+}
+
 impl DynoState {
+    /// After a statement on `conn` failed with `e`: when the session came from the pool
+    /// unused and the server had ended it, replaces it with a new one and says to run the
+    /// statement again. A statement on a session that was already ended never ran, so
+    /// running it again cannot apply it twice.
+    async fn pg_reopen_if_stale(
+        &mut self,
+        conn: &Resource<PgConnection>,
+        e: &tokio_postgres::Error,
+    ) -> wasmtime::Result<bool> {
+        let entry = self.table.get_mut(conn)?;
+        let retry = entry.stale_possible && session_gone(e);
+        entry.stale_possible = false;
+        if !retry {
+            return Ok(false);
+        }
+        let url = entry.url.clone();
+        tracing::debug!(error = %e, "a pooled PostgreSQL session had ended; opening a new one");
+        match pg_connect(&url).await {
+            Ok(client) => {
+                self.table.get_mut(conn)?.client = Some(client);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn pg_used(&mut self, conn: &Resource<PgConnection>) -> wasmtime::Result<()> {
+        self.table.get_mut(conn)?.stale_possible = false;
+        Ok(())
+    }
+
     fn pg_client(
         &self,
         conn: &Resource<PgConnection>,
@@ -336,36 +405,17 @@ impl wit_pg::HostConnection for DynoState {
             ))));
         }
         let pool = self.addons.pool.clone();
-        let client = match pool.take(&url) {
-            Some(c) => c,
-            None => {
-                let connect = async {
-                    let config: tokio_postgres::Config = url.parse()?;
-                    config.connect(tokio_postgres::NoTls).await
-                };
-                match tokio::time::timeout(PG_TIMEOUT, connect).await {
-                    Ok(Ok((client, connection))) => {
-                        tokio::spawn(async move {
-                            if let Err(e) = connection.await {
-                                tracing::debug!(error = %e, "a pooled PostgreSQL connection ended");
-                            }
-                        });
-                        client
-                    }
-                    Ok(Err(e)) => {
-                        return Ok(Err(wit_pg::Error::ConnectionFailed(pg_message(&e))));
-                    }
-                    Err(_) => {
-                        return Ok(Err(wit_pg::Error::ConnectionFailed(
-                            "timed out connecting to the database".into(),
-                        )));
-                    }
-                }
-            }
+        let (client, stale_possible) = match pool.take(&url) {
+            Some(c) => (c, true),
+            None => match pg_connect(&url).await {
+                Ok(c) => (c, false),
+                Err(e) => return Ok(Err(e)),
+            },
         };
         open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let conn = PgConnection {
             client: Some(client),
+            stale_possible,
             url,
             pool,
             open,
@@ -379,21 +429,35 @@ impl wit_pg::HostConnection for DynoState {
         statement: String,
         params: Vec<DbValue>,
     ) -> wasmtime::Result<Result<wit_pg::RowSet, wit_pg::Error>> {
-        let client = match self.pg_client(&conn)? {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
         let params = params_of(params);
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows = match tokio::time::timeout(PG_TIMEOUT, client.query(&statement, &refs)).await {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => return Ok(Err(query_error(&e))),
-            Err(_) => {
-                return Ok(Err(wit_pg::Error::QueryFailed(
-                    "the statement ran past 30 seconds".into(),
-                )));
+        let mut retried = false;
+        let rows = loop {
+            let client = match self.pg_client(&conn)? {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            match tokio::time::timeout(PG_TIMEOUT, client.query(&statement, &refs)).await {
+                Ok(Ok(rows)) => break rows,
+                Ok(Err(e)) => {
+                    if !retried && self.pg_reopen_if_stale(&conn, &e).await? {
+                        retried = true;
+                        continue;
+                    }
+                    return Ok(Err(query_error(&e)));
+                }
+                Err(_) => {
+                    return Ok(Err(wit_pg::Error::QueryFailed(
+                        "the statement ran past 30 seconds".into(),
+                    )));
+                }
             }
+        };
+        self.pg_used(&conn)?;
+        let client = match self.pg_client(&conn)? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
         };
         let describe = |cols: &[tokio_postgres::Column]| -> Vec<wit_pg::Column> {
             cols.iter()
@@ -431,22 +495,32 @@ impl wit_pg::HostConnection for DynoState {
         statement: String,
         params: Vec<DbValue>,
     ) -> wasmtime::Result<Result<u64, wit_pg::Error>> {
-        let client = match self.pg_client(&conn)? {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
         let params = params_of(params);
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        Ok(
-            match tokio::time::timeout(PG_TIMEOUT, client.execute(&statement, &refs)).await {
-                Ok(Ok(n)) => Ok(n),
-                Ok(Err(e)) => Err(query_error(&e)),
-                Err(_) => Err(wit_pg::Error::QueryFailed(
-                    "the statement ran past 30 seconds".into(),
-                )),
-            },
-        )
+        let mut retried = false;
+        loop {
+            let client = match self.pg_client(&conn)? {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            let outcome =
+                match tokio::time::timeout(PG_TIMEOUT, client.execute(&statement, &refs)).await {
+                    Ok(Ok(n)) => Ok(n),
+                    Ok(Err(e)) => {
+                        if !retried && self.pg_reopen_if_stale(&conn, &e).await? {
+                            retried = true;
+                            continue;
+                        }
+                        Err(query_error(&e))
+                    }
+                    Err(_) => Err(wit_pg::Error::QueryFailed(
+                        "the statement ran past 30 seconds".into(),
+                    )),
+                };
+            self.pg_used(&conn)?;
+            return Ok(outcome);
+        }
     }
 
     async fn drop(&mut self, conn: Resource<PgConnection>) -> wasmtime::Result<()> {

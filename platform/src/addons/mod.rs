@@ -55,6 +55,16 @@ pub(crate) trait Provider: Send + Sync {
         &self,
         resource: &serde_json::Value,
     ) -> Result<Provisioned, PlatformError>;
+    /// Called once the release carrying rotated credentials is out (or failed to go out):
+    /// ends what still uses the old credentials, such as sessions opened with the old
+    /// password. `resource` is the record `rotate_credentials` returned.
+    async fn retire_old_credentials(
+        &self,
+        resource: &serde_json::Value,
+    ) -> Result<(), PlatformError> {
+        let _ = resource;
+        Ok(())
+    }
     /// Facts about the resource, in display order (`("Data Size", "7.5 MB")`).
     async fn info(
         &self,
@@ -470,13 +480,35 @@ async fn rotate_credentials(
             p.state.change_config_with(
                 &app,
                 &changes,
-                &AddonChange::Update(row.name.clone(), fresh.resource),
+                &AddonChange::Update(row.name.clone(), fresh.resource.clone()),
                 &description,
                 &caller.0,
             )?;
+            // Whoever held the old credentials loses them even so: a rotation is often
+            // because they leaked.
+            if let Err(retire) = provider.retire_old_credentials(&fresh.resource).await {
+                tracing::error!(app, addon = %row.name, error = %retire, "could not end sessions using rotated credentials");
+            }
             return Err(e.into());
         }
     };
+    // Only now, with every dyno on the new credentials, are the old sessions ended: until
+    // the new release was up, the old dynos' requests still ran on them.
+    if let Err(e) = provider.retire_old_credentials(&fresh.resource).await {
+        log(
+            &p,
+            &app,
+            &format!("{description}; ending sessions that use the old credentials failed: {e}"),
+        );
+        return Err(PlatformError::Addon(format!(
+            "the new credentials are live{}, but ending sessions that still use the old ones failed: {e}",
+            release
+                .as_ref()
+                .map(|r| format!(" in v{}", r.version))
+                .unwrap_or_default()
+        ))
+        .into());
+    }
     log(&p, &app, &format!("{} by user {}", description, caller.0));
     Ok(Json(serde_json::json!({
         "addon": AddonInfo::from(&row),

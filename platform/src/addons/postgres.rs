@@ -25,6 +25,9 @@ pub(crate) fn provider(ctx: &ProviderContext<'_>) -> Result<Arc<dyn Provider>, P
 
 /// Connections one app's role may hold at once (all its dynos together).
 const CONNECTION_LIMIT: u32 = 40;
+/// How long ending the old sessions after a rotation may take (backends exit in moments;
+/// the margin is for a loaded machine).
+const TERMINATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Postgres {
     server: PgServer,
@@ -39,6 +42,10 @@ struct Record {
     password: String,
     host: String,
     port: u16,
+    /// When the password last changed, by the server's clock: sessions that began before it
+    /// were opened with an older password and are ended once the new one is rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password_changed_at: Option<String>,
 }
 
 fn record(resource: &Value) -> Result<Record, PlatformError> {
@@ -118,6 +125,7 @@ impl Provider for Postgres {
             password: super::token(24)?,
             host: endpoint.host.clone(),
             port: endpoint.port,
+            password_changed_at: None,
         };
         // CREATE DATABASE cannot run in a transaction block: one statement per call, and
         // undo by hand if a later one fails.
@@ -162,7 +170,55 @@ impl Provider for Postgres {
             ))
             .await
             .map_err(err)?;
+        // Read after the change committed: any session that began later used the new password.
+        let row = client
+            .query_one("SELECT clock_timestamp()::text", &[])
+            .await
+            .map_err(err)?;
+        r.password_changed_at = Some(row.get(0));
         provisioned(&r)
+    }
+
+    async fn retire_old_credentials(&self, resource: &Value) -> Result<(), PlatformError> {
+        let r = record(resource)?;
+        let Some(changed_at) = r.password_changed_at else {
+            return Ok(());
+        };
+        let (_, client) = self.admin().await?;
+        let old_sessions = "SELECT pid FROM pg_stat_activity
+             WHERE usename = $1::text::name AND backend_start < $2::text::timestamptz
+               AND pid <> pg_backend_pid()";
+        let ended = client
+            .query(
+                &format!("SELECT pg_terminate_backend(pid) FROM ({old_sessions}) AS old"),
+                &[&r.role, &changed_at],
+            )
+            .await
+            .map_err(err)?
+            .len();
+        // pg_terminate_backend only signals; the sessions are gone once their backends exit,
+        // which takes moments. Waiting here lets the caller rely on them being gone.
+        let deadline = std::time::Instant::now() + TERMINATE_WAIT;
+        loop {
+            let left = client
+                .query(old_sessions, &[&r.role, &changed_at])
+                .await
+                .map_err(err)?
+                .len();
+            if left == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(PlatformError::Addon(format!(
+                    "{left} session(s) opened with the old password of {} did not end within {}s",
+                    r.role,
+                    TERMINATE_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tracing::info!(role = %r.role, ended, "ended sessions opened with the old password");
+        Ok(())
     }
 
     async fn info(&self, resource: &Value) -> Result<Vec<(String, String)>, PlatformError> {
