@@ -337,7 +337,10 @@ fn ruby_rack_app_served_through_cgi() -> Result<()> {
         "(built earlier on this machine)",
         "App unchanged: using the snapshot from the build cache",
     ] {
-        ensure!(second.contains(expected), "missing {expected:?} in:\n{second}");
+        ensure!(
+            second.contains(expected),
+            "missing {expected:?} in:\n{second}"
+        );
     }
 
     replace_in(
