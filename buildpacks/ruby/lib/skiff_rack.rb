@@ -83,9 +83,19 @@ module SkiffRack
       $stderr.flush
     rescue Exception => e # rubocop:disable Lint/RescueException
       warn "#{config_ru}: #{e.class}: #{e.message}"
-      (e.backtrace || []).first(12).each { |line| warn "  #{line}" }
+      app_frames(e).first(12).each { |line| warn "  #{line}" }
+      if e.is_a?(LoadError)
+        warn "Gems are not installed from a registry: vendor pure-Ruby gems under vendor/NAME/lib."
+      end
       $stderr.flush
       exit!(1)
+    end
+
+    # The app's own lines of a backtrace: Skiff's boot code and RubyGems' require are noise.
+    def app_frames(error)
+      frames = error.backtrace || []
+      own = frames.reject { |line| line.start_with?("eval:", "<internal:", "-e:") }
+      own.empty? ? frames : own
     end
 
     # Each vendored gem's lib/: vendor/NAME/lib, vendor/gems/NAME/lib, and bundler's
@@ -113,7 +123,7 @@ module SkiffRack
       respond(status, headers, body)
     rescue Exception => e # rubocop:disable Lint/RescueException
       warn "#{e.class}: #{e.message}"
-      (e.backtrace || []).first(20).each { |line| warn "  #{line}" }
+      app_frames(e).first(20).each { |line| warn "  #{line}" }
       unless @head_sent
         $stdout.write("Status: 500\r\nContent-Type: text/plain\r\n\r\nInternal Server Error\n")
       end
