@@ -113,3 +113,36 @@ fn deserialize(engine: &Engine, path: &Path) -> Result<Component, RuntimeError> 
     let component = unsafe { Component::deserialize_file(engine, path) };
     component.map_err(|e| RuntimeError::wasm("loading a precompiled component", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// The smallest component: the preamble alone.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    #[test]
+    fn identical_components_in_different_slugs_share_native_code() -> anyhow::Result<()> {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir()?;
+        let cache = PrecompiledCache::new(dir.path().join("precompiled"), &engine)?;
+        let (one, two) = (dir.path().join("one.wasm"), dir.path().join("two.wasm"));
+        std::fs::write(&one, EMPTY_COMPONENT)?;
+        std::fs::write(&two, EMPTY_COMPONENT)?;
+
+        cache.load(&engine, "slug-a", &one)?;
+        let shared = cache.content_entry(EMPTY_COMPONENT);
+        let compiled = std::fs::metadata(&shared)?.ino();
+        // Compiling again would replace the shared file; reusing it gives the second slug's
+        // entry the very same file.
+        cache.load(&engine, "slug-b", &two)?;
+        assert_eq!(std::fs::metadata(&shared)?.ino(), compiled);
+        assert_eq!(
+            std::fs::metadata(cache.entry("slug-b", &two))?.ino(),
+            compiled
+        );
+        Ok(())
+    }
+}
