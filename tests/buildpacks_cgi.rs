@@ -1,4 +1,4 @@
-//! The Go, C and static-site buildpacks end to end: each example is pushed through real git to
+//! The Go, C, Ruby and static-site buildpacks end to end: each example is pushed through real git to
 //! a running `skiff up`, built into a WASI command component, served CGI-style, called through
 //! the router, changed, pushed again and seen live.
 //!
@@ -300,5 +300,65 @@ fn static_site_served_by_the_file_server() -> Result<()> {
         "{changed:?}"
     );
     report("static", &output, first_build, rebuild, latency);
+    Ok(())
+}
+
+/// A Rack app on ruby.wasm: config.ru and a vendored gem, pre-initialised at build time, with
+/// config vars still read per request.
+#[test]
+fn ruby_rack_app_served_through_cgi() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = example_repo(&s, work.path(), "ruby-hello")?;
+    ok(s.cli(&repo, &["apps:create", "rubyhello"])?)?;
+
+    let (output, first_build) = push(&s, &repo, "first")?;
+    for expected in [
+        "remote: -----> Ruby app detected",
+        "ruby.wasm 2.10.1 (Ruby 3.4)",
+        "-----> Using vendored gems: greeting",
+        "-----> Pre-initialising the interpreter",
+        "-----> Built bin/web.wasm",
+        "-----> Wrapping bin/web.wasm (a WASI preview 1 module) into a component",
+        "-----> Launching... done, v1",
+    ] {
+        ensure!(
+            output.contains(expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+    // The snapshot was taken with no config vars; GREETING, set after the build, must show.
+    let latency = check_routes(&s, &repo, "rubyhello", "Hello from Ruby on Skiff!")?;
+
+    // The same app again: toolchain and snapshot both come from the caches.
+    let (second, rebuild) = push(&s, &repo, "same app")?;
+    for expected in [
+        "(installed on this machine)",
+        "(built earlier on this machine)",
+        "App unchanged: using the snapshot from the build cache",
+    ] {
+        ensure!(
+            second.contains(expected),
+            "missing {expected:?} in:\n{second}"
+        );
+    }
+
+    replace_in(
+        &repo.join("vendor/greeting/lib/greeting.rb"),
+        "\"Hello from #{language} on Skiff!\"",
+        "\"#{language}, changed and pushed again\"",
+    )?;
+    let (_, changed_build) = push(&s, &repo, "change")?;
+    let host = format!("rubyhello.localhost:{}", s.http_port);
+    let changed = s.request(&host, "GET", "/", None)?;
+    ensure!(
+        changed == (200, "Ruby, changed and pushed again\n".into()),
+        "{changed:?}"
+    );
+    eprintln!(
+        "[ruby] push with a changed app {:.1}s",
+        changed_build.as_secs_f64()
+    );
+    report("ruby", &output, first_build, rebuild, latency);
     Ok(())
 }

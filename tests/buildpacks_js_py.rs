@@ -237,12 +237,19 @@ fn buildpacks_are_listed_in_detection_order() -> Result<()> {
             .with_context(|| format!("{name} missing from:\n{text}"))
     };
     ensure!(
-        at("rust")? < at("nodejs")? && at("nodejs")? < at("python")?,
+        at("rust")? < at("nodejs")?
+            && at("nodejs")? < at("python")?
+            && at("python")? < at("ruby")?
+            && at("ruby")? < at("go.mod")?,
         "{text}"
     );
     assert_contains(
         &text,
-        &["package.json", "requirements.txt, pyproject.toml or app.py"],
+        &[
+            "package.json",
+            "requirements.txt, pyproject.toml or app.py",
+            "config.ru or Gemfile",
+        ],
     );
 
     let out = ok(s.cli(s.dir.path(), &["buildpacks", "--json"])?)?;

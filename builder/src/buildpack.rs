@@ -128,7 +128,22 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "procfile-web",
         include_str!("../../buildpacks/python/bin/procfile-web"),
     ),
-    // Go and C build CGI programs (served by the runtime's CGI executor).
+    // Ruby, Go and C build CGI programs (served by the runtime's CGI executor).
+    (
+        "ruby",
+        "detect",
+        include_str!("../../buildpacks/ruby/bin/detect"),
+    ),
+    (
+        "ruby",
+        "compile",
+        include_str!("../../buildpacks/ruby/bin/compile"),
+    ),
+    (
+        "ruby",
+        "release",
+        include_str!("../../buildpacks/ruby/bin/release"),
+    ),
     (
         "go",
         "detect",
@@ -262,6 +277,26 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
         "wit/skiff-addons/skiff.wit",
         include_str!("../../wit/skiff.wit"),
     ),
+    (
+        "ruby",
+        "lib/skiff_rack.rb",
+        include_str!("../../buildpacks/ruby/lib/skiff_rack.rb"),
+    ),
+    (
+        "ruby",
+        "lib/start.wat",
+        include_str!("../../buildpacks/ruby/lib/start.wat"),
+    ),
+    (
+        "ruby",
+        "lib/js-host-stubs.wat",
+        include_str!("../../buildpacks/ruby/lib/js-host-stubs.wat"),
+    ),
+    (
+        "ruby",
+        "lib/canonical-abi-stubs.wat",
+        include_str!("../../buildpacks/ruby/lib/canonical-abi-stubs.wat"),
+    ),
     // Skiff's guest SDK (`skiff-sdk`): the Rust buildpack points apps' builds at it.
     (
         "rust",
@@ -294,6 +329,7 @@ pub fn detects(name: &str) -> Option<&'static str> {
         "java" => Some("pom.xml"),
         "nodejs" => Some("package.json"),
         "python" => Some("requirements.txt, pyproject.toml or app.py"),
+        "ruby" => Some("config.ru or Gemfile"),
         "go" => Some("go.mod"),
         "c" => Some("Makefile and *.c"),
         "static" => Some("static.json or index.html"),
