@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -124,10 +125,33 @@ impl Dynos {
         &self.runtime
     }
 
-    /// A new, empty private `/tmp` for a dyno (the previous one of that name is discarded).
+    /// A new, empty private `/tmp` for a dyno. Each start of a dyno gets its own folder: when
+    /// `web.1` is replaced (a deploy, a restart) the old `web.1` drains its requests while the
+    /// new one serves, and wiping the folder under it would fail those requests. Folders of
+    /// earlier starts are discarded, except the one just before (it may still be draining).
     pub(crate) fn fresh_tmp(&self, app: &str, dyno: &str) -> Result<PathBuf, PlatformError> {
-        let dir = self.tmp_root.join(app).join(dyno);
-        let _ = std::fs::remove_dir_all(&dir);
+        static STARTS: AtomicU64 = AtomicU64::new(0);
+        let parent = self.tmp_root.join(app);
+        let prefix = format!("{dyno}@");
+        let mut earlier: Vec<(u64, PathBuf)> = std::fs::read_dir(&parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let seq = name.strip_prefix(&prefix)?.parse::<u64>().ok()?;
+                Some((seq, entry.path()))
+            })
+            .collect();
+        earlier.sort();
+        earlier.pop();
+        for (_, stale) in earlier {
+            let _ = std::fs::remove_dir_all(stale);
+        }
+        let dir = parent.join(format!(
+            "{prefix}{}",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
