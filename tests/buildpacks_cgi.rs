@@ -7,43 +7,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use common::*;
 
-fn example_repo(s: &Skiff, parent: &Path, example: &str) -> Result<PathBuf> {
-    let repo = parent.join(example);
-    copy_tree(&repo_root().join("examples").join(example), &repo)?;
-    ok(s.git(&repo, &["init", "--quiet", "--initial-branch=main"])?)?;
-    Ok(repo)
-}
-
-/// Pushes and checks the push succeeded; returns the output and how long the push took.
-fn push(s: &Skiff, repo: &Path, message: &str) -> Result<(String, Duration)> {
-    let started = Instant::now();
-    let (pushed, output) = s.commit_and_push(repo, message)?;
-    let took = started.elapsed();
-    ensure!(pushed, "push failed:\n{output}\n{}", s.logs());
-    Ok((output, took))
-}
-
-/// The slug size from the push output's `Done: 1.2M` line.
-fn slug_size(output: &str) -> String {
-    output
-        .lines()
-        .find_map(|l| l.split("Done: ").nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_owned()
-}
-
-fn replace_in(path: &Path, from: &str, to: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path)?;
-    ensure!(text.contains(from), "{from:?} not in {}", path.display());
-    std::fs::write(path, text.replace(from, to))?;
-    Ok(())
+fn check_routes(s: &Skiff, repo: &Path, app: &str, greeting: &str) -> Result<Duration> {
+    check_example_routes(s, repo, app, greeting, "ping pong")
 }
 
 fn report(lang: &str, first: &str, first_build: Duration, rebuild: Duration, latency: Duration) {
@@ -56,53 +27,6 @@ fn report(lang: &str, first: &str, first_build: Duration, rebuild: Duration, lat
     );
 }
 
-/// The routes every CGI example answers: `/`, `/env/NAME`, `POST /echo`, `/json`.
-fn check_routes(s: &Skiff, repo: &Path, app: &str, greeting: &str) -> Result<Duration> {
-    let host = format!("{app}.localhost:{}", s.http_port);
-    let started = Instant::now();
-    let first = s.request(&host, "GET", "/", None)?;
-    let latency = started.elapsed();
-    ensure!(first == (200, format!("{greeting}\n")), "{first:?}");
-
-    let (status, body) = s.request(&host, "GET", "/env/GREETING", None)?;
-    ensure!(status == 404, "{status} {body}");
-    let out = ok(s.cli(repo, &["config:set", "GREETING=ahoy"])?)?;
-    ensure!(stderr(&out).contains("done, v2"), "{out:?}");
-    let env = s.request(&host, "GET", "/env/GREETING", None)?;
-    ensure!(env == (200, "ahoy".into()), "{env:?}");
-
-    let echoed = http_full(
-        s.http_port,
-        &host,
-        "POST",
-        "/echo",
-        Some("ping pong"),
-        &[("Content-Type", "text/x-test")],
-    )?;
-    ensure!(
-        echoed.status == 200 && echoed.body == "ping pong",
-        "{echoed:?}"
-    );
-    ensure!(
-        echoed.header("content-type") == Some("text/x-test"),
-        "{echoed:?}"
-    );
-
-    let json = http_full(s.http_port, &host, "GET", "/json", None, &[])?;
-    ensure!(json.status == 200, "{json:?}");
-    ensure!(
-        json.header("content-type")
-            .is_some_and(|t| t.starts_with("application/json")),
-        "{json:?}"
-    );
-    let value: serde_json::Value = serde_json::from_str(&json.body).context("json body")?;
-    ensure!(value["app"] == app && value["method"] == "GET", "{value}");
-
-    let missing = s.request(&host, "GET", "/nowhere", None)?;
-    ensure!(missing.0 == 404, "{missing:?}");
-    Ok(latency)
-}
-
 #[test]
 fn go_app_served_through_cgi() -> Result<()> {
     let s = Skiff::start()?;
@@ -110,7 +34,7 @@ fn go_app_served_through_cgi() -> Result<()> {
     let repo = example_repo(&s, work.path(), "go-hello")?;
     ok(s.cli(&repo, &["apps:create", "gohello"])?)?;
 
-    let (output, first_build) = push(&s, &repo, "first")?;
+    let (output, first_build) = push_timed(&s, &repo, "first")?;
     for expected in [
         "remote: -----> Go app detected",
         "-----> Using go1.",
@@ -130,7 +54,7 @@ fn go_app_served_through_cgi() -> Result<()> {
         "Hello from Go on Skiff!",
         "Go, changed and pushed again",
     )?;
-    let (second, rebuild) = push(&s, &repo, "change")?;
+    let (second, rebuild) = push_timed(&s, &repo, "change")?;
     ensure!(second.contains("build cache warm"), "{second}");
     let host = format!("gohello.localhost:{}", s.http_port);
     let changed = s.request(&host, "GET", "/", None)?;
@@ -149,7 +73,7 @@ fn c_app_served_through_cgi() -> Result<()> {
     let repo = example_repo(&s, work.path(), "c-hello")?;
     ok(s.cli(&repo, &["apps:create", "chello"])?)?;
 
-    let (output, first_build) = push(&s, &repo, "first")?;
+    let (output, first_build) = push_timed(&s, &repo, "first")?;
     for expected in [
         "remote: -----> C app detected",
         "for wasm32-wasi with wasi-libc",
@@ -169,7 +93,7 @@ fn c_app_served_through_cgi() -> Result<()> {
         "Hello from C on Skiff!",
         "C, changed and pushed again",
     )?;
-    let (_, rebuild) = push(&s, &repo, "change")?;
+    let (_, rebuild) = push_timed(&s, &repo, "change")?;
     let host = format!("chello.localhost:{}", s.http_port);
     let changed = s.request(&host, "GET", "/", None)?;
     ensure!(
@@ -194,7 +118,7 @@ fn static_site_served_by_the_file_server() -> Result<()> {
     let repo = example_repo(&s, work.path(), "static-hello")?;
     ok(s.cli(&repo, &["apps:create", "site"])?)?;
 
-    let (output, first_build) = push(&s, &repo, "first")?;
+    let (output, first_build) = push_timed(&s, &repo, "first")?;
     for expected in [
         "remote: -----> Static site app detected",
         "Skiff's file server",
@@ -292,7 +216,7 @@ fn static_site_served_by_the_file_server() -> Result<()> {
         "Hello from a static site on Skiff!",
         "Static, changed and pushed again",
     )?;
-    let (second, rebuild) = push(&s, &repo, "change")?;
+    let (second, rebuild) = push_timed(&s, &repo, "change")?;
     ensure!(second.contains("built earlier on this machine"), "{second}");
     let changed = get("/")?;
     ensure!(
@@ -312,7 +236,7 @@ fn ruby_rack_app_served_through_cgi() -> Result<()> {
     let repo = example_repo(&s, work.path(), "ruby-hello")?;
     ok(s.cli(&repo, &["apps:create", "rubyhello"])?)?;
 
-    let (output, first_build) = push(&s, &repo, "first")?;
+    let (output, first_build) = push_timed(&s, &repo, "first")?;
     for expected in [
         "remote: -----> Ruby app detected",
         "ruby.wasm 2.10.1 (Ruby 3.4)",
@@ -331,7 +255,7 @@ fn ruby_rack_app_served_through_cgi() -> Result<()> {
     let latency = check_routes(&s, &repo, "rubyhello", "Hello from Ruby on Skiff!")?;
 
     // The same app again: toolchain and snapshot both come from the caches.
-    let (second, rebuild) = push(&s, &repo, "same app")?;
+    let (second, rebuild) = push_timed(&s, &repo, "same app")?;
     for expected in [
         "(installed on this machine)",
         "(built earlier on this machine)",
@@ -348,7 +272,7 @@ fn ruby_rack_app_served_through_cgi() -> Result<()> {
         "\"Hello from #{language} on Skiff!\"",
         "\"#{language}, changed and pushed again\"",
     )?;
-    let (_, changed_build) = push(&s, &repo, "change")?;
+    let (_, changed_build) = push_timed(&s, &repo, "change")?;
     let host = format!("rubyhello.localhost:{}", s.http_port);
     let changed = s.request(&host, "GET", "/", None)?;
     ensure!(

@@ -8,53 +8,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use common::*;
 
-fn example_repo(s: &Skiff, parent: &Path, example: &str) -> Result<PathBuf> {
-    let repo = parent.join(example);
-    copy_tree(&repo_root().join("examples").join(example), &repo)?;
-    // A developer's local build output is not part of what they push.
-    for local in ["target", ".cpcache", ".shadow-cljs", "out"] {
-        let _ = std::fs::remove_dir_all(repo.join(local));
-    }
-    ok(s.git(&repo, &["init", "--quiet", "--initial-branch=main"])?)?;
-    Ok(repo)
-}
-
-/// Pushes and checks the push succeeded; returns the output and how long the push took.
-fn push(s: &Skiff, repo: &Path, message: &str) -> Result<(String, Duration)> {
-    let started = Instant::now();
-    let (pushed, output) = s.commit_and_push(repo, message)?;
-    let took = started.elapsed();
-    ensure!(pushed, "push failed:\n{output}\n{}", s.logs());
-    Ok((output, took))
+/// The shared route checks, with an echo body larger than one 4 KiB write and not ASCII, so it
+/// must come back whole and unmangled.
+fn check_routes(s: &Skiff, repo: &Path, app: &str, greeting: &str) -> Result<Duration> {
+    check_example_routes(s, repo, app, greeting, &"ping pong \u{1F3D3} ".repeat(500))
 }
 
 fn ensure_lines(output: &str, expected: &[&str]) -> Result<()> {
     for e in expected {
         ensure!(output.contains(e), "missing {e:?} in:\n{output}");
     }
-    Ok(())
-}
-
-/// The slug size from the push output's `Done: 1.2M` line.
-fn slug_size(output: &str) -> String {
-    output
-        .lines()
-        .find_map(|l| l.split("Done: ").nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_owned()
-}
-
-fn replace_in(path: &Path, from: &str, to: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path)?;
-    ensure!(text.contains(from), "{from:?} not in {}", path.display());
-    std::fs::write(path, text.replace(from, to))?;
     Ok(())
 }
 
@@ -99,57 +68,6 @@ fn report(lang: &str, t: &Timings) {
     );
 }
 
-/// The routes every example answers: `/`, `/env/NAME`, `POST /echo`, `/json`, and a 404.
-fn check_routes(s: &Skiff, repo: &Path, app: &str, greeting: &str) -> Result<Duration> {
-    let host = format!("{app}.localhost:{}", s.http_port);
-    let started = Instant::now();
-    let first = s.request(&host, "GET", "/", None)?;
-    let latency = started.elapsed();
-    ensure!(first == (200, format!("{greeting}\n")), "{first:?}");
-
-    let (status, body) = s.request(&host, "GET", "/env/GREETING", None)?;
-    ensure!(status == 404, "{status} {body}");
-    let out = ok(s.cli(repo, &["config:set", "GREETING=ahoy"])?)?;
-    ensure!(stderr(&out).contains("done, v2"), "{out:?}");
-    let env = s.request(&host, "GET", "/env/GREETING", None)?;
-    ensure!(env == (200, "ahoy".into()), "{env:?}");
-
-    // Larger than one 4 KiB write, and not ASCII, so it must come back whole and unmangled.
-    let body = "ping pong \u{1F3D3} ".repeat(500);
-    let echoed = http_full(
-        s.http_port,
-        &host,
-        "POST",
-        "/echo",
-        Some(&body),
-        &[("Content-Type", "text/x-test")],
-    )?;
-    ensure!(
-        echoed.status == 200 && echoed.body == body,
-        "{} {:?}",
-        echoed.status,
-        &echoed.body[..echoed.body.len().min(200)]
-    );
-    ensure!(
-        echoed.header("content-type") == Some("text/x-test"),
-        "{echoed:?}"
-    );
-
-    let json = http_full(s.http_port, &host, "GET", "/json", None, &[])?;
-    ensure!(json.status == 200, "{json:?}");
-    ensure!(
-        json.header("content-type")
-            .is_some_and(|t| t.starts_with("application/json")),
-        "{json:?}"
-    );
-    let value: serde_json::Value = serde_json::from_str(&json.body).context("json body")?;
-    ensure!(value["app"] == app && value["method"] == "GET", "{value}");
-
-    let missing = s.request(&host, "GET", "/nowhere", None)?;
-    ensure!(missing.0 == 404, "{missing:?}");
-    Ok(latency)
-}
-
 #[test]
 fn clojure_app_compiled_with_clojurescript() -> Result<()> {
     let s = Skiff::start()?;
@@ -157,7 +75,7 @@ fn clojure_app_compiled_with_clojurescript() -> Result<()> {
     let repo = example_repo(&s, work.path(), "clojure-hello")?;
     ok(s.cli(&repo, &["apps:create", "cljhello"])?)?;
 
-    let (output, first_build) = push(&s, &repo, "first")?;
+    let (output, first_build) = push_timed(&s, &repo, "first")?;
     ensure_lines(
         &output,
         &[
@@ -175,7 +93,7 @@ fn clojure_app_compiled_with_clojurescript() -> Result<()> {
         "Hello from Clojure on Skiff!",
         "Clojure, changed and pushed again",
     )?;
-    let (second, rebuild) = push(&s, &repo, "change")?;
+    let (second, rebuild) = push_timed(&s, &repo, "change")?;
     ensure_lines(
         &second,
         &[
@@ -212,7 +130,7 @@ fn java_app_compiled_with_teavm() -> Result<()> {
     let repo = example_repo(&s, work.path(), "java-hello")?;
     ok(s.cli(&repo, &["apps:create", "javahello"])?)?;
 
-    let (output, first_build) = push(&s, &repo, "first")?;
+    let (output, first_build) = push_timed(&s, &repo, "first")?;
     ensure_lines(
         &output,
         &[
@@ -232,7 +150,7 @@ fn java_app_compiled_with_teavm() -> Result<()> {
         "Hello from Java on Skiff!",
         "Java, changed and pushed again",
     )?;
-    let (second, rebuild) = push(&s, &repo, "change")?;
+    let (second, rebuild) = push_timed(&s, &repo, "change")?;
     ensure_lines(
         &second,
         &[

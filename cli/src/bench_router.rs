@@ -241,6 +241,7 @@ fn exchange(mut conn: BufReader<TcpStream>, request: &[u8]) -> Result<BufReader<
         bail!("unexpected answer: {line:?}");
     }
     let mut length = 0usize;
+    let mut chunked = false;
     let mut close = false;
     loop {
         line.clear();
@@ -257,9 +258,29 @@ fn exchange(mut conn: BufReader<TcpStream>, request: &[u8]) -> Result<BufReader<
         if l.starts_with("connection:") && l.contains("close") {
             close = true;
         }
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        }
     }
-    let mut body = vec![0u8; length];
-    conn.read_exact(&mut body)?;
+    if chunked {
+        // wasi:http guests stream their bodies: size lines, data, and a last chunk of 0.
+        loop {
+            line.clear();
+            conn.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)
+                .context("chunk size")?;
+            if size == 0 {
+                // The last chunk (no trailers expected) ends with one more CRLF.
+                conn.read_line(&mut line)?;
+                break;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            conn.read_exact(&mut chunk)?;
+        }
+    } else {
+        let mut body = vec![0u8; length];
+        conn.read_exact(&mut body)?;
+    }
     if close {
         bail!("the server closed the connection");
     }

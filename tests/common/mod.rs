@@ -457,3 +457,98 @@ pub fn http_full(
     req.push_str(body);
     raw_exchange(port, req.as_bytes(), Duration::from_secs(60))
 }
+
+// Helpers of the buildpack tests: push an example, check the routes every example answers.
+
+pub fn example_repo(s: &Skiff, parent: &Path, example: &str) -> Result<PathBuf> {
+    let repo = parent.join(example);
+    copy_tree(&repo_root().join("examples").join(example), &repo)?;
+    // A developer's local build output is not part of what they push.
+    for local in ["target", ".cpcache", ".shadow-cljs", "out"] {
+        let _ = std::fs::remove_dir_all(repo.join(local));
+    }
+    ok(s.git(&repo, &["init", "--quiet", "--initial-branch=main"])?)?;
+    Ok(repo)
+}
+
+/// Pushes and checks the push succeeded; returns the output and how long the push took.
+pub fn push_timed(s: &Skiff, repo: &Path, message: &str) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    let (pushed, output) = s.commit_and_push(repo, message)?;
+    let took = started.elapsed();
+    ensure!(pushed, "push failed:\n{output}\n{}", s.logs());
+    Ok((output, took))
+}
+
+/// The slug size from the push output's `Done: 1.2M` line.
+pub fn slug_size(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.split("Done: ").nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
+}
+
+pub fn replace_in(path: &Path, from: &str, to: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    ensure!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replace(from, to))?;
+    Ok(())
+}
+
+/// The routes every example answers: `/`, `/env/NAME`, `POST /echo` (of `echo`), `/json`, and a
+/// 404. Returns the first request's latency.
+pub fn check_example_routes(
+    s: &Skiff,
+    repo: &Path,
+    app: &str,
+    greeting: &str,
+    echo: &str,
+) -> Result<Duration> {
+    let host = format!("{app}.localhost:{}", s.http_port);
+    let started = Instant::now();
+    let first = s.request(&host, "GET", "/", None)?;
+    let latency = started.elapsed();
+    ensure!(first == (200, format!("{greeting}\n")), "{first:?}");
+
+    let (status, body) = s.request(&host, "GET", "/env/GREETING", None)?;
+    ensure!(status == 404, "{status} {body}");
+    let out = ok(s.cli(repo, &["config:set", "GREETING=ahoy"])?)?;
+    ensure!(stderr(&out).contains("done, v2"), "{out:?}");
+    let env = s.request(&host, "GET", "/env/GREETING", None)?;
+    ensure!(env == (200, "ahoy".into()), "{env:?}");
+
+    let echoed = http_full(
+        s.http_port,
+        &host,
+        "POST",
+        "/echo",
+        Some(echo),
+        &[("Content-Type", "text/x-test")],
+    )?;
+    ensure!(
+        echoed.status == 200 && echoed.body == echo,
+        "{} {:?}",
+        echoed.status,
+        &echoed.body[..echoed.body.len().min(200)]
+    );
+    ensure!(
+        echoed.header("content-type") == Some("text/x-test"),
+        "{echoed:?}"
+    );
+
+    let json = http_full(s.http_port, &host, "GET", "/json", None, &[])?;
+    ensure!(json.status == 200, "{json:?}");
+    ensure!(
+        json.header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{json:?}"
+    );
+    let value: serde_json::Value = serde_json::from_str(&json.body).context("json body")?;
+    ensure!(value["app"] == app && value["method"] == "GET", "{value}");
+
+    let missing = s.request(&host, "GET", "/nowhere", None)?;
+    ensure!(missing.0 == 404, "{missing:?}");
+    Ok(latency)
+}
