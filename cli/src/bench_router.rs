@@ -39,26 +39,7 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
             addr: upstream,
         }],
     );
-    table.set_settings(
-        "bench",
-        AppSettings {
-            max_concurrency: 100_000,
-            ..AppSettings::default()
-        },
-    );
-    let run_dir = tempdir()?;
-    let listen = free_addr()?;
-    let router = skiff_router::spawn_router(
-        RouterConfig {
-            listen,
-            https_listen: None,
-            threads: 2,
-            run_dir: run_dir.clone(),
-            access_log: None,
-        },
-        table,
-    )?;
-    wait_for(listen)?;
+    let (router, listen, run_dir) = start_router(table)?;
 
     println!(
         "Load: {connections} keep-alive connections, {seconds}s per target, GET / of a {}-byte static answer on 127.0.0.1",
@@ -122,6 +103,34 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A private router on a free loopback port for the app `bench` of `table`, with no backlog
+/// bound (the load generator decides the load). Returns it, its address and its run dir.
+pub(crate) fn start_router(
+    table: Arc<RouteTable>,
+) -> Result<(skiff_router::RouterHandle, SocketAddr, std::path::PathBuf)> {
+    table.set_settings(
+        "bench",
+        AppSettings {
+            max_concurrency: 100_000,
+            ..AppSettings::default()
+        },
+    );
+    let run_dir = tempdir()?;
+    let listen = free_addr()?;
+    let router = skiff_router::spawn_router(
+        RouterConfig {
+            listen,
+            https_listen: None,
+            threads: 2,
+            run_dir: run_dir.clone(),
+            access_log: None,
+        },
+        table,
+    )?;
+    wait_for(listen)?;
+    Ok((router, listen, run_dir))
 }
 
 pub(crate) struct Stats {

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use skiff_router::{AppSettings, Backend, RouteTable, RouterConfig};
+use skiff_router::{Backend, RouteTable};
 use skiff_runtime::{DynoSpec, Limits, LogSink, OutboundPolicy, Runtime, RuntimeConfig};
 
-use crate::bench_router::{Stats, free_addr, measure, ms, ratio, secs, tempdir, wait_for};
+use crate::bench_router::{Stats, free_addr, measure, ms, ratio, secs, start_router, wait_for};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ServeBenchArgs {
@@ -100,26 +100,7 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
 
     // The router owns its runtimes, so it starts before the dynos' tokio runtime.
     let table = Arc::new(RouteTable::new("localhost"));
-    table.set_settings(
-        "bench",
-        AppSettings {
-            max_concurrency: 100_000,
-            ..AppSettings::default()
-        },
-    );
-    let run_dir = tempdir()?;
-    let listen = free_addr()?;
-    let router = skiff_router::spawn_router(
-        RouterConfig {
-            listen,
-            https_listen: None,
-            threads: 2,
-            run_dir: run_dir.clone(),
-            access_log: None,
-        },
-        table.clone(),
-    )?;
-    wait_for(listen)?;
+    let (router, listen, run_dir) = start_router(table.clone())?;
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
