@@ -1,6 +1,20 @@
-//! Small pure helpers shared by the CLI and the platform: dates and paths inside an app.
+//! Small pure helpers shared by the CLI, the platform and the runtime: dates, paths inside an
+//! app, and error messages.
 
 use std::path::{Component, Path, PathBuf};
+
+/// An error's message followed by each of its causes, `: `-separated: what a user needs when a
+/// library's top-level message alone ("error connecting to server") says too little.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
 
 /// (year, month, day, seconds into the day) for Unix seconds, UTC.
 pub fn civil(secs: i64) -> (i64, i64, i64, i64) {
@@ -60,6 +74,28 @@ pub fn app_relative(path: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chain_names_every_cause() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(error_chain(&outer), "error connecting: connection refused");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error connecting")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
 
     #[test]
     fn dates() {

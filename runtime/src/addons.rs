@@ -204,15 +204,7 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
             }
             text
         }
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            text
-        }
+        None => skiff_core::text::error_chain(e),
     }
 }
 

@@ -239,13 +239,7 @@ pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
             None => db.message().to_owned(),
         };
     }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    skiff_core::text::error_chain(e)
 }
 
 impl Local {
