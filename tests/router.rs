@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -271,6 +271,10 @@ fn router_end_to_end() -> Result<()> {
         assert!(r.status >= 400, "{r:?}");
     }
 
+    // Hostile framing: every probe gets a 4xx of its own, and nothing reaches a dyno as a
+    // second request.
+    hostile_clients(port, &host)?;
+
     // Limits from config vars: body size (413), client read timeout, concurrency (H11),
     // request timeout (H12). One release for all but the timeout.
     ok(s.cli(&repo, &["ps:scale", "web=1"])?)?;
@@ -402,6 +406,94 @@ fn router_end_to_end() -> Result<()> {
 /// Requests keep flowing while a push replaces every dyno: none may fail, and slow requests
 /// that started on the old dynos finish. The load starts once the push has compiled, so it
 /// straddles the switch of routes rather than the (long) build.
+/// Request smuggling and malformed heads, sent on raw sockets.
+fn hostile_clients(port: u16, host: &str) -> Result<()> {
+    let refused = |request: String, want: u16, why: &str| -> Result<()> {
+        let r = raw_exchange(port, request.as_bytes(), Duration::from_secs(30))?;
+        assert_eq!(r.status, want, "{why}: {r:?}");
+        assert!(
+            !r.body.contains("Hello from Skiff"),
+            "{why} reached the app"
+        );
+        Ok(())
+    };
+    refused(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"
+        ),
+        400,
+        "two Content-Length values",
+    )?;
+    refused(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+        ),
+        400,
+        "a coding besides chunked",
+    )?;
+    refused(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Folded: a\r\n b\r\n\r\n"),
+        400,
+        "obs-fold",
+    )?;
+    refused("GET / HTTP/1.1\r\n\r\n".into(), 400, "no Host")?;
+    refused(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nHost: other.localhost\r\n\r\n"),
+        400,
+        "two Hosts",
+    )?;
+    refused(
+        format!("GET http://{host}/ HTTP/1.1\r\nHost: other.localhost\r\n\r\n"),
+        400,
+        "an absolute-form target naming another host",
+    )?;
+    refused(
+        format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(9000)
+        ),
+        431,
+        "a header line over 8 KiB",
+    )?;
+    let lines: String = (0..20)
+        .map(|i| format!("X-Pad-{i}: {}\r\n", "b".repeat(4000)))
+        .collect();
+    refused(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\n{lines}\r\n"),
+        431,
+        "headers over 64 KiB in all",
+    )?;
+    let bad_host = b"GET / HTTP/1.1\r\nHost: hel\xff\xfelo.localhost\r\n\r\n";
+    let r = raw_exchange(port, bad_host, Duration::from_secs(30))?;
+    assert_eq!(r.status, 404, "invalid UTF-8 in Host names no app: {r:?}");
+
+    // Content-Length and Transfer-Encoding together: the chunked framing wins, the length is
+    // dropped, and the connection closes after the one response, so the bytes after the
+    // chunked body are never read as a request of their own.
+    let smuggle = format!(
+        "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n\
+         0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    );
+    let mut conn = TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(smuggle.as_bytes())?;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let responses = answer.matches("HTTP/1.1 ").count();
+    assert_eq!(responses, 1, "one request, one response: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Hundreds of idle connections hold nothing the next client needs.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)))
+        .collect::<std::io::Result<_>>()?;
+    let r = http_full(port, host, "GET", "/", None, &[])?;
+    assert_eq!(r.status, 200, "{r:?}");
+    drop(idle);
+    Ok(())
+}
+
 fn deploy_under_load(s: &Skiff, repo: &Path, host: &str) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let port = s.http_port;

@@ -177,6 +177,8 @@ enum Failure {
     TooLarge,
     /// No app at this host.
     NoApp,
+    /// A request the router refuses to pass on (bad framing, headers over the limits).
+    Malformed,
 }
 
 /// Per-request state.
@@ -261,14 +263,25 @@ impl ProxyHttp for Router {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
+        ctx.request_id = request_id(req);
+        if let Some((status, why)) = malformed(req) {
+            ctx.failure = Some(Failure::Malformed);
+            // What follows a request the router could not frame cannot be trusted either.
+            session.set_keepalive(None);
+            respond(session, status, page("Bad request", why), &ctx.request_id).await?;
+            return Ok(true);
+        }
+        // An absolute-form target names the host itself, and then wins over `Host`.
         ctx.host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.host())
+            .uri
+            .host()
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or("")
             .to_owned();
-        ctx.request_id = request_id(req);
         ctx.websocket = is_websocket(req);
         let declared_len = req
             .headers
@@ -518,6 +531,7 @@ impl ProxyHttp for Router {
             }
             Failure::Code(code) => (503, Some(code.page())),
             Failure::NoApp => (404, None),
+            Failure::Malformed => (400, None),
         };
         ctx.status = status;
         if let Some(body) = body
@@ -598,6 +612,55 @@ fn too_large_page(route: &AppRoute) -> String {
             route.settings.max_body_bytes
         ),
     )
+}
+
+/// Most header bytes a request may carry, request line included; Heroku's router allows 8 KiB
+/// per line, and a total bound keeps a flood of legal lines from holding memory.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Longest single header line.
+const MAX_HEADER_LINE: usize = 8 * 1024;
+
+/// Why a request must not be proxied, as the status and sentence its page gets. Requests that
+/// two HTTP parsers could frame differently are refused, so a dyno's server can never read a
+/// second, smuggled request out of one body.
+fn malformed(req: &RequestHeader) -> Option<(u16, &'static str)> {
+    let headers = &req.headers;
+    let te = headers.get_all(http::header::TRANSFER_ENCODING);
+    // With both framings present, Pingora has already dropped Content-Length and will close
+    // the connection after this request, as RFC 9112 asks.
+    if te.iter().next().is_some() {
+        let codings: Vec<String> = te
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
+        if codings != ["chunked"] {
+            return Some((
+                400,
+                "Transfer-Encoding other than a single `chunked` is not accepted.",
+            ));
+        }
+    }
+    if req.version == http::Version::HTTP_11
+        && req.uri.host().is_none()
+        && headers.get_all(http::header::HOST).iter().count() != 1
+    {
+        return Some((400, "An HTTP/1.1 request needs exactly one Host header."));
+    }
+    let mut total = req.method.as_str().len()
+        + req.uri.authority().map_or(0, |a| a.as_str().len())
+        + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    for (name, value) in headers {
+        let line = name.as_str().len() + value.len() + 4;
+        if line > MAX_HEADER_LINE {
+            return Some((431, "A request header line is longer than 8 KiB."));
+        }
+        total += line;
+    }
+    if total > MAX_HEADER_BYTES {
+        return Some((431, "The request's headers are larger than 64 KiB."));
+    }
+    None
 }
 
 /// Maps a proxying error to Heroku's codes.
@@ -731,20 +794,41 @@ fn request_id(req: &RequestHeader) -> String {
 }
 
 fn new_request_id() -> String {
+    thread_local! {
+        // Seeded once per thread from the OS; ids are for correlation, not security, and a
+        // syscall per request is measurable at the router's request rates.
+        static RNG: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut seed = [0u8; 8];
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed) | 1
+        });
+    }
+    let next = || {
+        RNG.with(|state| {
+            // xorshift64*: fast, and plenty for ids nobody needs to be unguessable.
+            let mut x = state.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            state.set(x);
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        })
+    };
     let mut bytes = [0u8; 16];
-    // A failed read leaves zeros; ids are for correlation, not security.
-    let _ = getrandom::fill(&mut bytes);
+    bytes[..8].copy_from_slice(&next().to_le_bytes());
+    bytes[8..].copy_from_slice(&next().to_le_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    id
 }
 
 async fn respond(session: &mut Session, status: u16, body: String, request_id: &str) -> Result<()> {
