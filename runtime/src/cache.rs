@@ -3,6 +3,10 @@
 //! A slug whose component is byte for byte one compiled before (a push that changed only
 //! other files, or a rebuild from the same sources) reuses that compiled code: for apps that
 //! carry an interpreter, compiling takes minutes in a debug build.
+//!
+//! Each file ends with the SHA-256 of the native code before it. wasmtime checks a file's header
+//! and engine, not its body, and runs what it maps; a file damaged on disk (a bad sector, a
+//! partial copy, a hand edit) is therefore found by its digest and compiled again, never loaded.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -95,7 +99,7 @@ impl PrecompiledCache {
             "precompiled component"
         );
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        std::fs::write(tmp.path(), &compiled)?;
+        std::fs::write(tmp.path(), seal(compiled))?;
         tmp.as_file().sync_all()?;
         tmp.persist(&entry).map_err(|e| RuntimeError::Io(e.error))?;
         let _ = std::fs::remove_file(&same_bytes);
@@ -104,14 +108,41 @@ impl PrecompiledCache {
     }
 }
 
+/// Length of the digest that ends every cache file.
+const DIGEST_LEN: usize = 32;
+
+/// The native code with its digest appended.
+fn seal(mut compiled: Vec<u8>) -> Vec<u8> {
+    let digest = Sha256::digest(&compiled);
+    compiled.extend_from_slice(&digest);
+    compiled
+}
+
 fn deserialize(engine: &Engine, path: &Path) -> Result<Component, RuntimeError> {
+    let mut bytes = std::fs::read(path)?;
+    let body_len = bytes
+        .len()
+        .checked_sub(DIGEST_LEN)
+        .ok_or_else(|| corrupt(path))?;
+    let (body, digest) = bytes.split_at(body_len);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err(corrupt(path));
+    }
+    bytes.truncate(body_len);
     #[expect(
         unsafe_code,
-        reason = "the file was written by this engine's precompile_component into Skiff's own data dir, atomically; wasmtime checks its header and engine compatibility"
+        reason = "the bytes were written by this engine's precompile_component into Skiff's own data dir, atomically, and their digest was just checked; wasmtime checks the header and engine compatibility"
     )]
-    // SAFETY: see the expect reason above; nothing else writes into the cache folder.
-    let component = unsafe { Component::deserialize_file(engine, path) };
+    // SAFETY: see the expect reason above. Deserialising from memory, not the file, means what
+    // was checked is what runs, whatever happens to the file meanwhile.
+    let component = unsafe { Component::deserialize(engine, &bytes) };
     component.map_err(|e| RuntimeError::wasm("loading a precompiled component", e))
+}
+
+fn corrupt(path: &Path) -> RuntimeError {
+    RuntimeError::CorruptCache {
+        path: path.to_path_buf(),
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +174,35 @@ mod tests {
             std::fs::metadata(cache.entry("slug-b", &two))?.ino(),
             compiled
         );
+        Ok(())
+    }
+
+    #[test]
+    fn damaged_native_code_is_compiled_again_not_loaded() -> anyhow::Result<()> {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir()?;
+        let cache = PrecompiledCache::new(dir.path().join("precompiled"), &engine)?;
+        let wasm = dir.path().join("app.wasm");
+        std::fs::write(&wasm, EMPTY_COMPONENT)?;
+        cache.load(&engine, "slug", &wasm)?;
+        let entry = cache.entry("slug", &wasm);
+        let good = std::fs::read(&entry)?;
+
+        // One flipped bit in the code, a truncated file, a file of the wrong size: each is
+        // refused by its digest, and the next load writes a sound file in its place.
+        let mut flipped = good.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x10;
+        for damaged in [flipped, good[..good.len() - 7].to_vec(), vec![0u8; 5]] {
+            std::fs::remove_file(cache.content_entry(EMPTY_COMPONENT))?;
+            std::fs::write(&entry, &damaged)?;
+            assert!(matches!(
+                deserialize(&engine, &entry),
+                Err(RuntimeError::CorruptCache { .. })
+            ));
+            cache.load(&engine, "slug", &wasm)?;
+            assert_eq!(std::fs::read(&entry)?, good);
+        }
         Ok(())
     }
 }

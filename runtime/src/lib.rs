@@ -42,6 +42,12 @@ pub enum RuntimeError {
     /// Disk or socket errors.
     #[error("runtime I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A precompiled file whose digest does not match its contents.
+    #[error("precompiled component {} is damaged", path.display())]
+    CorruptCache {
+        /// The file.
+        path: std::path::PathBuf,
+    },
 }
 
 impl RuntimeError {
