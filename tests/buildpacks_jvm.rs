@@ -49,20 +49,34 @@ fn steps(lang: &str, push: &str, output: &str) {
     }
 }
 
+/// How long each deploy took to compile the component to native code, from the runtime's
+/// `precompiled component ... ms=N` log lines.
+fn precompile_times(logs: &str) -> Vec<String> {
+    logs.lines()
+        .filter(|l| l.contains("precompiled component"))
+        .filter_map(|l| l.split("ms=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|ms| ms.parse::<f64>().ok())
+        .map(|ms| format!("{:.1}s", ms / 1000.0))
+        .collect()
+}
+
 struct Timings {
     first_build: Duration,
     rebuild: Duration,
     slug: String,
     latency: Duration,
     rps: f64,
+    native: Vec<String>,
 }
 
 fn report(lang: &str, t: &Timings) {
     eprintln!(
-        "[{lang}] first push {:.1}s, second push {:.1}s, slug {}, first request {:.1} ms, {:.1} req/s (sequential, through the router)",
+        "[{lang}] first push {:.1}s, second push {:.1}s, slug {}, compile to native at deploy {}, first request {:.1} ms, {:.1} req/s (sequential, through the router)",
         t.first_build.as_secs_f64(),
         t.rebuild.as_secs_f64(),
         t.slug,
+        t.native.join(" / "),
         t.latency.as_secs_f64() * 1000.0,
         t.rps
     );
@@ -115,6 +129,7 @@ fn push_example_twice(e: &Example) -> Result<()> {
             slug: slug_size(&output),
             latency,
             rps,
+            native: precompile_times(&s.logs()),
         },
     );
     Ok(())
