@@ -1,7 +1,7 @@
-//! The Clojure and Java buildpacks end to end: each example is pushed through real git to a
-//! running `skiff up`, built (the compilers come from Maven, installed once per checkout under
-//! target/test-toolchains), served, called through the router, changed, pushed again and seen
-//! live.
+//! The Clojure, Scala and Java buildpacks end to end: each example is pushed through real git
+//! to a running `skiff up`, built (the compilers come from Maven, installed once per checkout
+//! under target/test-toolchains), served, called through the router, changed, pushed again and
+//! seen live, all by one shared flow.
 //!
 //! Build times, slug sizes, first-request latencies and a short sequential req/s run are
 //! printed (run with `--nocapture`), never asserted.
@@ -49,139 +49,161 @@ fn steps(lang: &str, push: &str, output: &str) {
     }
 }
 
+/// How long each deploy took to compile the component to native code, from the runtime's
+/// `precompiled component ... ms=N` log lines.
+fn precompile_times(logs: &str) -> Vec<String> {
+    logs.lines()
+        .filter(|l| l.contains("precompiled component"))
+        .filter_map(|l| l.split("ms=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|ms| ms.parse::<f64>().ok())
+        .map(|ms| format!("{:.1}s", ms / 1000.0))
+        .collect()
+}
+
 struct Timings {
     first_build: Duration,
     rebuild: Duration,
     slug: String,
     latency: Duration,
     rps: f64,
+    native: Vec<String>,
 }
 
 fn report(lang: &str, t: &Timings) {
     eprintln!(
-        "[{lang}] first push {:.1}s, second push {:.1}s, slug {}, first request {:.1} ms, {:.1} req/s (sequential, through the router)",
+        "[{lang}] first push {:.1}s, second push {:.1}s, slug {}, compile to native at deploy {}, first request {:.1} ms, {:.1} req/s (sequential, through the router)",
         t.first_build.as_secs_f64(),
         t.rebuild.as_secs_f64(),
         t.slug,
+        t.native.join(" / "),
         t.latency.as_secs_f64() * 1000.0,
         t.rps
     );
 }
 
-#[test]
-fn clojure_app_compiled_with_clojurescript() -> Result<()> {
+/// One buildpack's example, pushed twice: what its pushes must print, and where its greeting is.
+struct Example<'a> {
+    lang: &'a str,
+    example: &'a str,
+    app: &'a str,
+    greeting: &'a str,
+    /// The source file holding the greeting, changed for the second push.
+    source: &'a str,
+    first_push: &'a [&'a str],
+    second_push: &'a [&'a str],
+}
+
+/// The flow every JVM-language example goes through: push, call each route, set a config var,
+/// push a change and see it live, then a short sequential load run.
+fn push_example_twice(e: &Example) -> Result<()> {
     let s = Skiff::start()?;
     let work = tempfile::tempdir()?;
-    let repo = example_repo(&s, work.path(), "clojure-hello")?;
-    ok(s.cli(&repo, &["apps:create", "cljhello"])?)?;
+    let repo = example_repo(&s, work.path(), e.example)?;
+    ok(s.cli(&repo, &["apps:create", e.app])?)?;
 
     let (output, first_build) = push_timed(&s, &repo, "first")?;
-    ensure_lines(
-        &output,
-        &[
-            "remote: -----> Clojure app detected",
-            "ClojureScript 1.11.132",
-            "Serving hello.core/handler from src",
-            "-----> Building the component (componentize-js)",
-            "-----> Launching... done, v1",
-        ],
-    )?;
-    let latency = check_routes(&s, &repo, "cljhello", "Hello from Clojure on Skiff!")?;
+    ensure_lines(&output, e.first_push)?;
+    ensure_lines(&output, &["-----> Launching... done, v1"])?;
+    let latency = check_routes(&s, &repo, e.app, e.greeting)?;
 
-    replace_in(
-        &repo.join("src/hello/core.cljs"),
-        "Hello from Clojure on Skiff!",
-        "Clojure, changed and pushed again",
-    )?;
+    let changed_greeting = format!("{}, changed and pushed again", e.lang);
+    replace_in(&repo.join(e.source), e.greeting, &changed_greeting)?;
     let (second, rebuild) = push_timed(&s, &repo, "change")?;
-    ensure_lines(
-        &second,
-        &[
-            "-----> Using ClojureScript 1.11.132 (installed on this machine)",
-            "build cache warm",
-        ],
-    )?;
-    let host = format!("cljhello.localhost:{}", s.http_port);
+    ensure_lines(&second, e.second_push)?;
+    let host = format!("{}.localhost:{}", e.app, s.http_port);
     let changed = s.request(&host, "GET", "/", None)?;
     ensure!(
-        changed == (200, "Clojure, changed and pushed again\n".into()),
+        changed == (200, format!("{changed_greeting}\n")),
         "{changed:?}"
     );
     let rps = requests_per_second(&s, &host, Duration::from_secs(3))?;
-    steps("clojure", "first push", &output);
-    steps("clojure", "second push", &second);
+    let lang = e.lang.to_lowercase();
+    steps(&lang, "first push", &output);
+    steps(&lang, "second push", &second);
     report(
-        "clojure",
+        &lang,
         &Timings {
             first_build,
             rebuild,
             slug: slug_size(&output),
             latency,
             rps,
+            native: precompile_times(&s.logs()),
         },
     );
     Ok(())
 }
 
 #[test]
-fn java_app_compiled_with_teavm() -> Result<()> {
-    let s = Skiff::start()?;
-    let work = tempfile::tempdir()?;
-    let repo = example_repo(&s, work.path(), "java-hello")?;
-    ok(s.cli(&repo, &["apps:create", "javahello"])?)?;
+fn clojure_app_compiled_with_clojurescript() -> Result<()> {
+    push_example_twice(&Example {
+        lang: "Clojure",
+        example: "clojure-hello",
+        app: "cljhello",
+        greeting: "Hello from Clojure on Skiff!",
+        source: "src/hello/core.cljs",
+        first_push: &[
+            "remote: -----> Clojure app detected",
+            "ClojureScript 1.11.132",
+            "Serving hello.core/handler from src",
+            "-----> Building the component (componentize-js)",
+        ],
+        second_push: &[
+            "-----> Using ClojureScript 1.11.132 (installed on this machine)",
+            "build cache warm",
+        ],
+    })
+}
 
-    let (output, first_build) = push_timed(&s, &repo, "first")?;
-    ensure_lines(
-        &output,
-        &[
+#[test]
+fn java_app_compiled_with_teavm() -> Result<()> {
+    push_example_twice(&Example {
+        lang: "Java",
+        example: "java-hello",
+        app: "javahello",
+        greeting: "Hello from Java on Skiff!",
+        source: "src/main/java/hello/App.java",
+        first_push: &[
             "remote: -----> Java app detected",
             "TeaVM 0.10.2",
             "-----> Building with Maven (build cache cold)",
             "-----> Serving hello.App",
             "-----> Compiling to WebAssembly (TeaVM 0.10.2, WASI)",
             "-----> Wrapping bin/web.wasm (a WASI preview 1 module) into a component",
-            "-----> Launching... done, v1",
         ],
-    )?;
-    let latency = check_routes(&s, &repo, "javahello", "Hello from Java on Skiff!")?;
-
-    replace_in(
-        &repo.join("src/main/java/hello/App.java"),
-        "Hello from Java on Skiff!",
-        "Java, changed and pushed again",
-    )?;
-    let (second, rebuild) = push_timed(&s, &repo, "change")?;
-    ensure_lines(
-        &second,
-        &[
+        second_push: &[
             "-----> Using TeaVM 0.10.2 (installed on this machine)",
             "build cache warm",
         ],
-    )?;
-    let host = format!("javahello.localhost:{}", s.http_port);
-    let changed = s.request(&host, "GET", "/", None)?;
-    ensure!(
-        changed == (200, "Java, changed and pushed again\n".into()),
-        "{changed:?}"
-    );
-    let rps = requests_per_second(&s, &host, Duration::from_secs(3))?;
-    steps("java", "first push", &output);
-    steps("java", "second push", &second);
-    report(
-        "java",
-        &Timings {
-            first_build,
-            rebuild,
-            slug: slug_size(&output),
-            latency,
-            rps,
-        },
-    );
-    Ok(())
+    })
 }
 
-/// Clojure comes before Java (Leiningen writes a pom.xml) and both before Node.js (a
-/// shadow-cljs project has a package.json), each listed with what it detects.
+#[test]
+fn scala_app_compiled_with_scalajs() -> Result<()> {
+    push_example_twice(&Example {
+        lang: "Scala",
+        example: "scala-hello",
+        app: "scalahello",
+        greeting: "Hello from Scala on Skiff!",
+        source: "src/main/scala/hello/App.scala",
+        first_push: &[
+            "remote: -----> Scala app detected",
+            "Scala 2.13.18 and Scala.js 1.20.2",
+            "-----> Serving hello.App",
+            "-----> Compiling Scala 2.13.18 with Scala.js 1.20.2",
+            "-----> Linking to JavaScript (Scala.js linker, one ES module)",
+            "-----> Building the component (componentize-js)",
+        ],
+        second_push: &[
+            "-----> Using Scala 2.13.18 and Scala.js 1.20.2 (installed on this machine)",
+        ],
+    })
+}
+
+/// Clojure comes before Java (Leiningen writes a pom.xml), Scala before Java (a Scala Maven
+/// project has a pom.xml) and all before Node.js (a shadow-cljs project has a package.json),
+/// each listed with what it detects.
 #[test]
 fn jvm_buildpacks_listed_in_detection_order() -> Result<()> {
     let s = Skiff::start()?;
@@ -192,12 +214,16 @@ fn jvm_buildpacks_listed_in_detection_order() -> Result<()> {
             .with_context(|| format!("{needle} missing from:\n{text}"))
     };
     ensure!(
-        at("clojure")? < at("java")? && at("java")? < at("nodejs")?,
+        at("clojure")? < at("scala")? && at("scala")? < at("java")? && at("java")? < at("nodejs")?,
         "{text}"
     );
     ensure_lines(
         &text,
-        &["deps.edn, project.clj or shadow-cljs.edn", "pom.xml"],
+        &[
+            "deps.edn, project.clj or shadow-cljs.edn",
+            "build.sbt, or pom.xml with Scala",
+            "pom.xml",
+        ],
     )?;
     Ok(())
 }

@@ -62,6 +62,23 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "release",
         include_str!("../../buildpacks/clojure/bin/release"),
     ),
+    // Scala after Clojure and before Java: a Maven project that builds Scala has a pom.xml
+    // too. It builds through the Node.js buildpack's componentize-js step.
+    (
+        "scala",
+        "detect",
+        include_str!("../../buildpacks/scala/bin/detect"),
+    ),
+    (
+        "scala",
+        "compile",
+        include_str!("../../buildpacks/scala/bin/compile"),
+    ),
+    (
+        "scala",
+        "release",
+        include_str!("../../buildpacks/scala/bin/release"),
+    ),
     // Java after Clojure: Leiningen writes a pom.xml next to project.clj.
     (
         "java",
@@ -211,6 +228,17 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
         "lib/skiff/ring.cljs",
         include_str!("../../buildpacks/clojure/lib/skiff/ring.cljs"),
     ),
+    // Skiff's Scala API (package skiff), compiled with each app, and the Scala.js linker's driver.
+    (
+        "scala",
+        "lib/skiff/Http.scala",
+        include_str!("../../buildpacks/scala/lib/skiff/Http.scala"),
+    ),
+    (
+        "scala",
+        "lib/linker/dev/skiff/scalajs/Link.java",
+        include_str!("../../buildpacks/scala/lib/linker/dev/skiff/scalajs/Link.java"),
+    ),
     // Skiff's Java API (dev.skiff.http) and the CGI bridge TeaVM compiles with the app.
     (
         "java",
@@ -326,6 +354,7 @@ pub fn detects(name: &str) -> Option<&'static str> {
     match name {
         "rust" => Some("Cargo.toml"),
         "clojure" => Some("deps.edn, project.clj or shadow-cljs.edn"),
+        "scala" => Some("build.sbt, or pom.xml with Scala"),
         "java" => Some("pom.xml"),
         "nodejs" => Some("package.json"),
         "python" => Some("requirements.txt, pyproject.toml or app.py"),
