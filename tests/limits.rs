@@ -68,6 +68,22 @@ fn hostile_guests_fail_alone() -> Result<()> {
     assert!(body.contains("Memory quota exceeded"), "{body}");
     assert_eq!(s.request(&h, "GET", "/ok", None)?, (200, "ok\n".into()));
 
+    // 128 MiB of output: the request still answers, the other app too, and the log
+    // keeps its budget and says what it dropped (checked with the other codes below).
+    let flooding = {
+        let h = h.clone();
+        std::thread::spawn(move || http(port, &h, "GET", "/flood", None, &[]))
+    };
+    let mut calm_during_flood = 0;
+    while !flooding.is_finished() && calm_during_flood < 200 {
+        assert_eq!(s.request(&c, "GET", "/", None)?.0, 200);
+        calm_during_flood += 1;
+    }
+    let (status, body) = flooding
+        .join()
+        .map_err(|_| anyhow::anyhow!("flood thread"))??;
+    assert_eq!((status, body.as_str()), (200, "flooded 134217728\n"));
+
     // Stack overflow and traps fail their own request only.
     for path in ["/recurse", "/trap"] {
         let (status, body) = s.request(&h, "GET", path, None)?;
@@ -159,6 +175,7 @@ fn hostile_guests_fail_alone() -> Result<()> {
         "Error H12",
         "Error R15",
         "Error H10",
+        "Error L10 (output buffer overflow)",
         "Outbound request refused",
     ] {
         assert!(logs.contains(code), "missing {code} in:\n{logs}");

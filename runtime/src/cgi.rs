@@ -25,12 +25,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::dyno::{
     Conn, DynoSpec, DynoState, GuestStore, ResponseBody, emit_lines, guest_wasi, log_failure,
+    report_dropped,
 };
 use crate::limits::Failure;
+use crate::logpipe::LogPipe;
 
 /// The header block may not grow past this; a program that writes more without a blank line
 /// is not speaking CGI.
@@ -63,7 +64,7 @@ enum Stdin {
 /// The program's stderr, captured for the logs and emitted exactly once, whether the run ends
 /// by itself or is stopped early.
 struct Stderr {
-    pipe: MemoryOutputPipe,
+    pipe: LogPipe,
     emitted: AtomicBool,
 }
 
@@ -71,6 +72,7 @@ impl Stderr {
     fn emit(&self, spec: &DynoSpec) {
         if !self.emitted.swap(true, Ordering::Relaxed) {
             emit_lines(spec, "stderr", &self.pipe.contents());
+            report_dropped(spec, self.pipe.dropped());
         }
     }
 }
@@ -123,7 +125,7 @@ pub(crate) async fn serve(
     let (stdin_guest, stdin_host) = tokio::io::duplex(PIPE_BUFFER);
     let (stdout_guest, mut stdout_host) = tokio::io::duplex(PIPE_BUFFER);
     let stderr = Arc::new(Stderr {
-        pipe: MemoryOutputPipe::new(spec.limits.log_bytes),
+        pipe: LogPipe::new(spec.limits.log_bytes),
         emitted: AtomicBool::new(false),
     });
     let mut wasi = guest_wasi(spec, &env)?;

@@ -18,7 +18,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::watch;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -28,6 +27,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::addons::GuestAddons;
 use crate::engine::{LoadedComponent, WebGuest};
 use crate::limits::{DynoLimiter, Failure};
+use crate::logpipe::LogPipe;
 use crate::outbound::{Outbound, OutboundPolicy};
 use crate::{Runtime, RuntimeError};
 
@@ -302,6 +302,19 @@ pub(crate) fn failure_response(failure: &Failure) -> hyper::Response<ResponseBod
 }
 
 /// Hands a request's captured output to the dyno's log sink, one call per line.
+/// Heroku's `L10` for output a request wrote past its log budget (`log_bytes`).
+pub(crate) fn report_dropped(spec: &DynoSpec, bytes: u64) {
+    if bytes == 0 {
+        return;
+    }
+    let line = format!(
+        "Error L10 (output buffer overflow): {bytes} bytes of output dropped; a request may log {} bytes",
+        spec.limits.log_bytes
+    );
+    tracing::warn!(target: "skiff::app", app = %spec.app, dyno = %spec.name, "{line}");
+    spec.log.line(&spec.app, &spec.name, &line);
+}
+
 pub(crate) fn emit_lines(spec: &DynoSpec, stream: &str, bytes: &[u8]) {
     for line in String::from_utf8_lossy(bytes).lines() {
         tracing::info!(target: "skiff::app", app = %spec.app, dyno = %spec.name, stream, "{line}");
@@ -423,10 +436,11 @@ struct Warm {
 
 /// A store's stdout and stderr, and how much of each the logs already have.
 struct Output {
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
+    stdout: LogPipe,
+    stderr: LogPipe,
     stdout_seen: usize,
     stderr_seen: usize,
+    dropped_seen: u64,
 }
 
 impl Output {
@@ -446,6 +460,9 @@ impl Output {
         );
         self.stdout_seen = out.len();
         self.stderr_seen = err.len();
+        let dropped = self.stdout.dropped() + self.stderr.dropped();
+        report_dropped(spec, dropped - self.dropped_seen);
+        self.dropped_seen = dropped;
     }
 
     /// Whether the pipes still have room for another request's output: they only grow, so
@@ -529,8 +546,8 @@ async fn run_guest(
             warm
         }
         None => {
-            let stdout = MemoryOutputPipe::new(spec.limits.log_bytes);
-            let stderr = MemoryOutputPipe::new(spec.limits.log_bytes);
+            let stdout = LogPipe::new(spec.limits.log_bytes);
+            let stderr = LogPipe::new(spec.limits.log_bytes);
             let mut wasi = guest_wasi(spec, &spec.env)?;
             wasi.stdout(stdout.clone()).stderr(stderr.clone());
             let guest = GuestStore::new(
@@ -548,6 +565,7 @@ async fn run_guest(
                     stderr,
                     stdout_seen: 0,
                     stderr_seen: 0,
+                    dropped_seen: 0,
                 },
                 served: 0,
             }

@@ -15,6 +15,7 @@ pub mod command;
 pub mod dyno;
 pub mod engine;
 pub mod limits;
+mod logpipe;
 pub mod outbound;
 
 pub use addons::{KvBackend, KvStore};
