@@ -50,8 +50,7 @@ export CC="$clang --target=wasm32-wasi --sysroot=$work/sysroot"
 export AR=llvm-ar-$version RANLIB=llvm-ranlib-$version
 command -v "$AR" >/dev/null 2>&1 || export AR=ar RANLIB=ranlib
 export CFLAGS="-O2 -I$here/include $emulated"
-# The stack WebAssembly gives C is 64 KiB by default; PHP's compiler recurses deeper.
-export LDFLAGS="-fuse-ld=lld -Wl,-z,stack-size=1048576 -lwasi-emulated-getpid -lwasi-emulated-signal -lwasi-emulated-process-clocks -lwasi-emulated-mman"
+export LDFLAGS="-fuse-ld=lld -lwasi-emulated-getpid -lwasi-emulated-signal -lwasi-emulated-process-clocks -lwasi-emulated-mman"
 # getrusage exists in wasi-libc with none of the fields PHP reads.
 ./configure --host=wasm32-unknown-wasi --build="$(uname -m)-pc-linux-gnu" \
   ac_cv_func_getrusage=no \
@@ -66,6 +65,11 @@ export LDFLAGS="-fuse-ld=lld -Wl,-z,stack-size=1048576 -lwasi-emulated-getpid -l
 # The compat declarations go into every file PHP compiles, but not into configure's checks:
 # those must keep finding fork() and friends missing.
 sed -i "s|^CFLAGS_CLEAN = \(.*\)\$|CFLAGS_CLEAN = \1 -include $here/include/skiff_wasi_compat.h|" Makefile
+# wasi-libc's emulations go after PHP's objects (static libraries only resolve what came
+# before them). The stack WebAssembly gives C is 64 KiB by default; PHP's compiler recurses
+# deeper.
+sed -i "s|^EXTRA_LIBS = \(.*\)\$|EXTRA_LIBS = \1 -lwasi-emulated-getpid -lwasi-emulated-signal -lwasi-emulated-process-clocks -lwasi-emulated-mman|" Makefile
+sed -i "s|^EXTRA_LDFLAGS_PROGRAM = \(.*\)\$|EXTRA_LDFLAGS_PROGRAM = \1 -Wl,-z,stack-size=1048576|" Makefile
 make -j"$jobs" sapi/cgi/php-cgi > "$work/make.log" 2>&1 \
   || { grep -E 'error|Error' "$work/make.log" | tail -40 >&2; echo "make failed" >&2; exit 1; }
 mkdir -p "$(dirname "$out")"

@@ -319,3 +319,6 @@ int sigprocmask(int how, const sigset_t *set, sigset_t *old)
 	}
 	return 0;
 }
+
+/* Memory hints: WebAssembly memory has no pages to advise about. */
+int madvise(void *addr, size_t len, int advice) { return 0; }
