@@ -311,7 +311,8 @@ fn php_app_served_through_cgi() -> Result<()> {
             "missing {expected:?} in:\n{output}"
         );
     }
-    let latency = check_routes(&s, &repo, "phphello", "Hello from PHP on Skiff!")?;
+    let latency = check_routes(&s, &repo, "phphello", "Hello from PHP on Skiff!")
+        .with_context(|| s.logs())?;
 
     // A script of its own runs instead of the front controller; other files are sent as
     // they are; dotfiles and unknown paths go to index.php.

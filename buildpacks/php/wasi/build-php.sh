@@ -51,9 +51,10 @@ export AR=llvm-ar-$version RANLIB=llvm-ranlib-$version
 command -v "$AR" >/dev/null 2>&1 || export AR=ar RANLIB=ranlib
 export CFLAGS="-O2 -I$here/include $emulated"
 export LDFLAGS="-fuse-ld=lld -lwasi-emulated-getpid -lwasi-emulated-signal -lwasi-emulated-process-clocks -lwasi-emulated-mman"
-# getrusage exists in wasi-libc with none of the fields PHP reads.
+# getrusage exists in wasi-libc with none of the fields PHP reads; file mappings through the
+# emulated mmap are copies PHP would unmap in part, which corrupts the C heap.
 ./configure --host=wasm32-unknown-wasi --build="$(uname -m)-pc-linux-gnu" \
-  ac_cv_func_getrusage=no \
+  ac_cv_func_getrusage=no ac_cv_func_mmap=no \
   --disable-all --enable-cgi --disable-cli --disable-phpdbg \
   --enable-ctype --enable-filter --enable-tokenizer \
   --without-pcre-jit --disable-fiber-asm --disable-zend-signals --without-valgrind \
@@ -70,6 +71,9 @@ sed -i "s|^CFLAGS_CLEAN = \(.*\)\$|CFLAGS_CLEAN = \1 -include $here/include/skif
 # deeper.
 sed -i "s|^EXTRA_LIBS = \(.*\)\$|EXTRA_LIBS = \1 -lwasi-emulated-getpid -lwasi-emulated-signal -lwasi-emulated-process-clocks -lwasi-emulated-mman|" Makefile
 sed -i "s|^EXTRA_LDFLAGS_PROGRAM = \(.*\)\$|EXTRA_LDFLAGS_PROGRAM = \1 -Wl,-z,stack-size=1048576|" Makefile
+# php-cgi loads no extensions at run time: exporting every symbol (2000+) only confuses the
+# component adapter, which then finds its state overwritten.
+sed -i "s|^\(BUILD_CGI = .*\) -export-dynamic |\1 |" Makefile
 make -j"$jobs" sapi/cgi/php-cgi > "$work/make.log" 2>&1 \
   || { grep -E 'error|Error' "$work/make.log" | tail -40 >&2; echo "make failed" >&2; exit 1; }
 mkdir -p "$(dirname "$out")"

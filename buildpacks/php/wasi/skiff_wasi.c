@@ -106,6 +106,10 @@ static void skiff_run_script(const char *file, const char *script_name, const ch
 
 static void skiff_route_request(void)
 {
+	/* Zend's allocator carves 2 MiB-aligned chunks out of mmap() and unmaps the parts it
+	 * does not need; wasi-libc's emulated mmap is malloc underneath and cannot unmap part
+	 * of a mapping, so the C allocator serves PHP's memory instead. */
+	setenv("USE_ZEND_ALLOC", "0", 1);
 	if (!getenv("REQUEST_METHOD") || getenv("SCRIPT_FILENAME")) {
 		return;
 	}
