@@ -21,6 +21,8 @@ if ($method === 'GET' && $path === '/') {
     $value = getenv($m[1]);
     $value === false ? text(404, "not set\n") : text(200, $value);
 } elseif ($method === 'POST' && $path === '/echo') {
+    // The type goes back exactly as sent: PHP would otherwise add "; charset=UTF-8" to text/*.
+    ini_set('default_charset', '');
     header('Content-Type: ' . ($_SERVER['CONTENT_TYPE'] ?? 'application/octet-stream'));
     echo file_get_contents('php://input');
 } elseif ($method === 'GET' && $path === '/json') {

@@ -326,3 +326,20 @@ int sigprocmask(int how, const sigset_t *set, sigset_t *old)
 
 /* Memory hints: WebAssembly memory has no pages to advise about. */
 int madvise(void *addr, size_t len, int advice) { return 0; }
+
+/* The component adapter keeps its state in memory it asks the program for. This wasi-libc
+ * exports no allocator, so the adapter would grow memory behind malloc's back, and malloc
+ * (which takes all memory up to memory.size as its own on first use) hands the same bytes out
+ * again. Giving the adapter malloc's memory keeps the two apart. */
+__attribute__((export_name("cabi_realloc")))
+void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size)
+{
+	if (new_size == 0) {
+		return (void *) align;
+	}
+	void *ret = realloc(ptr, new_size);
+	if (!ret) {
+		abort();
+	}
+	return ret;
+}
