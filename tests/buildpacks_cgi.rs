@@ -1,4 +1,4 @@
-//! The Go, C, Ruby and static-site buildpacks end to end: each example is pushed through real git to
+//! The Go, C, Ruby, PHP and static-site buildpacks end to end: each example is pushed through real git to
 //! a running `skiff up`, built into a WASI command component, served CGI-style, called through
 //! the router, changed, pushed again and seen live.
 //!
@@ -284,5 +284,71 @@ fn ruby_rack_app_served_through_cgi() -> Result<()> {
         changed_build.as_secs_f64()
     );
     report("ruby", &output, first_build, rebuild, latency);
+    Ok(())
+}
+
+#[test]
+fn php_app_served_through_cgi() -> Result<()> {
+    let s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = example_repo(&s, work.path(), "php-hello")?;
+    ok(s.cli(&repo, &["apps:create", "phphello"])?)?;
+
+    // The first PHP build on a machine compiles php-cgi; later ones (and other tests' runs on
+    // the same machine) reuse it from the toolchain cache.
+    let (output, first_build) = push_timed(&s, &repo, "first")?;
+    for expected in [
+        "remote: -----> PHP app detected",
+        "-----> Installing PHP 8.2.",
+        "(built for WASI",
+        "index.php as the front controller",
+        "-----> Built bin/php-cgi.wasm",
+        "-----> Wrapping bin/php-cgi.wasm (a WASI preview 1 module) into a component",
+        "-----> Launching... done, v1",
+    ] {
+        ensure!(
+            output.contains(expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+    let latency = check_routes(&s, &repo, "phphello", "Hello from PHP on Skiff!")
+        .with_context(|| s.logs())?;
+
+    // A script of its own runs instead of the front controller; other files are sent as
+    // they are; dotfiles and unknown paths go to index.php.
+    let host = format!("phphello.localhost:{}", s.http_port);
+    let (status, info) = s.request(&host, "GET", "/info.php", None)?;
+    ensure!(
+        status == 200 && info.contains("PHP 8.2.") && info.contains("(cgi-fcgi)"),
+        "{status} {info}"
+    );
+    let css = http_full(s.http_port, &host, "GET", "/public/style.css", None, &[])?;
+    ensure!(
+        css.status == 200
+            && css.body.contains("font-family")
+            && css.header("content-type") == Some("text/css; charset=utf-8"),
+        "{css:?}"
+    );
+    let (status, _) = s.request(&host, "GET", "/../etc/passwd", None)?;
+    ensure!(status == 404, "{status}");
+
+    let (second, rebuild) = push_timed(&s, &repo, "same app")?;
+    ensure!(
+        second.contains("(built for WASI, cached)"),
+        "missing the cached interpreter in:\n{second}"
+    );
+
+    replace_in(
+        &repo.join("src/greeting.php"),
+        "\"Hello from $language on Skiff!\"",
+        "\"$language, changed and pushed again\"",
+    )?;
+    push_timed(&s, &repo, "change")?;
+    let changed = s.request(&host, "GET", "/", None)?;
+    ensure!(
+        changed == (200, "PHP, changed and pushed again\n".into()),
+        "{changed:?}"
+    );
+    report("php", &output, first_build, rebuild, latency);
     Ok(())
 }

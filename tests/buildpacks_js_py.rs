@@ -240,7 +240,8 @@ fn buildpacks_are_listed_in_detection_order() -> Result<()> {
         at("rust")? < at("nodejs")?
             && at("nodejs")? < at("python")?
             && at("python")? < at("ruby")?
-            && at("ruby")? < at("go.mod")?,
+            && at("ruby")? < at("php")?
+            && at("php")? < at("go.mod")?,
         "{text}"
     );
     assert_contains(
@@ -248,6 +249,7 @@ fn buildpacks_are_listed_in_detection_order() -> Result<()> {
         &[
             "package.json",
             "requirements.txt, pyproject.toml or app.py",
+            "index.php or composer.json",
             "config.ru or Gemfile",
         ],
     );

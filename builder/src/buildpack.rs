@@ -145,7 +145,7 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "procfile-web",
         include_str!("../../buildpacks/python/bin/procfile-web"),
     ),
-    // Ruby, Go and C build CGI programs (served by the runtime's CGI executor).
+    // Ruby, PHP, Go and C build CGI programs (served by the runtime's CGI executor).
     (
         "ruby",
         "detect",
@@ -160,6 +160,21 @@ const BUILTIN_FILES: &[BuiltinFile] = &[
         "ruby",
         "release",
         include_str!("../../buildpacks/ruby/bin/release"),
+    ),
+    (
+        "php",
+        "detect",
+        include_str!("../../buildpacks/php/bin/detect"),
+    ),
+    (
+        "php",
+        "compile",
+        include_str!("../../buildpacks/php/bin/compile"),
+    ),
+    (
+        "php",
+        "release",
+        include_str!("../../buildpacks/php/bin/release"),
     ),
     (
         "go",
@@ -325,6 +340,62 @@ const BUILTIN_SUPPORT_FILES: &[BuiltinFile] = &[
         "lib/canonical-abi-stubs.wat",
         include_str!("../../buildpacks/ruby/lib/canonical-abi-stubs.wat"),
     ),
+    // The recipe that builds php-cgi for WASI (run once per machine by bin/compile).
+    (
+        "php",
+        "wasi/build-php.sh",
+        include_str!("../../buildpacks/php/wasi/build-php.sh"),
+    ),
+    (
+        "php",
+        "wasi/skiff_wasi.c",
+        include_str!("../../buildpacks/php/wasi/skiff_wasi.c"),
+    ),
+    (
+        "php",
+        "wasi/include/setjmp.h",
+        include_str!("../../buildpacks/php/wasi/include/setjmp.h"),
+    ),
+    (
+        "php",
+        "wasi/include/ucontext.h",
+        include_str!("../../buildpacks/php/wasi/include/ucontext.h"),
+    ),
+    (
+        "php",
+        "wasi/include/netdb.h",
+        include_str!("../../buildpacks/php/wasi/include/netdb.h"),
+    ),
+    (
+        "php",
+        "wasi/include/sys/un.h",
+        include_str!("../../buildpacks/php/wasi/include/sys/un.h"),
+    ),
+    (
+        "php",
+        "wasi/include/skiff_wasi_compat.h",
+        include_str!("../../buildpacks/php/wasi/include/skiff_wasi_compat.h"),
+    ),
+    (
+        "php",
+        "wasi/patches/zend-fibers.patch",
+        include_str!("../../buildpacks/php/wasi/patches/zend-fibers.patch"),
+    ),
+    (
+        "php",
+        "wasi/patches/unix-sockets.patch",
+        include_str!("../../buildpacks/php/wasi/patches/unix-sockets.patch"),
+    ),
+    (
+        "php",
+        "wasi/patches/filestat.patch",
+        include_str!("../../buildpacks/php/wasi/patches/filestat.patch"),
+    ),
+    (
+        "php",
+        "wasi/patches/cgi-main.patch",
+        include_str!("../../buildpacks/php/wasi/patches/cgi-main.patch"),
+    ),
     // Skiff's guest SDK (`skiff-sdk`): the Rust buildpack points apps' builds at it.
     (
         "rust",
@@ -359,6 +430,7 @@ pub fn detects(name: &str) -> Option<&'static str> {
         "nodejs" => Some("package.json"),
         "python" => Some("requirements.txt, pyproject.toml or app.py"),
         "ruby" => Some("config.ru or Gemfile"),
+        "php" => Some("index.php or composer.json"),
         "go" => Some("go.mod"),
         "c" => Some("Makefile and *.c"),
         "static" => Some("static.json or index.html"),
