@@ -98,13 +98,15 @@ impl PrecompiledCache {
             ms = started.elapsed().as_millis() as u64,
             "precompiled component"
         );
+        let sealed = seal(compiled);
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        std::fs::write(tmp.path(), seal(compiled))?;
+        std::fs::write(tmp.path(), &sealed)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&entry).map_err(|e| RuntimeError::Io(e.error))?;
         let _ = std::fs::remove_file(&same_bytes);
         let _ = std::fs::hard_link(&entry, &same_bytes);
-        deserialize(engine, &entry)
+        // The code is still in memory: no need to read back and hash what was just written.
+        load_code(engine, &sealed[..sealed.len() - DIGEST_LEN])
     }
 }
 
@@ -119,7 +121,7 @@ fn seal(mut compiled: Vec<u8>) -> Vec<u8> {
 }
 
 fn deserialize(engine: &Engine, path: &Path) -> Result<Component, RuntimeError> {
-    let mut bytes = std::fs::read(path)?;
+    let bytes = std::fs::read(path)?;
     let body_len = bytes
         .len()
         .checked_sub(DIGEST_LEN)
@@ -128,14 +130,17 @@ fn deserialize(engine: &Engine, path: &Path) -> Result<Component, RuntimeError> 
     if Sha256::digest(body).as_slice() != digest {
         return Err(corrupt(path));
     }
-    bytes.truncate(body_len);
+    load_code(engine, body)
+}
+
+fn load_code(engine: &Engine, code: &[u8]) -> Result<Component, RuntimeError> {
     #[expect(
         unsafe_code,
-        reason = "the bytes were written by this engine's precompile_component into Skiff's own data dir, atomically, and their digest was just checked; wasmtime checks the header and engine compatibility"
+        reason = "the code was made by this engine's precompile_component and is either fresh from it or checked against the digest Skiff wrote beside it in its own data dir; wasmtime checks the header and engine compatibility"
     )]
     // SAFETY: see the expect reason above. Deserialising from memory, not the file, means what
     // was checked is what runs, whatever happens to the file meanwhile.
-    let component = unsafe { Component::deserialize(engine, &bytes) };
+    let component = unsafe { Component::deserialize(engine, code) };
     component.map_err(|e| RuntimeError::wasm("loading a precompiled component", e))
 }
 
