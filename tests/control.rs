@@ -10,8 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const PROCFILE: &str =
-    "web: bin/rust-hello.wasm\nrelease: bin/tasks.wasm migrate\nworker: bin/tasks.wasm work\n";
+const PROCFILE: &str = "web: bin/rust-hello.wasm\nrelease: bin/tasks.wasm migrate\nworker: bin/tasks.wasm work\ncrasher: bin/tasks.wasm exit 3\n";
 
 fn json(out: std::process::Output) -> Result<Value> {
     let out = ok(out)?;
@@ -120,6 +119,78 @@ fn releases_rollback_scale_run_and_access() -> Result<()> {
         stderr(&out)
     );
     ok(s.cli(&repo, &["ps:scale", "worker=0"])?)?;
+
+    // A worker that keeps exiting is started again after a wait that doubles.
+    ok(s.cli(&repo, &["ps:scale", "crasher=1"])?)?;
+    let logs = wait_for_log(&s, &repo, "restarting in 2s")?;
+    // wasip2's `exit` carries only success or failure, so any failing code shows as 1.
+    assert!(logs.contains("Process exited with status 1"), "{logs}");
+    assert!(logs.contains("restarting in 1s"), "{logs}");
+    ok(s.cli(&repo, &["ps:scale", "crasher=0"])?)?;
+
+    // Web dynos whose every request crashes go into a crash loop: they answer H10 at once
+    // (503) instead of running the guest, show as crashed, and serve again once a request
+    // after the wait succeeds.
+    let mut refused = None;
+    for _ in 0..60 {
+        let (status, body) = s.request(&host, "GET", "/crash", None)?;
+        if status == 503 {
+            refused = Some(body);
+            break;
+        }
+        assert_eq!(status, 500, "{body}");
+    }
+    let refused = refused.context("the dynos never entered the crash loop")?;
+    assert!(refused.contains("App crashed"), "{refused}");
+    let ps = json(s.cli(&repo, &["ps", "--json"])?)?;
+    assert!(
+        ps["dynos"]
+            .as_array()
+            .context("dynos")?
+            .iter()
+            .any(|d| d["state"] == "crashed"),
+        "{ps}"
+    );
+    let mut served = false;
+    for _ in 0..200 {
+        let (status, body) = s.request(&host, "GET", "/", None)?;
+        match status {
+            200 => {
+                served = true;
+                break;
+            }
+            503 => assert!(body.contains("App crashed"), "{body}"),
+            other => anyhow::bail!("unexpected {other} during the crash loop: {body}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served, "the app never served again after its crash loop");
+    let logs = wait_for_log(&s, &repo, "State changed from crashed to up")?;
+    assert!(logs.contains("requests in a row crashed"), "{logs}");
+    assert!(logs.contains("Error H10 (App crashed"), "{logs}");
+
+    // A new release ends a crash loop at once: its dynos start with a clean record.
+    let mut looping = false;
+    for _ in 0..60 {
+        if s.request(&host, "GET", "/crash", None)?.0 == 503 {
+            looping = true;
+            break;
+        }
+    }
+    assert!(looping, "the dynos never entered the crash loop again");
+    ok(s.cli(&repo, &["config:set", "AFTER_CRASH=yes"])?)?;
+    for _ in 0..4 {
+        assert_eq!(s.request(&host, "GET", "/", None)?.0, 200);
+    }
+    let ps = json(s.cli(&repo, &["ps", "--json"])?)?;
+    assert!(
+        ps["dynos"]
+            .as_array()
+            .context("dynos")?
+            .iter()
+            .all(|d| d["state"] == "up"),
+        "{ps}"
+    );
 
     // One-off runs: output streams back and the exit status comes through.
     let out = ok(s.cli(&repo, &["run", "--", "tasks", "env", "SKIFF_APP"])?)?;
@@ -277,4 +348,17 @@ fn kill9_mid_deploy_keeps_every_release() -> Result<()> {
         (200, "never released\n".into())
     );
     Ok(())
+}
+
+/// The app's recent log once it holds `needle` (waits up to 30 s).
+fn wait_for_log(s: &Skiff, repo: &std::path::Path, needle: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = stdout(&ok(s.cli(repo, &["logs", "-n", "500"])?)?);
+        if logs.contains(needle) || Instant::now() > deadline {
+            anyhow::ensure!(logs.contains(needle), "no {needle:?} in:\n{logs}");
+            return Ok(logs);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

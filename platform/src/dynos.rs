@@ -385,7 +385,22 @@ impl Dynos {
         let running = lock(&self.running);
         let mut out: Vec<DynoInfo> = running
             .get(app)
-            .map(|f| f.dynos.iter().map(|d| lock(&d.info).clone()).collect())
+            .map(|f| {
+                f.dynos
+                    .iter()
+                    .map(|d| {
+                        let mut info = lock(&d.info).clone();
+                        // A web dyno's crash loop lives in the runtime: each request is its
+                        // own instance, so there is no process to watch.
+                        if let Handle::Web(h) = &d.handle
+                            && h.crashed()
+                        {
+                            info.state = "crashed".into();
+                        }
+                        info
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         out.sort_by(|a, b| {
             (&a.process_type, a.name.len(), &a.name).cmp(&(&b.process_type, b.name.len(), &b.name))

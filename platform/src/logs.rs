@@ -257,6 +257,10 @@ impl skiff_runtime::LogSink for LogHub {
     fn line(&self, app: &str, dyno: &str, text: &str) {
         self.push(app, Source::App, dyno, text);
     }
+
+    fn state(&self, app: &str, dyno: &str, text: &str) {
+        self.push(app, Source::Platform, dyno, text);
+    }
 }
 
 impl skiff_router::AccessLog for LogHub {

@@ -63,6 +63,12 @@ impl Default for Limits {
 pub trait LogSink: Send + Sync {
     /// One line of the app's output, without its newline.
     fn line(&self, app: &str, dyno: &str, text: &str);
+
+    /// A change of the dyno's state told by the platform, not the app (a crash loop, a
+    /// recovery). Sinks that do not tell the two apart get it as a line.
+    fn state(&self, app: &str, dyno: &str, text: &str) {
+        self.line(app, dyno, text);
+    }
 }
 
 /// What a web dyno runs.
@@ -100,12 +106,108 @@ pub struct DynoHandle {
     /// The dyno's name.
     pub name: String,
     stop: watch::Sender<bool>,
+    crashes: Arc<CrashWatch>,
 }
 
 impl DynoHandle {
     /// Stops accepting connections; requests already running finish.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Whether the dyno is in a crash loop: its last requests all crashed and it has not
+    /// served one since.
+    pub fn crashed(&self) -> bool {
+        self.crashes.crashed()
+    }
+}
+
+/// Crashes in a row that put a web dyno in the crashed state.
+const CRASHES_IN_A_ROW: u32 = 5;
+/// The first wait of a crashed dyno; each crash after a wait doubles it, up to the cap.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(120);
+
+/// A web dyno's crash loop, Heroku-style. Each request runs on a fresh instance, so nothing
+/// needs restarting; what the crashed state buys is that an app whose every request crashes
+/// stops costing an instantiation per request: until the backoff ends the dyno answers H10 at
+/// once. The first request after it runs the guest again: a success ends the crash loop, a
+/// crash starts a longer wait. A new release starts new dynos, so it ends the loop at once.
+#[derive(Debug)]
+pub(crate) struct CrashWatch {
+    state: std::sync::Mutex<CrashState>,
+}
+
+#[derive(Debug)]
+struct CrashState {
+    in_a_row: u32,
+    backoff: Duration,
+    /// Set while crashed: requests before this instant are refused.
+    until: Option<Instant>,
+}
+
+/// What a request's outcome did to the dyno's state, for the caller to log.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CrashChange {
+    None,
+    /// Entered (or re-entered) the crashed state for this long.
+    Crashed(Duration),
+    Recovered,
+}
+
+impl CrashWatch {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new(CrashState {
+                in_a_row: 0,
+                backoff: FIRST_BACKOFF,
+                until: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CrashState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn crashed(&self) -> bool {
+        self.lock().until.is_some()
+    }
+
+    /// Whether a request arriving at `now` may run the guest.
+    pub(crate) fn admits(&self, now: Instant) -> bool {
+        self.lock().until.is_none_or(|until| now >= until)
+    }
+
+    /// Records a request's outcome: `crashed` for a crash of the guest, else a response
+    /// (other failures, like a timeout or the memory quota, are the request's own and leave
+    /// the count alone; call this only for crashes and successes).
+    pub(crate) fn record(&self, crashed: bool, now: Instant) -> CrashChange {
+        let mut s = self.lock();
+        if !crashed {
+            s.in_a_row = 0;
+            s.backoff = FIRST_BACKOFF;
+            return if s.until.take().is_some() {
+                CrashChange::Recovered
+            } else {
+                CrashChange::None
+            };
+        }
+        s.in_a_row = s.in_a_row.saturating_add(1);
+        if s.in_a_row < CRASHES_IN_A_ROW {
+            return CrashChange::None;
+        }
+        // Requests already running when the dyno entered the crashed state may crash too;
+        // only a crash after the wait lengthens it.
+        if s.until.is_some_and(|until| now < until) {
+            return CrashChange::None;
+        }
+        let wait = s.backoff;
+        s.until = Some(now + wait);
+        s.backoff = (wait * 2).min(MAX_BACKOFF);
+        CrashChange::Crashed(wait)
     }
 }
 
@@ -152,6 +254,8 @@ impl Runtime {
         let fuel = self.meters_fuel();
         let addons = self.guest_addons(&spec.env);
         let reuse = Reuse::for_spec(&spec).map(Arc::new);
+        let crashes = Arc::new(CrashWatch::new());
+        let watch = crashes.clone();
         let spec = Arc::new(spec);
         tracing::info!(app = %spec.app, dyno = %spec.name, release = spec.release, %addr, "dyno up");
         tokio::spawn(async move {
@@ -174,6 +278,7 @@ impl Runtime {
                 let slots = slots.clone();
                 let addons = addons.clone();
                 let reuse = reuse.clone();
+                let watch = watch.clone();
                 let conn = Conn {
                     peer,
                     port: addr.port(),
@@ -184,9 +289,10 @@ impl Runtime {
                         let slots = slots.clone();
                         let addons = addons.clone();
                         let reuse = reuse.clone();
+                        let watch = watch.clone();
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                handle(spec, slots, fuel, conn, addons, reuse, req).await,
+                                handle(spec, slots, fuel, conn, addons, reuse, &watch, req).await,
                             )
                         }
                     });
@@ -205,6 +311,7 @@ impl Runtime {
             addr,
             name,
             stop: stop_tx,
+            crashes,
         })
     }
 }
@@ -219,6 +326,10 @@ pub(crate) struct Conn {
 }
 
 /// Serves one request on a fresh instance; a failure fails this request only.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the per-dyno state each request borrows; a struct would only repackage it"
+)]
 async fn handle(
     spec: Arc<DynoSpec>,
     slots: Arc<tokio::sync::Semaphore>,
@@ -226,11 +337,16 @@ async fn handle(
     conn: Conn,
     addons: GuestAddons,
     reuse: Option<Arc<Reuse>>,
+    crashes: &CrashWatch,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<ResponseBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if !crashes.admits(started) {
+        log_failure(&spec, &method, &path, &Failure::Crashed);
+        return failure_response(&Failure::Crashed);
+    }
     // A full dyno answers at once rather than queueing: the router can pick another one.
     let Ok(slot) = slots.try_acquire_owned() else {
         return failure_response(&Failure::Full);
@@ -250,6 +366,27 @@ async fn handle(
             crate::cgi::serve(&spec, pre.clone(), fuel, addons, conn, slot, req).await
         }
     };
+    let change = match &result {
+        Ok(_) => crashes.record(false, Instant::now()),
+        Err(Failure::Crash(_)) => crashes.record(true, Instant::now()),
+        Err(_) => CrashChange::None,
+    };
+    match change {
+        CrashChange::None => {}
+        CrashChange::Crashed(wait) => {
+            let line = format!(
+                "State changed from up to crashed: {CRASHES_IN_A_ROW} requests in a row crashed; trying again in {}s (requests meanwhile get H10)",
+                wait.as_secs()
+            );
+            tracing::warn!(app = %spec.app, dyno = %spec.name, "{line}");
+            spec.log.state(&spec.app, &spec.name, &line);
+        }
+        CrashChange::Recovered => {
+            let line = "State changed from crashed to up";
+            tracing::info!(app = %spec.app, dyno = %spec.name, "{line}");
+            spec.log.state(&spec.app, &spec.name, line);
+        }
+    }
     match result {
         Ok(resp) => {
             tracing::debug!(app = %spec.app, dyno = %spec.name, %method, path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
@@ -662,4 +799,53 @@ pub(crate) async fn instantiate_once(component: &LoadedComponent) -> Result<(), 
     };
     instantiated.map_err(|e| RuntimeError::wasm("instantiating", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loop_backs_off_and_a_success_ends_it() {
+        let w = CrashWatch::new();
+        let t0 = Instant::now();
+        for _ in 1..CRASHES_IN_A_ROW {
+            assert_eq!(w.record(true, t0), CrashChange::None);
+        }
+        // A success in between starts the count again.
+        assert_eq!(w.record(false, t0), CrashChange::None);
+        for _ in 1..CRASHES_IN_A_ROW {
+            assert_eq!(w.record(true, t0), CrashChange::None);
+        }
+        assert!(!w.crashed());
+        assert_eq!(w.record(true, t0), CrashChange::Crashed(FIRST_BACKOFF));
+        assert!(w.crashed());
+        assert!(!w.admits(t0 + FIRST_BACKOFF / 2));
+        // Requests that were already running crash without lengthening the wait.
+        assert_eq!(
+            w.record(true, t0 + Duration::from_millis(1)),
+            CrashChange::None
+        );
+        // After the wait the guest runs again; crashing again doubles the wait.
+        let t1 = t0 + FIRST_BACKOFF;
+        assert!(w.admits(t1));
+        assert_eq!(w.record(true, t1), CrashChange::Crashed(FIRST_BACKOFF * 2));
+        let mut t = t1;
+        let mut last = Duration::ZERO;
+        for _ in 0..20 {
+            t += MAX_BACKOFF;
+            if let CrashChange::Crashed(wait) = w.record(true, t) {
+                last = wait;
+            }
+        }
+        assert_eq!(last, MAX_BACKOFF, "the wait is capped");
+        assert_eq!(w.record(false, t + MAX_BACKOFF), CrashChange::Recovered);
+        assert!(!w.crashed());
+        // The next loop starts from the first wait again.
+        let t2 = t + MAX_BACKOFF * 2;
+        for _ in 1..CRASHES_IN_A_ROW {
+            w.record(true, t2);
+        }
+        assert_eq!(w.record(true, t2), CrashChange::Crashed(FIRST_BACKOFF));
+    }
 }

@@ -104,6 +104,8 @@ pub enum Failure {
     PoolExhausted,
     /// Any other trap or error: a crash of this request only.
     Crash(String),
+    /// The dyno's last requests all crashed: it refuses requests until its backoff ends.
+    Crashed,
     /// The app answered with something that is not a response (a CGI program's header block
     /// is malformed, or it exited without writing one).
     BadResponse(String),
@@ -136,7 +138,7 @@ impl Failure {
             Failure::CpuBudget => "R16",
             Failure::Full => "H11",
             Failure::PoolExhausted => "H99",
-            Failure::Crash(_) => "H10",
+            Failure::Crash(_) | Failure::Crashed => "H10",
             // Heroku's code for a poorly formatted HTTP response.
             Failure::BadResponse(_) => "H17",
         }
@@ -146,7 +148,11 @@ impl Failure {
     pub fn status(&self) -> u16 {
         match self {
             Failure::Memory | Failure::Crash(_) => 500,
-            Failure::Timeout | Failure::CpuBudget | Failure::Full | Failure::PoolExhausted => 503,
+            Failure::Timeout
+            | Failure::CpuBudget
+            | Failure::Full
+            | Failure::PoolExhausted
+            | Failure::Crashed => 503,
             Failure::BadResponse(_) => 502,
         }
     }
@@ -163,6 +169,9 @@ impl Failure {
             Failure::PoolExhausted => "The platform has no free instance slot".into(),
             Failure::Crash(_) => {
                 "Application error: the app crashed while handling this request".into()
+            }
+            Failure::Crashed => {
+                "App crashed: its recent requests all crashed, so the dyno waits before trying again".into()
             }
             Failure::BadResponse(_) => {
                 "Bad response: the app's answer is not a well-formed CGI response".into()
