@@ -604,11 +604,13 @@ impl State {
         Ok(())
     }
 
-    /// Sets how many dynos of each process type run.
-    pub fn set_quantities(
+    /// Sets how many dynos of each process type run and of which size, in one transaction:
+    /// a `ps:scale web=2:standard-2x` cut off by a crash is applied whole or not at all.
+    pub fn set_formation(
         &self,
         app: &str,
         quantities: &BTreeMap<String, u32>,
+        sizes: &BTreeMap<String, String>,
     ) -> Result<(), PlatformError> {
         let mut db = self.db();
         let tx = db.transaction()?;
@@ -617,6 +619,16 @@ impl State {
                 "INSERT INTO formation (app, process_type, quantity) VALUES (?1, ?2, ?3)
                  ON CONFLICT (app, process_type) DO UPDATE SET quantity = excluded.quantity",
                 params![app, process_type, q],
+            )?;
+        }
+        for (process_type, size) in sizes {
+            let default_quantity = quantities
+                .get(process_type)
+                .map_or(i64::from(process_type == "web"), |q| i64::from(*q));
+            tx.execute(
+                "INSERT INTO formation (app, process_type, quantity, size) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (app, process_type) DO UPDATE SET size = excluded.size",
+                params![app, process_type, default_quantity, size],
             )?;
         }
         tx.commit()?;
@@ -714,26 +726,6 @@ impl State {
             )
             .optional()?;
         Ok(size.unwrap_or_else(|| skiff_core::sizes::DEFAULT_SIZE.to_owned()))
-    }
-
-    /// Sets process types' sizes, keeping their quantities.
-    pub fn set_sizes(
-        &self,
-        app: &str,
-        sizes: &BTreeMap<String, String>,
-    ) -> Result<(), PlatformError> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        for (process_type, size) in sizes {
-            let default_quantity = i64::from(process_type == "web");
-            tx.execute(
-                "INSERT INTO formation (app, process_type, quantity, size) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (app, process_type) DO UPDATE SET size = excluded.size",
-                params![app, process_type, default_quantity, size],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// How many dynos of `process_type` the app should run (web defaults to 1).
