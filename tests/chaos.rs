@@ -264,6 +264,47 @@ fn build_killed_mid_way_is_rejected_and_leaves_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Buildpack scripts run in their own process groups, so a kill -9 of the platform leaves
+/// them running; the next start stops them before removing their build dirs.
+#[test]
+fn kill9_mid_build_then_restart_stops_the_builds_processes() -> Result<()> {
+    let mut s = Skiff::start()?;
+    let work = tempfile::tempdir()?;
+    let repo = example_repo(&s, work.path(), "c-hello")?;
+    ok(s.cli(&repo, &["apps:create", "orphaned"])?)?;
+    push_timed(&s, &repo, "v1")?;
+    slow_makefile(&repo, 315)?;
+    ok(s.git(&repo, &["add", "--all"])?)?;
+    ok(s.git(&repo, &["commit", "--quiet", "-m", "cut off"])?)?;
+    let (mut push, _output) = push_until(&s, &repo, "chaos-build-started")?;
+    wait_for_process(&["sleep", "315"])?;
+    s.kill9()?;
+    let pushed = wait_with_deadline(&mut push, Duration::from_secs(60))?;
+    ensure!(!pushed, "a push cut off by a crash must not report success");
+    ensure!(
+        !pids_of(&["sleep", "315"]).is_empty(),
+        "the build should still run while the platform is down"
+    );
+
+    s.boot()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids_of(&["sleep", "315"]).is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "the killed platform's build still runs after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(entries(&s.data_dir().join("builds")).is_empty());
+    std::fs::copy(
+        repo_root().join("examples/c-hello/Makefile"),
+        repo.join("Makefile"),
+    )?;
+    let (output, _) = push_timed(&s, &repo, "after the crash")?;
+    ensure!(output.contains("done, v2"), "{output}");
+    Ok(())
+}
+
 /// A pusher who hangs up mid-build does not cancel it: like Heroku, the build runs to the
 /// end and its release goes live (its output is in `skiff logs`). The git branch on the
 /// platform stays where it was, so the next push sends the commits again and works.

@@ -335,7 +335,8 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
             .unwrap_or(1)
     });
     let scratch = tempfile::Builder::new().prefix("skiff-chaos-").tempdir()?;
-    let root = scratch.path().to_owned();
+    // The platform names its data dir canonically (build processes carry it).
+    let root = std::fs::canonicalize(scratch.path())?;
     std::fs::create_dir_all(root.join("home"))?;
     std::fs::create_dir_all(root.join("work"))?;
     let mut platform = Platform {
@@ -794,6 +795,12 @@ fn run_trial(
             violations.push(format!("leftover in the slug store: {name}"));
         }
     }
+    let orphans = build_processes(&platform.data());
+    if !orphans.is_empty() {
+        violations.push(format!(
+            "build processes of the killed platform still run: {orphans:?}"
+        ));
+    }
     for model in apps.iter() {
         if let Err(e) = check_dynos(platform, model, token) {
             violations.push(format!("{e:#}"));
@@ -809,6 +816,25 @@ fn run_trial(
         violations,
         serving_ms,
     })
+}
+
+/// Processes started by a build of the platform on `data` (they carry its mark).
+fn build_processes(data: &Path) -> Vec<u32> {
+    let mark = format!("SKIFF_BUILD_HOST={}", data.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let environ = std::fs::read(e.path().join("environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .any(|var| var == mark.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
 }
 
 /// Waits until every app answers its current release's greeting and config.
