@@ -155,7 +155,10 @@ fn builds_cleaned(s: &Skiff) -> Result<()> {
         if left.is_empty() {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "build dirs left behind: {left:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "build dirs left behind: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -247,7 +250,10 @@ fn build_killed_mid_way_is_rejected_and_leaves_nothing() -> Result<()> {
     push_and_kill(&s, &repo, 314, |sleeper| {
         ancestor_running(sleeper, "bin/compile")
     })?;
-    ensure!(release_count(&s, &repo)? == 1, "no release from a broken build");
+    ensure!(
+        release_count(&s, &repo)? == 1,
+        "no release from a broken build"
+    );
     assert_eq!(s.request(&host, "GET", "/", None)?, hello);
 
     // The next push works.
@@ -401,7 +407,10 @@ fn full_disk_during_slug_write_keeps_the_running_release() -> Result<()> {
         .status()?;
     replace_in(&repo.join("hello.c"), "Hello", "Squeezed")?;
     let (pushed, output) = s.commit_and_push(&repo, "no room")?;
-    ensure!(!pushed, "a push with no room for its slug must fail:\n{output}");
+    ensure!(
+        !pushed,
+        "a push with no room for its slug must fail:\n{output}"
+    );
     ensure!(output.contains("no space left"), "{output}");
     ensure!(output.contains("Push rejected"), "{output}");
     let mut after = entries(&slugs);

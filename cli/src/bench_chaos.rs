@@ -197,7 +197,11 @@ impl Platform {
             if api && router {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!(
                     "skiff up exited with {status}; see {}",
                     self.root.join("skiff.log").display()
@@ -367,9 +371,15 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
             platform.git(&repo, &["init", "--quiet", "--initial-branch=main"]),
             "git init",
         )?;
-        run_ok(platform.command(&repo, &["apps:create", &name]), "apps:create")?;
+        run_ok(
+            platform.command(&repo, &["apps:create", &name]),
+            "apps:create",
+        )?;
         run_ok(platform.git(&repo, &["add", "--all"]), "git add")?;
-        run_ok(platform.git(&repo, &["commit", "--quiet", "-m", "v0"]), "git commit")?;
+        run_ok(
+            platform.git(&repo, &["commit", "--quiet", "-m", "v0"]),
+            "git commit",
+        )?;
         let started = Instant::now();
         run_ok(platform.git(&repo, &["push", "skiff", "main"]), "git push")?;
         expected.insert(Op::Deploy, started.elapsed());
@@ -506,7 +516,10 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
         eprintln!("Kept {}", scratch.keep().display());
     }
     if violations > 0 {
-        bail!("{violations} of {} trials broke an invariant", outcomes.len());
+        bail!(
+            "{violations} of {} trials broke an invariant",
+            outcomes.len()
+        );
     }
     Ok(())
 }
@@ -618,8 +631,8 @@ fn run_trial(
         .copied()
         .unwrap_or(Duration::from_secs(1))
         .as_millis()
-        * 5
-        / 4;
+        * 3
+        / 2;
     let delay = Duration::from_millis(rng.below(span.max(1) as u64));
 
     let log = std::fs::File::create(platform.root.join(format!("trial-{trial}.log")))?;
@@ -630,8 +643,9 @@ fn run_trial(
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", op.name()))?;
-    // The kill lands at the drawn delay, or right after the client is answered if that
-    // comes first: a kill just after an acknowledgement is the case that loses most.
+    // The kill lands at the drawn delay (up to 1.5 times the operation's measured time),
+    // or right after the client is answered if that comes first: some trials are cut off,
+    // the others are killed just after their acknowledgement, the case that loses most.
     while started.elapsed() < delay {
         if client.try_wait()?.is_some() {
             break;
@@ -700,11 +714,15 @@ fn run_trial(
                     op.name()
                 ));
             }
-            if let (true, Some(r), Expect::Release {
-                config,
-                slug,
-                greeting,
-            }) = (releasing, new.first(), &expect)
+            if let (
+                true,
+                Some(r),
+                Expect::Release {
+                    config,
+                    slug,
+                    greeting,
+                },
+            ) = (releasing, new.first(), &expect)
             {
                 applied = true;
                 if &r.config != config {
@@ -735,7 +753,13 @@ fn run_trial(
             let size = state.size(&model.name, "web")?;
             let unchanged = quantity == model.quantity && size == model.size;
             match (&expect, mine) {
-                (Expect::Formation { quantity: q, size: s }, true) => {
+                (
+                    Expect::Formation {
+                        quantity: q,
+                        size: s,
+                    },
+                    true,
+                ) => {
                     let whole = quantity == *q && size == *s;
                     if acked && !whole {
                         violations.push(format!(
