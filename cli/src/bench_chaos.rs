@@ -469,7 +469,21 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
         outcomes.push(outcome);
     }
 
-    let violations: usize = outcomes.iter().filter(|o| !o.violations.is_empty()).count();
+    // After all the kills, every app still takes a push, a config change and a scale.
+    let mut final_problems = Vec::new();
+    for app in &apps {
+        if let Err(e) = final_round(&platform, app) {
+            final_problems.push(format!("{}: {e:#}", app.name));
+        }
+    }
+    if final_problems.is_empty() {
+        println!("final round: every app took a push, config:set and ps:scale after the kills");
+    } else {
+        println!("final round: VIOLATION: {}", final_problems.join("; "));
+    }
+
+    let violations: usize =
+        outcomes.iter().filter(|o| !o.violations.is_empty()).count() + final_problems.len();
     let acked = outcomes.iter().filter(|o| o.acked).count();
     let applied_unacked = outcomes.iter().filter(|o| !o.acked && o.applied).count();
     let mut serving: Vec<u128> = outcomes.iter().map(|o| o.serving_ms).collect();
@@ -646,8 +660,10 @@ fn run_trial(
     // The kill lands at the drawn delay (up to 1.5 times the operation's measured time),
     // or right after the client is answered if that comes first: some trials are cut off,
     // the others are killed just after their acknowledgement, the case that loses most.
+    let mut before_kill = None;
     while started.elapsed() < delay {
-        if client.try_wait()?.is_some() {
+        if let Some(status) = client.try_wait()? {
+            before_kill = Some(status);
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -655,6 +671,18 @@ fn run_trial(
     platform.kill9()?;
     let kill_ms = started.elapsed().as_millis();
     let mut violations = Vec::new();
+    // An operation that failed while the platform was still up failed for another reason
+    // (e.g. a repository broken by an earlier kill): that is a finding, not a cut-off.
+    if before_kill.is_some_and(|s| !s.success()) {
+        let out = std::fs::read_to_string(platform.root.join(format!("trial-{trial}.log")))
+            .unwrap_or_default();
+        let tail: Vec<&str> = out.lines().rev().take(3).collect();
+        violations.push(format!(
+            "{} failed before any kill: {}",
+            op.name(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     let acked = loop {
         if let Some(status) = client.try_wait()? {
@@ -819,6 +847,14 @@ fn run_trial(
             violations.push(format!("leftover in the slug store: {name}"));
         }
     }
+    for dir in ["apps", "precompiled", "builds"] {
+        for entry in std::fs::read_dir(platform.data().join(dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if dir == "builds" || name.starts_with(".tmp") {
+                violations.push(format!("leftover after the restart: {dir}/{name}"));
+            }
+        }
+    }
     let orphans = build_processes(&platform.data());
     if !orphans.is_empty() {
         violations.push(format!(
@@ -840,6 +876,37 @@ fn run_trial(
         violations,
         serving_ms,
     })
+}
+
+/// A push, a config change and a scale, uninterrupted, each acknowledged and visible.
+fn final_round(platform: &Platform, app: &AppModel) -> Result<()> {
+    let greeting = format!("{} final", app.name);
+    std::fs::write(app.repo.join("hello.c"), hello_source(&greeting))?;
+    run_ok(platform.git(&app.repo, &["add", "--all"]), "git add")?;
+    run_ok(
+        platform.git(&app.repo, &["commit", "--quiet", "-m", "final"]),
+        "git commit",
+    )?;
+    run_ok(
+        platform.git(&app.repo, &["push", "skiff", "main"]),
+        "git push",
+    )?;
+    run_ok(
+        platform.command(&app.repo, &["config:set", "CHAOS_T=final"]),
+        "config:set",
+    )?;
+    run_ok(
+        platform.command(&app.repo, &["ps:scale", "web=2"]),
+        "ps:scale",
+    )?;
+    let host = format!("{}.localhost:{}", app.name, platform.http_port);
+    let root = get(platform.http_port, &host, "/")?;
+    let env = get(platform.http_port, &host, "/env/CHAOS_T")?;
+    ensure!(
+        root.0 == 200 && root.1.trim_end() == greeting && env == (200, "final".to_owned()),
+        "after the final round it answers {root:?} and {env:?}"
+    );
+    Ok(())
 }
 
 /// Processes started by a build of the platform on `data` (they carry its mark).
