@@ -900,6 +900,47 @@ mod tests {
     }
 
     #[test]
+    fn formation_changes_count_and_size_together() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = State::open(&dir.path().join("state.db")).expect("open");
+        let app = AppName::parse("hello").expect("name");
+        s.create_app(&app, "admin").expect("create");
+        let both = |q: u32, size: &str| {
+            s.set_formation(
+                "hello",
+                &BTreeMap::from([("web".to_owned(), q)]),
+                &BTreeMap::from([("web".to_owned(), size.to_owned())]),
+            )
+        };
+        both(3, "standard-2x").expect("scale");
+        assert_eq!(s.quantity("hello", "web").expect("q"), 3);
+        assert_eq!(s.size("hello", "web").expect("size"), "standard-2x");
+        // A size alone keeps the count; a count alone keeps the size.
+        s.set_formation(
+            "hello",
+            &BTreeMap::new(),
+            &BTreeMap::from([("web".to_owned(), "basic".to_owned())]),
+        )
+        .expect("resize");
+        s.set_formation(
+            "hello",
+            &BTreeMap::from([("web".to_owned(), 2)]),
+            &BTreeMap::new(),
+        )
+        .expect("scale");
+        assert_eq!(s.quantity("hello", "web").expect("q"), 2);
+        assert_eq!(s.size("hello", "web").expect("size"), "basic");
+        // A new process type given a size only starts at its default count.
+        s.set_formation(
+            "hello",
+            &BTreeMap::new(),
+            &BTreeMap::from([("worker".to_owned(), "eco".to_owned())]),
+        )
+        .expect("resize worker");
+        assert_eq!(s.quantity("hello", "worker").expect("q"), 0);
+    }
+
+    #[test]
     fn releases_and_config_survive_reopen() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("state.db");
