@@ -130,12 +130,27 @@ struct Outcome {
     trial: usize,
     app: String,
     op: Op,
+    /// The push output line the kill waited for, if any.
+    after_line: Option<&'static str>,
     kill_ms: u128,
     acked: bool,
     applied: bool,
     violations: Vec<String>,
     serving_ms: u128,
 }
+
+impl Outcome {
+    fn label(&self) -> String {
+        match self.after_line {
+            Some(line) => format!("{}@{}", self.op.name(), line.trim_end_matches([':', '.'])),
+            None => self.op.name().to_owned(),
+        }
+    }
+}
+
+/// Push output lines a deploy's kill can wait for: the slug being written, the slug stored,
+/// the build's last step before the slug.
+const DEPLOY_LINES: [&str; 3] = ["Discovering", "Compressing", "Done:"];
 
 /// The platform under test: a `skiff up` child process.
 struct Platform {
@@ -436,7 +451,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
 
     let mut rng = Rng(seed);
     println!(
-        "{:>5}  {:<8}  {:<16}  {:>8}  {:>5}  {:>7}  {:>10}  outcome",
+        "{:>5}  {:<8}  {:<20}  {:>8}  {:>5}  {:>7}  {:>10}  outcome",
         "trial", "app", "op", "kill ms", "acked", "applied", "serving ms"
     );
     let mut outcomes = Vec::new();
@@ -457,10 +472,10 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
             format!("VIOLATION: {}", outcome.violations.join("; "))
         };
         println!(
-            "{:>5}  {:<8}  {:<16}  {:>8}  {:>5}  {:>7}  {:>10}  {verdict}",
+            "{:>5}  {:<8}  {:<20}  {:>8}  {:>5}  {:>7}  {:>10}  {verdict}",
             outcome.trial,
             outcome.app,
-            outcome.op.name(),
+            outcome.label(),
             outcome.kill_ms,
             if outcome.acked { "yes" } else { "no" },
             if outcome.applied { "yes" } else { "no" },
@@ -503,6 +518,7 @@ pub(crate) fn run(args: ChaosArgs) -> Result<()> {
                     "trial": o.trial,
                     "app": o.app,
                     "op": o.op.name(),
+                    "kill_after_line": o.after_line,
                     "kill_ms": o.kill_ms as u64,
                     "acked": o.acked,
                     "applied": o.applied,
@@ -649,24 +665,59 @@ fn run_trial(
         / 2;
     let delay = Duration::from_millis(rng.below(span.max(1) as u64));
 
-    let log = std::fs::File::create(platform.root.join(format!("trial-{trial}.log")))?;
+    // Half the deploys are killed at a step of the build instead, seen in the push's
+    // output, plus up to 40 ms: the slug write and the release record are short windows
+    // that random delays rarely hit.
+    let after_line = (op == Op::Deploy && rng.below(2) == 0)
+        .then(|| DEPLOY_LINES[rng.below(DEPLOY_LINES.len() as u64) as usize]);
+    let extra = Duration::from_millis(rng.below(40));
+    let log_path = platform.root.join(format!("trial-{trial}.log"));
+    let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
-    let mut client = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", op.name()))?;
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let mut client = match after_line {
+        None => cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?),
+        Some(_) => cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(Stdio::piped()),
+    }
+    .spawn()
+    .with_context(|| format!("starting {}", op.name()))?;
+    if let (Some(line), Some(stderr)) = (after_line, client.stderr.take()) {
+        let mut log = log;
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for text in std::io::BufReader::new(stderr).lines() {
+                let Ok(text) = text else { break };
+                let _ = writeln!(log, "{text}");
+                if text.contains(line) {
+                    let _ = seen_tx.send(());
+                }
+            }
+        });
+    }
     // The kill lands at the drawn delay (up to 1.5 times the operation's measured time),
     // or right after the client is answered if that comes first: some trials are cut off,
     // the others are killed just after their acknowledgement, the case that loses most.
     let mut before_kill = None;
-    while started.elapsed() < delay {
+    let mut kill_at = (after_line.is_none()).then_some(delay);
+    let give_up = started + Duration::from_millis(span.max(1000) as u64 * 2);
+    loop {
+        if kill_at.is_some_and(|at| started.elapsed() >= at) {
+            break;
+        }
         if let Some(status) = client.try_wait()? {
             before_kill = Some(status);
             break;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        if kill_at.is_none() && (seen_rx.try_recv().is_ok() || Instant::now() > give_up) {
+            kill_at = Some(started.elapsed() + extra);
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
     platform.kill9()?;
     let kill_ms = started.elapsed().as_millis();
@@ -674,8 +725,7 @@ fn run_trial(
     // An operation that failed while the platform was still up failed for another reason
     // (e.g. a repository broken by an earlier kill): that is a finding, not a cut-off.
     if before_kill.is_some_and(|s| !s.success()) {
-        let out = std::fs::read_to_string(platform.root.join(format!("trial-{trial}.log")))
-            .unwrap_or_default();
+        let out = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = out.lines().rev().take(3).collect();
         violations.push(format!(
             "{} failed before any kill: {}",
@@ -870,6 +920,7 @@ fn run_trial(
         trial,
         app: apps[which].name.clone(),
         op,
+        after_line,
         kill_ms,
         acked,
         applied: applied || acked,
