@@ -573,8 +573,8 @@ fn run_trial(
         Op::Resize,
         Op::ScaleResize,
     ];
-    // Only when the release to go back to still has its slug.
-    if app.releases.len() >= 2 && app.releases.len() <= KEPT {
+    // The release before the current one is inside the rollback window, so its slug is kept.
+    if app.releases.len() >= 2 {
         ops.push(Op::Rollback);
     }
     let op = ops[rng.below(ops.len() as u64) as usize];
