@@ -569,6 +569,12 @@ pub(crate) async fn run_script(
             });
         }
     };
+    // Whatever the script left running in its group (a compiler whose `make` was killed, a
+    // background job) would hold its output open and stall the build until the time limit,
+    // and outlive it: builds leave no processes behind.
+    if let Some(pid) = pid {
+        kill_group(pid);
+    }
     let stdout = match out_task {
         Some(t) => t.await.unwrap_or_default(),
         None => String::new(),

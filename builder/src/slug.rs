@@ -41,6 +41,11 @@ pub enum SlugError {
     /// The manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The slug store's disk is full; nothing was stored.
+    #[error(
+        "no space left on the Skiff host to store the slug ({0}); nothing was deployed. Free disk space on the host and push again"
+    )]
+    NoSpace(io::Error),
     /// Disk errors.
     #[error("slug I/O error: {0}")]
     Io(#[from] io::Error),
@@ -73,8 +78,20 @@ impl SlugStore {
         is_digest(digest) && self.path(digest).is_file()
     }
 
-    /// Packs `app_dir` and `manifest` into a stored slug.
-    pub fn pack(&self, app_dir: &Path, mut manifest: SlugManifest) -> Result<BuiltSlug, SlugError> {
+    /// Packs `app_dir` and `manifest` into a stored slug. On any error (a full disk included)
+    /// the temporary file is removed and nothing is stored.
+    pub fn pack(&self, app_dir: &Path, manifest: SlugManifest) -> Result<BuiltSlug, SlugError> {
+        self.pack_inner(app_dir, manifest).map_err(|e| match e {
+            SlugError::Io(e) if e.kind() == io::ErrorKind::StorageFull => SlugError::NoSpace(e),
+            other => other,
+        })
+    }
+
+    fn pack_inner(
+        &self,
+        app_dir: &Path,
+        mut manifest: SlugManifest,
+    ) -> Result<BuiltSlug, SlugError> {
         manifest.unpacked_bytes = tree_size(app_dir)?;
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         let (digest, size) = write_archive(tmp.as_file(), app_dir, &manifest, self.max_bytes)

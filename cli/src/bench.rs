@@ -1,5 +1,6 @@
 //! `skiff bench density`: how many web dynos one host holds, and what they cost
-//! (`skiff bench router` lives in bench_router.rs, `skiff bench serve` in bench_serve.rs).
+//! (`skiff bench router` lives in bench_router.rs, `skiff bench serve` in bench_serve.rs,
+//! `skiff bench chaos` in bench_chaos.rs).
 //!
 //! It runs the runtime alone, in this process: builds (or takes) a hello-world component,
 //! starts N dynos of it per step, sends each one request, then loads them all, and prints a
@@ -25,6 +26,9 @@ enum BenchWhat {
     Router(crate::bench_router::RouterBenchArgs),
     /// The runtime against `wasmtime serve` on the same component (and through the router).
     Serve(crate::bench_serve::ServeBenchArgs),
+    /// Kill -9 the platform at random points of deploys, config changes and scales, restart
+    /// it, and check that nothing acknowledged was lost and nothing half-done is used.
+    Chaos(crate::bench_chaos::ChaosArgs),
     /// Start N dynos per step and measure memory, instantiation and request latency.
     Density {
         /// Dyno counts to measure, comma-separated.
@@ -56,6 +60,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         // The router bench starts a router, which must come before any tokio runtime.
         BenchWhat::Router(args) => crate::bench_router::run(args),
         BenchWhat::Serve(args) => crate::bench_serve::run(args),
+        BenchWhat::Chaos(args) => crate::bench_chaos::run(args),
         BenchWhat::Density {
             steps,
             component,

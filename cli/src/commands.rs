@@ -377,11 +377,19 @@ pub(crate) fn run(cmd: Command, json: bool) -> Result<()> {
             for pair in &pairs {
                 let (t, n) = pair
                     .split_once('=')
-                    .with_context(|| format!("{pair:?} is not TYPE=COUNT"))?;
+                    .with_context(|| format!("{pair:?} is not TYPE=COUNT[:SIZE]"))?;
+                // `web=2:standard-2x` changes count and size in one request, as on Heroku.
+                let (n, size) = match n.split_once(':') {
+                    Some((n, size)) => (n, Some(size.to_ascii_lowercase())),
+                    None => (n, None),
+                };
                 let n: u32 = n
                     .parse()
                     .with_context(|| format!("{n:?} is not a number of dynos"))?;
-                body.insert(t.to_owned(), json!(n));
+                match size {
+                    Some(size) => body.insert(t.to_owned(), json!({ "quantity": n, "size": size })),
+                    None => body.insert(t.to_owned(), json!(n)),
+                };
             }
             let client = Client::from_env()?;
             let spin = Spinner::start(format!("Scaling dynos on {name}"));

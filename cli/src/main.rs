@@ -2,6 +2,7 @@
 
 mod addons;
 mod bench;
+mod bench_chaos;
 mod bench_router;
 mod bench_serve;
 mod client;
@@ -114,12 +115,13 @@ enum Command {
     },
     /// List an app's dynos.
     Ps(AppArg),
-    /// Scale process types: `ps:scale web=3 worker=1`.
+    /// Scale process types: `ps:scale web=3 worker=1`, or count and size at once:
+    /// `ps:scale web=2:standard-2x`.
     #[command(name = "ps:scale")]
     PsScale {
         #[command(flatten)]
         app: AppArg,
-        /// TYPE=COUNT pairs.
+        /// TYPE=COUNT or TYPE=COUNT:SIZE pairs.
         #[arg(required = true)]
         pairs: Vec<String>,
     },
@@ -349,7 +351,8 @@ enum Command {
     PgRotate(AppArg),
     /// List the installed buildpacks in detection order, with the files each one detects.
     Buildpacks,
-    /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`, `skiff bench serve`.
+    /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`, `skiff bench serve`,
+    /// `skiff bench chaos`.
     Bench(bench::BenchArgs),
     /// Internal: run by git hooks in app repositories.
     #[command(hide = true)]

@@ -553,8 +553,7 @@ async fn scale(
             .into());
         }
     }
-    p.state.set_quantities(&app, &quantities)?;
-    p.state.set_sizes(&app, &sizes)?;
+    p.state.set_formation(&app, &quantities, &sizes)?;
     deploy::launch(&p, &release).await?;
     let now = deploy::quantities(&p, &release)?;
     let summary: Vec<String> = now

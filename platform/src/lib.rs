@@ -217,6 +217,46 @@ fn remove_temp_files(dir: &Path) {
     }
 }
 
+/// Every build process carries `SKIFF_BUILD_HOST=<data dir>` in its environment (and passes
+/// it to what it starts), so the next run of the platform can find them.
+const BUILD_MARK: &str = "SKIFF_BUILD_HOST";
+
+/// SIGKILLs every process started by a build of a previous run of this platform (same data
+/// dir). Buildpack scripts run in their own process groups, so they outlive a platform killed
+/// with SIGKILL; left alone, they would keep compiling into removed dirs and hold locks in
+/// the shared toolchain cache.
+fn stop_orphaned_builds(data: &Path) {
+    let mark = format!("{BUILD_MARK}={}", data.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let orphans: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let environ = std::fs::read(e.path().join("environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .any(|var| var == mark.as_bytes())
+                .then(|| pid.to_string())
+        })
+        .collect();
+    if orphans.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        count = orphans.len(),
+        "stopping build processes left by a previous run that did not stop cleanly"
+    );
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .args(&orphans)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// Writes a file readable by its owner only.
 pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -256,7 +296,9 @@ pub async fn run(
     ] {
         std::fs::create_dir_all(data.join(dir))?;
     }
-    // Leftovers of builds interrupted by a crash are never resumed.
+    // Leftovers of builds interrupted by a crash are never resumed: their processes, which
+    // a kill -9 of the platform leaves running, are stopped, and their dirs removed.
+    stop_orphaned_builds(data);
     let _ = std::fs::remove_dir_all(data.join("builds"));
     std::fs::create_dir_all(data.join("builds"))?;
     // Half-written slugs, unpacks and precompiled files are temp files until renamed into
@@ -270,7 +312,8 @@ pub async fn run(
     let slugs = SlugStore::new(data.join("slugs"), config.max_slug_bytes)?;
     std::fs::create_dir_all(&config.toolchains_dir)?;
     let builder = Builder::new(buildpacks, slugs.clone(), config.build_timeout)
-        .with_var("SKIFF_TOOLCHAINS", config.toolchains_dir.to_string_lossy());
+        .with_var("SKIFF_TOOLCHAINS", config.toolchains_dir.to_string_lossy())
+        .with_var(BUILD_MARK, data.to_string_lossy());
     // Every dyno's private /tmp starts empty after a restart, like a dyno's filesystem.
     let _ = std::fs::remove_dir_all(data.join("tmp"));
     let runtime = Runtime::new(skiff_runtime::RuntimeConfig {

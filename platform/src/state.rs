@@ -604,11 +604,13 @@ impl State {
         Ok(())
     }
 
-    /// Sets how many dynos of each process type run.
-    pub fn set_quantities(
+    /// Sets how many dynos of each process type run and of which size, in one transaction:
+    /// a `ps:scale web=2:standard-2x` cut off by a crash is applied whole or not at all.
+    pub fn set_formation(
         &self,
         app: &str,
         quantities: &BTreeMap<String, u32>,
+        sizes: &BTreeMap<String, String>,
     ) -> Result<(), PlatformError> {
         let mut db = self.db();
         let tx = db.transaction()?;
@@ -617,6 +619,16 @@ impl State {
                 "INSERT INTO formation (app, process_type, quantity) VALUES (?1, ?2, ?3)
                  ON CONFLICT (app, process_type) DO UPDATE SET quantity = excluded.quantity",
                 params![app, process_type, q],
+            )?;
+        }
+        for (process_type, size) in sizes {
+            let default_quantity = quantities
+                .get(process_type)
+                .map_or(i64::from(process_type == "web"), |q| i64::from(*q));
+            tx.execute(
+                "INSERT INTO formation (app, process_type, quantity, size) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (app, process_type) DO UPDATE SET size = excluded.size",
+                params![app, process_type, default_quantity, size],
             )?;
         }
         tx.commit()?;
@@ -714,26 +726,6 @@ impl State {
             )
             .optional()?;
         Ok(size.unwrap_or_else(|| skiff_core::sizes::DEFAULT_SIZE.to_owned()))
-    }
-
-    /// Sets process types' sizes, keeping their quantities.
-    pub fn set_sizes(
-        &self,
-        app: &str,
-        sizes: &BTreeMap<String, String>,
-    ) -> Result<(), PlatformError> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        for (process_type, size) in sizes {
-            let default_quantity = i64::from(process_type == "web");
-            tx.execute(
-                "INSERT INTO formation (app, process_type, quantity, size) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (app, process_type) DO UPDATE SET size = excluded.size",
-                params![app, process_type, default_quantity, size],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// How many dynos of `process_type` the app should run (web defaults to 1).
@@ -905,6 +897,47 @@ mod tests {
             commit: None,
             unpacked_bytes: 1,
         }
+    }
+
+    #[test]
+    fn formation_changes_count_and_size_together() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = State::open(&dir.path().join("state.db")).expect("open");
+        let app = AppName::parse("hello").expect("name");
+        s.create_app(&app, "admin").expect("create");
+        let both = |q: u32, size: &str| {
+            s.set_formation(
+                "hello",
+                &BTreeMap::from([("web".to_owned(), q)]),
+                &BTreeMap::from([("web".to_owned(), size.to_owned())]),
+            )
+        };
+        both(3, "standard-2x").expect("scale");
+        assert_eq!(s.quantity("hello", "web").expect("q"), 3);
+        assert_eq!(s.size("hello", "web").expect("size"), "standard-2x");
+        // A size alone keeps the count; a count alone keeps the size.
+        s.set_formation(
+            "hello",
+            &BTreeMap::new(),
+            &BTreeMap::from([("web".to_owned(), "basic".to_owned())]),
+        )
+        .expect("resize");
+        s.set_formation(
+            "hello",
+            &BTreeMap::from([("web".to_owned(), 2)]),
+            &BTreeMap::new(),
+        )
+        .expect("scale");
+        assert_eq!(s.quantity("hello", "web").expect("q"), 2);
+        assert_eq!(s.size("hello", "web").expect("size"), "basic");
+        // A new process type given a size only starts at its default count.
+        s.set_formation(
+            "hello",
+            &BTreeMap::new(),
+            &BTreeMap::from([("worker".to_owned(), "eco".to_owned())]),
+        )
+        .expect("resize worker");
+        assert_eq!(s.quantity("hello", "worker").expect("q"), 0);
     }
 
     #[test]

@@ -40,18 +40,29 @@ pub struct Skiff {
 
 impl Skiff {
     pub fn start() -> Result<Self> {
+        let mut s = Self::create()?;
+        s.boot()?;
+        Ok(s)
+    }
+
+    /// The scratch dir and ports, without starting the platform, for tests that prepare the
+    /// data dir first (e.g. mount something in it).
+    pub fn create() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir_all(dir.path().join("home"))?;
-        let mut s = Self {
+        Ok(Self {
             log: dir.path().join("skiff.log"),
             dir,
             api_port: free_port()?,
             http_port: free_port()?,
             https_port: free_port()?,
             child: None,
-        };
-        s.boot()?;
-        Ok(s)
+        })
+    }
+
+    /// The platform's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn home(&self) -> PathBuf {
