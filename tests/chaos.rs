@@ -171,7 +171,7 @@ fn release_count(s: &Skiff, repo: &Path) -> Result<usize> {
 
 /// Waits for the process running `args` to appear.
 fn wait_for_process(args: &[&str]) -> Result<u32> {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if let Some(pid) = pids_of(args).first() {
             return Ok(*pid);
         }
@@ -224,10 +224,15 @@ fn push_and_kill(
         "{output}"
     );
     builds_cleaned(s)?;
-    ensure!(
-        pids_of(&sleep_args).is_empty(),
-        "the build's processes outlived it"
-    );
+    // SIGKILL is delivered asynchronously: give the kernel a moment to end the group.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids_of(&sleep_args).is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "the build's processes outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     Ok(())
 }
 
