@@ -84,6 +84,8 @@ fn hostile_guests_fail_alone() -> Result<()> {
         .map_err(|_| anyhow::anyhow!("flood thread"))??;
     assert_eq!((status, body.as_str()), (200, "flooded 16777216\n"));
 
+    huge_bodies(&s, &h)?;
+
     // Stack overflow and traps fail their own request only.
     for path in ["/recurse", "/trap"] {
         let (status, body) = s.request(&h, "GET", path, None)?;
@@ -275,5 +277,99 @@ fn instance_reuse_is_opt_in_and_bounded() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&logs.stdout)
     );
+    Ok(())
+}
+
+/// A huge response body streams through without the host holding it, a client that stops
+/// reading does not pin the dyno past the app's deadline, and a guest that ignores a large
+/// request body answers, with the upload cut off by the router (or refused at its limit).
+fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
+    use std::io::Write;
+    let port = s.http_port;
+
+    // Read whole: every byte arrives.
+    let r = http_full(port, h, "GET", "/huge?mib=4", None, &[])?;
+    assert_eq!((r.status, r.body.len()), (200, 4 << 20));
+
+    // Twelve clients ask for 256 MiB each and read nothing: the eco dyno's 10 slots fill,
+    // and the host holds no more than socket buffers' worth of their bodies.
+    let before = s.rss_bytes().context("platform RSS")?;
+    let stalled: Vec<std::net::TcpStream> = (0..12)
+        .map(|_| -> Result<std::net::TcpStream> {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            c.write_all(format!("GET /huge HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())?;
+            Ok(c)
+        })
+        .collect::<Result<_>>()?;
+    // First the dyno is full (the capacity answer), then, past the 2 s deadline that stops
+    // the parked guests, it serves again while those clients are still connected and silent.
+    let mut seen = Vec::new();
+    let mut peak = before;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut full = false;
+    let mut freed = false;
+    while Instant::now() < deadline && !freed {
+        peak = peak.max(s.rss_bytes().unwrap_or(0));
+        let answer = s.request(h, "GET", "/ok", None)?;
+        if answer.0 == 503 && answer.1.contains("capacity") {
+            full = true;
+        } else if full && answer == (200, "ok\n".into()) {
+            freed = true;
+        }
+        seen.push(answer.0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(full, "the stalled clients never filled the dyno: {seen:?}");
+    assert!(freed, "the dyno stayed full: {seen:?}");
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 96 << 20,
+        "the host held {} MiB of bodies nobody read",
+        grown >> 20
+    );
+    drop(stalled);
+
+    // 32 MiB sent to a route that never reads it: the app's answer arrives, the router stops
+    // the upload, and the dyno serves on.
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = conn.try_clone()?;
+    let host = h.to_owned();
+    let upload = std::thread::spawn(move || -> std::io::Result<usize> {
+        let length = 32usize << 20;
+        writer.write_all(
+            format!(
+                "POST /ignore-body HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        let chunk = vec![b'b'; 64 << 10];
+        let mut sent = 0;
+        while sent < length {
+            // The router hangs up once the app has answered: the rest is refused.
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        Ok(sent)
+    });
+    let r = read_response(conn)?;
+    assert_eq!((r.status, r.body.as_str()), (200, "ignored\n"));
+    let _ = upload.join();
+    assert_eq!(s.request(h, "GET", "/ok", None)?, (200, "ok\n".into()));
+
+    // A body declared over the app's limit (100 MiB) is refused before any of it is read.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(
+        format!(
+            "POST /ignore-body HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            200u64 << 20
+        )
+        .as_bytes(),
+    )?;
+    let r = read_response(conn)?;
+    assert_eq!(r.status, 413, "{r:?}");
     Ok(())
 }

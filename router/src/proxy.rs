@@ -327,6 +327,8 @@ impl ProxyHttp for Router {
         ctx.admitted = Some(admitted);
         // A client that stops sending its body must not hold a dyno (slow loris).
         session.set_read_timeout(Some(route.settings.client_timeout));
+        // Nor one that stops reading its response: each write to it must progress in time.
+        session.set_write_timeout(Some(route.settings.client_timeout));
         if route.settings.session_affinity {
             ctx.pinned = cookie(session.req_header(), AFFINITY_COOKIE);
         }

@@ -572,6 +572,9 @@ async fn run_guest(
         }
     };
     let store = &mut warm.guest.store;
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let spec_for_log = spec.clone();
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = store
@@ -585,10 +588,11 @@ async fn run_guest(
         .new_response_outparam(sender)
         .map_err(|e| Failure::Crash(format!("{e:?}")))?;
     let spec = spec.clone();
+    let timeout = spec.limits.request_timeout;
     let task = tokio::spawn(async move {
         // The slot stays taken while the guest runs, streaming included.
         let _slot = slot;
-        let result = async {
+        let run = async {
             let store = &mut warm.guest.store;
             let proxy = match warm.proxy.take() {
                 Some(proxy) => proxy,
@@ -599,8 +603,14 @@ async fn run_guest(
                 .call_handle(&mut *store, incoming, out)
                 .await?;
             Ok::<_, wasmtime::Error>(proxy)
-        }
-        .await;
+        };
+        // The epoch deadline only fires while guest code runs. A guest parked on a host call
+        // (writing to a client that stopped reading, waiting for a request body that never
+        // comes, sleeping) is stopped by this timer instead, so it cannot hold its slot.
+        let result = match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(wasmtime::Error::from(wasmtime::Trap::Interrupt)),
+        };
         // The guest may go on printing while its response body streams, so its output is
         // read once it has finished (or trapped), not when the response head is ready.
         warm.output.emit(&spec);
@@ -619,7 +629,16 @@ async fn run_guest(
         }
     });
     match receiver.await {
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => {
+            // The head is out; a guest stopped while it streams the body still gets its
+            // failure logged, since the client only sees a cut-off body.
+            tokio::spawn(async move {
+                if let Ok(Err(failure)) = task.await {
+                    log_failure(&spec_for_log, &method, &path, &failure);
+                }
+            });
+            Ok(resp)
+        }
         Ok(Err(code)) => Err(Failure::Crash(format!(
             "the app answered with an error: {code:?}"
         ))),
