@@ -1,5 +1,6 @@
 //! `skiff bench density`: how many web dynos one host holds, and what they cost
-//! (`skiff bench router` lives in bench_router.rs, `skiff bench serve` in bench_serve.rs).
+//! (`skiff bench router` lives in bench_router.rs, `skiff bench serve` in bench_serve.rs,
+//! `skiff bench isolation` and `skiff bench load` in bench_isolation.rs and bench_load.rs).
 //!
 //! It runs the runtime alone, in this process: builds (or takes) a hello-world component,
 //! starts N dynos of it per step, sends each one request, then loads them all, and prints a
@@ -25,6 +26,10 @@ enum BenchWhat {
     Router(crate::bench_router::RouterBenchArgs),
     /// The runtime against `wasmtime serve` on the same component (and through the router).
     Serve(crate::bench_serve::ServeBenchArgs),
+    /// A calm app's latency alone and while a hostile app on the same host attacks.
+    Isolation(crate::bench_isolation::IsolationBenchArgs),
+    /// N apps x M dynos under traffic while releases are pushed and apps scaled.
+    Load(crate::bench_load::LoadBenchArgs),
     /// Start N dynos per step and measure memory, instantiation and request latency.
     Density {
         /// Dyno counts to measure, comma-separated.
@@ -56,6 +61,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         // The router bench starts a router, which must come before any tokio runtime.
         BenchWhat::Router(args) => crate::bench_router::run(args),
         BenchWhat::Serve(args) => crate::bench_serve::run(args),
+        BenchWhat::Isolation(args) => crate::bench_isolation::run(args),
+        BenchWhat::Load(args) => crate::bench_load::run(args),
         BenchWhat::Density {
             steps,
             component,

@@ -2,6 +2,9 @@
 
 mod addons;
 mod bench;
+mod bench_host;
+mod bench_isolation;
+mod bench_load;
 mod bench_router;
 mod bench_serve;
 mod client;
@@ -349,7 +352,7 @@ enum Command {
     PgRotate(AppArg),
     /// List the installed buildpacks in detection order, with the files each one detects.
     Buildpacks,
-    /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`, `skiff bench serve`.
+    /// Benchmarks that print tables: `skiff bench density`, `router`, `serve`, `isolation`, `load`.
     Bench(bench::BenchArgs),
     /// Internal: run by git hooks in app repositories.
     #[command(hide = true)]
