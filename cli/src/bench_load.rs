@@ -106,11 +106,12 @@ pub(crate) fn run(args: LoadBenchArgs) -> Result<()> {
         })
         .collect();
 
-    // The driver: a release, then a scale, app after app, until the time is up.
+    // The driver: a release, then a scale, app after app, until the time is up; at least
+    // one of each however slow the machine, with traffic running until it is done.
     let deadline = started + Duration::from_secs(seconds);
     let mut driven = Driven::default();
     let mut step = 0usize;
-    while Instant::now() + Duration::from_millis(500) < deadline {
+    while step < 2 || Instant::now() + Duration::from_millis(500) < deadline {
         let (app, repo) = &repos[(step / 2) % repos.len()];
         let t = Instant::now();
         let result = if step % 2 == 0 {
