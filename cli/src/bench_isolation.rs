@@ -358,32 +358,25 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
          hostile app on one eco dyno (10 requests at once, 64 MiB), {HOSTILE_TIMEOUT}; load average at start {}",
         loadavg()
     );
-    let mut attacks: Vec<Option<Attack>> = vec![None];
-    attacks.extend(
-        Attack::all()
-            .into_iter()
-            .filter(|a| {
-                args.only.is_empty() || args.only.iter().any(|w| a.name().contains(w.as_str()))
-            })
-            .map(Some),
-    );
+    let attacks: Vec<Attack> = Attack::all()
+        .into_iter()
+        .filter(|a| args.only.is_empty() || args.only.iter().any(|w| a.name().contains(w.as_str())))
+        .collect();
 
+    // Each attack is paired with a baseline measured just before it, so the ratio compares
+    // phases a few seconds apart on a machine whose other load drifts.
     println!(
-        "{:<22} {:>10} {:>10} {:>9} {:>12}  hostile app's clients got",
-        "attack", "calm p50", "calm p99", "p99 ratio", "calm errors"
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}  hostile app's clients got",
+        "attack", "base p50", "base p99", "calm p50", "calm p99", "p99 x", "errors"
     );
-    let mut baseline_p99 = 0.0;
     let mut rows = Vec::new();
     for attack in attacks {
+        let base = calm_load(router, &calm_host, requests, rate, connections);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut workers = attack
-            .map(|a| a.start(router, &hostile_host, &stop))
-            .unwrap_or_default();
-        if attack.is_some() {
-            workers.push(probe(router, hostile_host.clone(), stop.clone()));
-            // Let the attack reach the dyno before the calm app is measured.
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let mut workers = attack.start(router, &hostile_host, &stop);
+        workers.push(probe(router, hostile_host.clone(), stop.clone()));
+        // Let the attack reach the dyno before the calm app is measured.
+        std::thread::sleep(Duration::from_millis(500));
         let rss_before = host.rss_bytes().unwrap_or(0);
         let calm = calm_load(router, &calm_host, requests, rate, connections);
         let rss_after = host.rss_bytes().unwrap_or(0);
@@ -394,23 +387,17 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
                 add_counts(&mut hostile, &c);
             }
         }
+        let base_p50 = percentile_ms(&base.latencies, 0.50);
+        let base_p99 = percentile_ms(&base.latencies, 0.99);
         let p50 = percentile_ms(&calm.latencies, 0.50);
         let p99 = percentile_ms(&calm.latencies, 0.99);
-        if attack.is_none() {
-            baseline_p99 = p99;
-        }
-        let ratio = if baseline_p99 > 0.0 {
-            p99 / baseline_p99
-        } else {
-            0.0
-        };
-        let name = attack
-            .map(Attack::name)
-            .unwrap_or_else(|| "none (baseline)".into());
-        let errors: u64 = calm.failures.values().sum();
+        let ratio = if base_p99 > 0.0 { p99 / base_p99 } else { 0.0 };
+        let errors: u64 = calm.failures.values().sum::<u64>() + base.failures.values().sum::<u64>();
         println!(
-            "{:<22} {:>8.2}ms {:>8.2}ms {:>8.2}x {:>12}  {}",
-            name,
+            "{:<20} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>6.2}x {:>6}  {}",
+            attack.name(),
+            base_p50,
+            base_p99,
             p50,
             p99,
             ratio,
@@ -418,20 +405,19 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
             describe_counts(&hostile)
         );
         if errors > 0 {
-            println!(
-                "{:<22} calm failures: {}",
-                "",
-                describe_counts(&calm.failures)
-            );
+            let mut all = calm.failures.clone();
+            add_counts(&mut all, &base.failures);
+            println!("{:<20} calm failures: {}", "", describe_counts(&all));
         }
         rows.push(serde_json::json!({
-            "attack": name,
+            "attack": attack.name(),
             "calm_requests": calm.latencies.len() as u64 + errors,
+            "baseline_p50_ms": base_p50,
+            "baseline_p99_ms": base_p99,
             "calm_p50_ms": p50,
             "calm_p99_ms": p99,
             "p99_ratio": ratio,
             "calm_errors": errors,
-            "calm_failures": describe_counts(&calm.failures),
             "hostile": describe_counts(&hostile),
             "rss_before_bytes": rss_before,
             "rss_after_bytes": rss_after,

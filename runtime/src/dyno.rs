@@ -347,6 +347,8 @@ pub(crate) struct GuestStore {
     pub(crate) memory_hit: Arc<AtomicBool>,
     budget: u64,
     fuel: bool,
+    /// The guest's turn among long-running guests; run its calls in `taking_turns`.
+    pub(crate) turn: Arc<crate::limits::Turn>,
 }
 
 impl GuestStore {
@@ -373,7 +375,7 @@ impl GuestStore {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        crate::limits::fence_time(&mut store, spec.limits.request_timeout);
+        let turn = crate::limits::fence_time(&mut store, spec.limits.request_timeout);
         let budget = if fuel {
             spec.limits.fuel.unwrap_or(u64::MAX)
         } else {
@@ -389,12 +391,13 @@ impl GuestStore {
             memory_hit,
             budget,
             fuel,
+            turn,
         })
     }
 
     /// Gives a kept instance a fresh deadline and fuel budget for its next request.
     fn rearm(&mut self, spec: &DynoSpec) {
-        crate::limits::fence_time(&mut self.store, spec.limits.request_timeout);
+        self.turn = crate::limits::fence_time(&mut self.store, spec.limits.request_timeout);
         if self.fuel {
             // Setting fuel only fails on an engine without metering, which `fuel` rules out.
             let _ = self.store.set_fuel(self.budget);
@@ -607,6 +610,8 @@ async fn run_guest(
         // The epoch deadline only fires while guest code runs. A guest parked on a host call
         // (writing to a client that stopped reading, waiting for a request body that never
         // comes, sleeping) is stopped by this timer instead, so it cannot hold its slot.
+        let turn = warm.guest.turn.clone();
+        let run = crate::limits::taking_turns(&turn, run);
         let result = match tokio::time::timeout(timeout, run).await {
             Ok(result) => result,
             Err(_) => Err(wasmtime::Error::from(wasmtime::Trap::Interrupt)),

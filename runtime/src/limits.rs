@@ -1,10 +1,12 @@
 //! Per-instance resource limits, and telling the user which one a failed request hit.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 /// A store's limiter: a hard memory quota (growing past it traps at once, recording why) and
@@ -71,22 +73,113 @@ impl ResourceLimiter for DynoLimiter {
     }
 }
 
+/// How long a guest runs as an ordinary request before it counts as long-running.
+const LONG_RUNNING: Duration = Duration::from_millis(50);
+
+/// Long-running guests share this many cores: all but one, so that however many busy loops
+/// one app starts, short requests of every app keep a core to run on. The operator can set
+/// the share with `SKIFF_LONG_RUNNING_CORES` (`0`: no share, long-running guests only yield,
+/// which is how `skiff bench isolation` compares the two).
+static LONG_RUNNERS: LazyLock<Option<Arc<Semaphore>>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let share = match std::env::var("SKIFF_LONG_RUNNING_CORES") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => {
+                tracing::warn!(value = %v, "SKIFF_LONG_RUNNING_CORES is not a whole number; ignored");
+                cores.saturating_sub(1).max(1)
+            }
+        },
+        Err(_) => cores.saturating_sub(1).max(1),
+    };
+    (share > 0).then(|| Arc::new(Semaphore::new(share)))
+});
+
+/// A guest's turn on the long-running guests' share of the cores.
+#[derive(Default)]
+pub(crate) struct Turn {
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Set while the guest queues for a turn, as opposed to waiting on a host call.
+    queued: AtomicBool,
+}
+
+impl Turn {
+    fn release(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.take();
+        }
+    }
+}
+
 /// Bounds a store's wall-clock time. At every epoch tick a running guest yields to the
 /// executor, so a guest that never returns cannot hold a runtime thread and starve other
 /// dynos; once `timeout` has passed it traps with `Trap::Interrupt`.
-pub(crate) fn fence_time<T: 'static>(store: &mut Store<T>, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+///
+/// A guest still running after [`LONG_RUNNING`] also takes turns on the long-running
+/// guests' share of the cores: it runs a tick at a time while it holds a permit, handing the
+/// permit on at every tick (the semaphore is fair). Busy loops then queue among themselves
+/// instead of in front of every other app's short requests. Run the guest's calls inside
+/// [`taking_turns`] with the returned handle, so a guest parked on a host call (a client
+/// that stopped reading) does not keep its turn while it waits.
+pub(crate) fn fence_time<T: 'static>(store: &mut Store<T>, timeout: Duration) -> Arc<Turn> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let turn = Arc::new(Turn::default());
+    let mine = turn.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::YieldCustom(
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let Some(share) = LONG_RUNNERS.as_ref() else {
+            return Ok(UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(tokio::task::yield_now()),
-            ))
+            ));
+        };
+        if now.duration_since(started) < LONG_RUNNING {
+            return Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ));
         }
+        // Give the turn back, then queue for the next one.
+        mine.release();
+        mine.queued.store(true, Ordering::Release);
+        let turn = mine.clone();
+        let share = share.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                let permit = share.acquire_owned().await.ok();
+                if let Ok(mut held) = turn.held.lock() {
+                    *held = permit;
+                }
+                turn.queued.store(false, Ordering::Release);
+            }),
+        ))
     });
+    turn
+}
+
+/// Runs a guest call, giving its turn back whenever the guest waits on anything other than
+/// the turn itself, and when the call ends.
+pub(crate) async fn taking_turns<F: Future>(turn: &Turn, call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+        Poll::Ready(out) => {
+            turn.release();
+            Poll::Ready(out)
+        }
+        Poll::Pending => {
+            if !turn.queued.load(Ordering::Acquire) {
+                turn.release();
+            }
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Why a request (or command) failed in the guest, with Heroku-style codes.
