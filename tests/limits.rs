@@ -319,7 +319,15 @@ fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
         seen.push(answer.0);
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(full, "the stalled clients never filled the dyno: {seen:?}");
+    assert!(
+        full,
+        "the stalled clients never filled the dyno: {seen:?}\n{}",
+        s.logs()
+            .lines()
+            .filter(|l| l.contains("/huge"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(freed, "the dyno stayed full: {seen:?}");
     let grown = peak.saturating_sub(before);
     assert!(
@@ -357,6 +365,21 @@ fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
     let r = read_response(conn)?;
     assert_eq!((r.status, r.body.as_str()), (200, "ignored\n"));
     let _ = upload.join();
+    assert_eq!(s.request(h, "GET", "/ok", None)?, (200, "ok\n".into()));
+
+    // A guest waiting for a body its client stopped sending is parked on a host call, where
+    // no epoch tick reaches it: the app's deadline (2 s) still ends the request.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(
+        format!(
+            "POST /body HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\nContent-Length: 1000\r\n\r\nonly ten.."
+        )
+        .as_bytes(),
+    )?;
+    let r = read_response(conn)?;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("Request timeout"), "{r:?}");
     assert_eq!(s.request(h, "GET", "/ok", None)?, (200, "ok\n".into()));
 
     // A body declared over the app's limit (100 MiB) is refused before any of it is read.
