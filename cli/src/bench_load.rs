@@ -114,12 +114,12 @@ pub(crate) fn run(args: LoadBenchArgs) -> Result<()> {
     while step < 2 || Instant::now() + Duration::from_millis(500) < deadline {
         let (app, repo) = &repos[(step / 2) % repos.len()];
         let t = Instant::now();
-        let result = if step % 2 == 0 {
+        let result = if step.is_multiple_of(2) {
             std::fs::write(repo.join("release.txt"), format!("{step}\n"))?;
             host.push(repo, &format!("release {step}")).map(|_| true)
         } else {
             // Up by one on odd rounds through the apps, back down on even ones.
-            let up = (step / (2 * repos.len())) % 2 == 0;
+            let up = (step / (2 * repos.len())).is_multiple_of(2);
             let quantity = if up { dynos + 1 } else { dynos };
             host.cli(repo, &["ps:scale", &format!("web={quantity}")])
                 .map(|_| false)
