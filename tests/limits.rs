@@ -291,10 +291,11 @@ fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
     let r = http_full(port, h, "GET", "/huge?mib=4", None, &[])?;
     assert_eq!((r.status, r.body.len()), (200, 4 << 20));
 
-    // Twelve clients ask for 256 MiB each and read nothing: the eco dyno's 10 slots fill,
-    // and the host holds no more than socket buffers' worth of their bodies.
+    // Twenty clients ask for 256 MiB each and read nothing: the eco dyno's 10 slots fill
+    // (twenty, as the ones arriving while an earlier request still ends are turned away and
+    // do not ask again), and the host holds no more than socket buffers' worth of bodies.
     let before = s.rss_bytes().context("platform RSS")?;
-    let stalled: Vec<std::net::TcpStream> = (0..12)
+    let stalled: Vec<std::net::TcpStream> = (0..20)
         .map(|_| -> Result<std::net::TcpStream> {
             let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
             c.write_all(format!("GET /huge HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())?;

@@ -263,3 +263,42 @@ impl Failure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While `turn` holds a permit of `share` and the call waits, how many permits are free.
+    async fn free_while_waiting(share: &Arc<Semaphore>, turn: &Turn, queued: bool) -> usize {
+        let permit = share.clone().acquire_owned().await.ok();
+        assert!(permit.is_some());
+        if let Ok(mut held) = turn.held.lock() {
+            *held = permit;
+        }
+        turn.queued.store(queued, Ordering::Release);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let call = async move {
+            let _ = rx.await;
+        };
+        let look = async {
+            tokio::task::yield_now().await;
+            let free = share.available_permits();
+            let _ = tx.send(());
+            free
+        };
+        let ((), free) = tokio::join!(taking_turns(turn, call), look);
+        // However it waited, the call's end gives the turn back.
+        assert_eq!(share.available_permits(), 1);
+        free
+    }
+
+    /// A guest waiting on a host call gives its turn back; one queueing for a turn (which it
+    /// does holding nothing) is left alone.
+    #[tokio::test]
+    async fn a_parked_guest_gives_its_turn_back() {
+        let share = Arc::new(Semaphore::new(1));
+        let turn = Turn::default();
+        assert_eq!(free_while_waiting(&share, &turn, false).await, 1);
+        assert_eq!(free_while_waiting(&share, &turn, true).await, 0);
+    }
+}
