@@ -88,10 +88,14 @@ impl Host {
             .env("GIT_CONFIG_NOSYSTEM", "1");
     }
 
-    /// The last `n` lines of the platform's own log (its folder goes away with it).
+    /// The last `n` warnings and errors of the platform's own log (its folder goes away with
+    /// it; the request lines would bury them).
     pub(crate) fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || !l.starts_with("20"))
+            .collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
