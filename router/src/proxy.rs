@@ -536,6 +536,9 @@ impl ProxyHttp for Router {
             Failure::Malformed => (400, None),
         };
         ctx.status = status;
+        // The connection is not reused after a failure; saying so lets the client know
+        // before it sends another request on it.
+        session.set_keepalive(None);
         if let Some(body) = body
             && session.response_written().is_none()
         {

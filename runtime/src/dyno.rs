@@ -93,6 +93,10 @@ pub struct DynoSpec {
     pub log: Arc<dyn LogSink>,
 }
 
+/// How long a stopped dyno still accepts connections: the router may have picked it just
+/// before the route table changed.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
+
 /// A running dyno. Dropping the handle does not stop it; call [`DynoHandle::stop`].
 pub struct DynoHandle {
     /// Where the dyno listens.
@@ -155,9 +159,21 @@ impl Runtime {
         let spec = Arc::new(spec);
         tracing::info!(app = %spec.app, dyno = %spec.name, release = spec.release, %addr, "dyno up");
         tokio::spawn(async move {
+            // A router that chose this dyno just before its route was switched away may already
+            // be connecting: closing the listener at once would reset that connection (the
+            // kernel had accepted it) and fail a request the app never saw. So a stopped dyno
+            // goes on accepting for a short while before it closes its port.
+            let drain = tokio::time::sleep(Duration::from_secs(3600));
+            tokio::pin!(drain);
+            let mut stopping = false;
             loop {
                 let accepted = tokio::select! {
-                    _ = stop_rx.changed() => break,
+                    _ = stop_rx.changed(), if !stopping => {
+                        stopping = true;
+                        drain.as_mut().reset(tokio::time::Instant::now() + STOP_DRAIN);
+                        continue;
+                    }
+                    _ = &mut drain, if stopping => break,
                     accepted = listener.accept() => accepted,
                 };
                 let (stream, peer) = match accepted {
