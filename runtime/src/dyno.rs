@@ -607,7 +607,9 @@ async fn run_guest(
         .new_response_outparam(sender)
         .map_err(|e| Failure::Crash(format!("{e:?}")))?;
     let spec = spec.clone();
-    let timeout = spec.limits.request_timeout;
+    // A second past the deadline: the router, whose timeout is the same by default, then
+    // answers a parked guest's client with its own H12 page, and this timer frees the slot.
+    let timeout = spec.limits.request_timeout + Duration::from_secs(1);
     let task = tokio::spawn(async move {
         // The slot stays taken while the guest runs, streaming included.
         let _slot = slot;
