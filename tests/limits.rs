@@ -299,19 +299,20 @@ fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
     let r = http_full(port, h, "GET", "/huge?mib=4", None, &[])?;
     assert_eq!((r.status, r.body.len()), (200, 4 << 20));
 
-    // Twenty clients ask for 256 MiB each and read nothing: the eco dyno's 10 slots fill
-    // (twenty, as the ones arriving while an earlier request still ends are turned away and
-    // do not ask again), and the host holds no more than socket buffers' worth of bodies.
+    // Clients ask for 256 MiB each and read nothing until the eco dyno's 10 slots are full
+    // (the capacity answer), and the host holds no more than socket buffers' worth of their
+    // bodies. A burst of twelve can find a slot still taken by the request before (its guest
+    // ends a moment after its client has read everything); those turned away do not ask
+    // again, so more come until the dyno is full.
     let before = s.rss_bytes().context("platform RSS")?;
-    let stalled: Vec<std::net::TcpStream> = (0..20)
-        .map(|_| -> Result<std::net::TcpStream> {
-            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
-            c.write_all(format!("GET /huge HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())?;
-            Ok(c)
-        })
-        .collect::<Result<_>>()?;
-    // First the dyno is full (the capacity answer), then, past the 2 s deadline that stops
-    // the parked guests, it serves again while those clients are still connected and silent.
+    let stall = || -> Result<std::net::TcpStream> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.write_all(format!("GET /huge HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())?;
+        Ok(c)
+    };
+    let mut stalled: Vec<std::net::TcpStream> = (0..12).map(|_| stall()).collect::<Result<_>>()?;
+    // Then, past the 2 s deadline that stops the parked guests, it serves again while those
+    // clients are still connected and silent.
     let mut seen = Vec::new();
     let mut peak = before;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -324,6 +325,8 @@ fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
             full = true;
         } else if full && answer == (200, "ok\n".into()) {
             freed = true;
+        } else if !full && stalled.len() < 40 {
+            stalled.push(stall()?);
         }
         seen.push(answer.0);
         std::thread::sleep(Duration::from_millis(100));
