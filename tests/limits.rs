@@ -84,6 +84,8 @@ fn hostile_guests_fail_alone() -> Result<()> {
         .map_err(|_| anyhow::anyhow!("flood thread"))??;
     assert_eq!((status, body.as_str()), (200, "flooded 16777216\n"));
 
+    huge_bodies(&s, &h)?;
+
     // Stack overflow and traps fail their own request only.
     for path in ["/recurse", "/trap"] {
         let (status, body) = s.request(&h, "GET", path, None)?;
@@ -114,8 +116,16 @@ fn hostile_guests_fail_alone() -> Result<()> {
         use std::io::{Read, Write};
         for conn in outside.incoming().take(4) {
             let Ok(mut conn) = conn else { break };
+            // The whole head before answering: closing with part of it unread would reset
+            // the connection under the answer.
+            let mut head = Vec::new();
             let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 19\r\nconnection: close\r\n\r\nhello from outside\n");
         }
     });
@@ -275,5 +285,126 @@ fn instance_reuse_is_opt_in_and_bounded() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&logs.stdout)
     );
+    Ok(())
+}
+
+/// A huge response body streams through without the host holding it, a client that stops
+/// reading does not pin the dyno past the app's deadline, and a guest that ignores a large
+/// request body answers, with the upload cut off by the router (or refused at its limit).
+fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
+    use std::io::Write;
+    let port = s.http_port;
+
+    // Read whole: every byte arrives.
+    let r = http_full(port, h, "GET", "/huge?mib=4", None, &[])?;
+    assert_eq!((r.status, r.body.len()), (200, 4 << 20));
+
+    // Clients ask for 256 MiB each and read nothing until the eco dyno's 10 slots are full
+    // (the capacity answer), and the host holds no more than socket buffers' worth of their
+    // bodies. A burst of twelve can find a slot still taken by the request before (its guest
+    // ends a moment after its client has read everything); those turned away do not ask
+    // again, so more come until the dyno is full.
+    let before = s.rss_bytes().context("platform RSS")?;
+    let stall = || -> Result<std::net::TcpStream> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.write_all(format!("GET /huge HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes())?;
+        Ok(c)
+    };
+    let mut stalled: Vec<std::net::TcpStream> = (0..12).map(|_| stall()).collect::<Result<_>>()?;
+    // Then, past the 2 s deadline that stops the parked guests, it serves again while those
+    // clients are still connected and silent.
+    let mut seen = Vec::new();
+    let mut peak = before;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut full = false;
+    let mut freed = false;
+    while Instant::now() < deadline && !freed {
+        peak = peak.max(s.rss_bytes().unwrap_or(0));
+        let answer = s.request(h, "GET", "/ok", None)?;
+        if answer.0 == 503 && answer.1.contains("capacity") {
+            full = true;
+        } else if full && answer == (200, "ok\n".into()) {
+            freed = true;
+        } else if !full && stalled.len() < 40 {
+            stalled.push(stall()?);
+        }
+        seen.push(answer.0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        full,
+        "the stalled clients never filled the dyno: {seen:?}\n{}",
+        s.logs()
+            .lines()
+            .filter(|l| l.contains("/huge"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(freed, "the dyno stayed full: {seen:?}");
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 96 << 20,
+        "the host held {} MiB of bodies nobody read",
+        grown >> 20
+    );
+    drop(stalled);
+
+    // 32 MiB sent to a route that never reads it: the app's answer arrives, the router stops
+    // the upload, and the dyno serves on.
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = conn.try_clone()?;
+    let host = h.to_owned();
+    let upload = std::thread::spawn(move || -> std::io::Result<usize> {
+        let length = 32usize << 20;
+        writer.write_all(
+            format!(
+                "POST /ignore-body HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        let chunk = vec![b'b'; 64 << 10];
+        let mut sent = 0;
+        while sent < length {
+            // The router hangs up once the app has answered: the rest is refused.
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        Ok(sent)
+    });
+    let r = read_response(conn)?;
+    assert_eq!((r.status, r.body.as_str()), (200, "ignored\n"));
+    let _ = upload.join();
+    assert_eq!(s.request(h, "GET", "/ok", None)?, (200, "ok\n".into()));
+
+    // A guest waiting for a body its client stopped sending is parked on a host call, where
+    // no epoch tick reaches it: the app's deadline (2 s) still ends the request.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(
+        format!(
+            "POST /body HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\nContent-Length: 1000\r\n\r\nonly ten.."
+        )
+        .as_bytes(),
+    )?;
+    let r = read_response(conn)?;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("Request timeout"), "{r:?}");
+    assert_eq!(s.request(h, "GET", "/ok", None)?, (200, "ok\n".into()));
+
+    // A body declared over the app's limit (100 MiB) is refused before any of it is read.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(
+        format!(
+            "POST /ignore-body HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            200u64 << 20
+        )
+        .as_bytes(),
+    )?;
+    let r = read_response(conn)?;
+    assert_eq!(r.status, 413, "{r:?}");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `skiff bench density`: how many web dynos one host holds, and what they cost
 //! (`skiff bench router` lives in bench_router.rs, `skiff bench serve` in bench_serve.rs,
-//! `skiff bench chaos` in bench_chaos.rs).
+//! `skiff bench chaos` in bench_chaos.rs, `skiff bench isolation` and `skiff bench load` in
+//! bench_isolation.rs and bench_load.rs).
 //!
 //! It runs the runtime alone, in this process: builds (or takes) a hello-world component,
 //! starts N dynos of it per step, sends each one request, then loads them all, and prints a
@@ -29,6 +30,10 @@ enum BenchWhat {
     /// Kill -9 the platform at random points of deploys, config changes and scales, restart
     /// it, and check that nothing acknowledged was lost and nothing half-done is used.
     Chaos(crate::bench_chaos::ChaosArgs),
+    /// A calm app's latency alone and while a hostile app on the same host attacks.
+    Isolation(crate::bench_isolation::IsolationBenchArgs),
+    /// N apps x M dynos under traffic while releases are pushed and apps scaled.
+    Load(crate::bench_load::LoadBenchArgs),
     /// Start N dynos per step and measure memory, instantiation and request latency.
     Density {
         /// Dyno counts to measure, comma-separated.
@@ -61,6 +66,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         BenchWhat::Router(args) => crate::bench_router::run(args),
         BenchWhat::Serve(args) => crate::bench_serve::run(args),
         BenchWhat::Chaos(args) => crate::bench_chaos::run(args),
+        BenchWhat::Isolation(args) => crate::bench_isolation::run(args),
+        BenchWhat::Load(args) => crate::bench_load::run(args),
         BenchWhat::Density {
             steps,
             component,

@@ -3,6 +3,9 @@
 mod addons;
 mod bench;
 mod bench_chaos;
+mod bench_host;
+mod bench_isolation;
+mod bench_load;
 mod bench_router;
 mod bench_serve;
 mod client;
@@ -351,8 +354,8 @@ enum Command {
     PgRotate(AppArg),
     /// List the installed buildpacks in detection order, with the files each one detects.
     Buildpacks,
-    /// Benchmarks that print tables: `skiff bench density`, `skiff bench router`, `skiff bench serve`,
-    /// `skiff bench chaos`.
+    /// Benchmarks that print tables: `skiff bench density`, `router`, `serve`, `chaos`,
+    /// `isolation`, `load`.
     Bench(bench::BenchArgs),
     /// Internal: run by git hooks in app repositories.
     #[command(hide = true)]

@@ -327,6 +327,8 @@ impl ProxyHttp for Router {
         ctx.admitted = Some(admitted);
         // A client that stops sending its body must not hold a dyno (slow loris).
         session.set_read_timeout(Some(route.settings.client_timeout));
+        // Nor one that stops reading its response: each write to it must progress in time.
+        session.set_write_timeout(Some(route.settings.client_timeout));
         if route.settings.session_affinity {
             ctx.pinned = cookie(session.req_header(), AFFINITY_COOKIE);
         }
@@ -534,6 +536,9 @@ impl ProxyHttp for Router {
             Failure::Malformed => (400, None),
         };
         ctx.status = status;
+        // The connection is not reused after a failure; saying so lets the client know
+        // before it sends another request on it.
+        session.set_keepalive(None);
         if let Some(body) = body
             && session.response_written().is_none()
         {

@@ -144,11 +144,12 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             // The slot stays taken until the program has finished, body included.
             let _slot = slot;
+            let turn = guest.turn.clone();
             let store = &mut guest.store;
-            let run = async {
+            let run = crate::limits::taking_turns(&turn, async {
                 let command = pre.instantiate_async(&mut *store).await?;
                 command.wasi_cli_run().call_run(&mut *store).await
-            };
+            });
             // Epochs stop a program that computes too long; this also stops one that waits
             // forever on a host call (a request body that never comes).
             let result = tokio::time::timeout(timeout, run).await;

@@ -132,13 +132,13 @@ async fn run(
     let pre = spec.command.pre.clone();
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limits);
-    crate::limits::fence_time(&mut store, spec.timeout);
+    let turn = crate::limits::fence_time(&mut store, spec.timeout);
 
-    let result = async {
+    let run = async {
         let command = pre.instantiate_async(&mut store).await?;
         command.wasi_cli_run().call_run(&mut store).await
-    }
-    .await;
+    };
+    let result = crate::limits::taking_turns(&turn, run).await;
     // Dropping the store closes the guest's ends of the output pipes, ending the forwarders.
     drop(store);
     match result {

@@ -99,6 +99,10 @@ pub struct DynoSpec {
     pub log: Arc<dyn LogSink>,
 }
 
+/// How long a stopped dyno still accepts connections: the router may have picked it just
+/// before the route table changed.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
+
 /// A running dyno. Dropping the handle does not stop it; call [`DynoHandle::stop`].
 pub struct DynoHandle {
     /// Where the dyno listens.
@@ -259,9 +263,21 @@ impl Runtime {
         let spec = Arc::new(spec);
         tracing::info!(app = %spec.app, dyno = %spec.name, release = spec.release, %addr, "dyno up");
         tokio::spawn(async move {
+            // A router that chose this dyno just before its route was switched away may already
+            // be connecting: closing the listener at once would reset that connection (the
+            // kernel had accepted it) and fail a request the app never saw. So a stopped dyno
+            // goes on accepting for a short while before it closes its port.
+            let drain = tokio::time::sleep(Duration::from_secs(3600));
+            tokio::pin!(drain);
+            let mut stopping = false;
             loop {
                 let accepted = tokio::select! {
-                    _ = stop_rx.changed() => break,
+                    _ = stop_rx.changed(), if !stopping => {
+                        stopping = true;
+                        drain.as_mut().reset(tokio::time::Instant::now() + STOP_DRAIN);
+                        continue;
+                    }
+                    _ = &mut drain, if stopping => break,
                     accepted = listener.accept() => accepted,
                 };
                 let (stream, peer) = match accepted {
@@ -484,6 +500,8 @@ pub(crate) struct GuestStore {
     pub(crate) memory_hit: Arc<AtomicBool>,
     budget: u64,
     fuel: bool,
+    /// The guest's turn among long-running guests; run its calls in `taking_turns`.
+    pub(crate) turn: Arc<crate::limits::Turn>,
 }
 
 impl GuestStore {
@@ -510,7 +528,7 @@ impl GuestStore {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        crate::limits::fence_time(&mut store, spec.limits.request_timeout);
+        let turn = crate::limits::fence_time(&mut store, spec.limits.request_timeout);
         let budget = if fuel {
             spec.limits.fuel.unwrap_or(u64::MAX)
         } else {
@@ -526,12 +544,13 @@ impl GuestStore {
             memory_hit,
             budget,
             fuel,
+            turn,
         })
     }
 
     /// Gives a kept instance a fresh deadline and fuel budget for its next request.
     fn rearm(&mut self, spec: &DynoSpec) {
-        crate::limits::fence_time(&mut self.store, spec.limits.request_timeout);
+        self.turn = crate::limits::fence_time(&mut self.store, spec.limits.request_timeout);
         if self.fuel {
             // Setting fuel only fails on an engine without metering, which `fuel` rules out.
             let _ = self.store.set_fuel(self.budget);
@@ -709,6 +728,9 @@ async fn run_guest(
         }
     };
     let store = &mut warm.guest.store;
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let spec_for_log = spec.clone();
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = store
@@ -722,10 +744,13 @@ async fn run_guest(
         .new_response_outparam(sender)
         .map_err(|e| Failure::Crash(format!("{e:?}")))?;
     let spec = spec.clone();
+    // A second past the deadline: the router, whose timeout is the same by default, then
+    // answers a parked guest's client with its own H12 page, and this timer frees the slot.
+    let timeout = spec.limits.request_timeout + Duration::from_secs(1);
     let task = tokio::spawn(async move {
         // The slot stays taken while the guest runs, streaming included.
         let _slot = slot;
-        let result = async {
+        let run = async {
             let store = &mut warm.guest.store;
             let proxy = match warm.proxy.take() {
                 Some(proxy) => proxy,
@@ -736,8 +761,16 @@ async fn run_guest(
                 .call_handle(&mut *store, incoming, out)
                 .await?;
             Ok::<_, wasmtime::Error>(proxy)
-        }
-        .await;
+        };
+        // The epoch deadline only fires while guest code runs. A guest parked on a host call
+        // (writing to a client that stopped reading, waiting for a request body that never
+        // comes, sleeping) is stopped by this timer instead, so it cannot hold its slot.
+        let turn = warm.guest.turn.clone();
+        let run = crate::limits::taking_turns(&turn, run);
+        let result = match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(wasmtime::Error::from(wasmtime::Trap::Interrupt)),
+        };
         // The guest may go on printing while its response body streams, so its output is
         // read once it has finished (or trapped), not when the response head is ready.
         warm.output.emit(&spec);
@@ -756,7 +789,16 @@ async fn run_guest(
         }
     });
     match receiver.await {
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => {
+            // The head is out; a guest stopped while it streams the body still gets its
+            // failure logged, since the client only sees a cut-off body.
+            tokio::spawn(async move {
+                if let Ok(Err(failure)) = task.await {
+                    log_failure(&spec_for_log, &method, &path, &failure);
+                }
+            });
+            Ok(resp)
+        }
         Ok(Err(code)) => Err(Failure::Crash(format!(
             "the app answered with an error: {code:?}"
         ))),

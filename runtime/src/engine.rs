@@ -15,7 +15,7 @@ use crate::cache::PrecompiledCache;
 use crate::dyno::DynoState;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// How the shared engine is set up.
 #[derive(Debug, Clone)]

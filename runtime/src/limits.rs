@@ -1,10 +1,12 @@
 //! Per-instance resource limits, and telling the user which one a failed request hit.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 /// A store's limiter: a hard memory quota (growing past it traps at once, recording why) and
@@ -71,22 +73,111 @@ impl ResourceLimiter for DynoLimiter {
     }
 }
 
+/// How long a guest runs as an ordinary request before it counts as long-running.
+const LONG_RUNNING: Duration = Duration::from_millis(50);
+
+/// Long-running guests may share this many cores, so that however many busy loops one app
+/// starts, short requests of every app keep the other cores. The operator opts in with
+/// `SKIFF_LONG_RUNNING_CORES=N` (unset or `0`: no share, long-running guests only yield at
+/// every tick). It is off by default because `skiff bench isolation` has not yet shown it
+/// lowering the calm app's p99 beyond run-to-run noise, and it caps the cores that legitimate
+/// long requests can use.
+static LONG_RUNNERS: LazyLock<Option<Arc<Semaphore>>> = LazyLock::new(|| {
+    let share = match std::env::var("SKIFF_LONG_RUNNING_CORES") {
+        Ok(v) => v.trim().parse::<usize>().unwrap_or_else(|_| {
+            tracing::warn!(value = %v, "SKIFF_LONG_RUNNING_CORES is not a whole number; ignored");
+            0
+        }),
+        Err(_) => 0,
+    };
+    (share > 0).then(|| Arc::new(Semaphore::new(share)))
+});
+
+/// A guest's turn on the long-running guests' share of the cores.
+#[derive(Default)]
+pub(crate) struct Turn {
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Set while the guest queues for a turn, as opposed to waiting on a host call.
+    queued: AtomicBool,
+}
+
+impl Turn {
+    fn release(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.take();
+        }
+    }
+}
+
 /// Bounds a store's wall-clock time. At every epoch tick a running guest yields to the
 /// executor, so a guest that never returns cannot hold a runtime thread and starve other
 /// dynos; once `timeout` has passed it traps with `Trap::Interrupt`.
-pub(crate) fn fence_time<T: 'static>(store: &mut Store<T>, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+///
+/// A guest still running after [`LONG_RUNNING`] also takes turns on the long-running
+/// guests' share of the cores: it runs a tick at a time while it holds a permit, handing the
+/// permit on at every tick (the semaphore is fair). Busy loops then queue among themselves
+/// instead of in front of every other app's short requests. Run the guest's calls inside
+/// [`taking_turns`] with the returned handle, so a guest parked on a host call (a client
+/// that stopped reading) does not keep its turn while it waits.
+pub(crate) fn fence_time<T: 'static>(store: &mut Store<T>, timeout: Duration) -> Arc<Turn> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let turn = Arc::new(Turn::default());
+    let mine = turn.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::YieldCustom(
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let Some(share) = LONG_RUNNERS.as_ref() else {
+            return Ok(UpdateDeadline::YieldCustom(
                 1,
                 Box::pin(tokio::task::yield_now()),
-            ))
+            ));
+        };
+        if now.duration_since(started) < LONG_RUNNING {
+            return Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ));
         }
+        // Give the turn back, then queue for the next one.
+        mine.release();
+        mine.queued.store(true, Ordering::Release);
+        let turn = mine.clone();
+        let share = share.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                let permit = share.acquire_owned().await.ok();
+                if let Ok(mut held) = turn.held.lock() {
+                    *held = permit;
+                }
+                turn.queued.store(false, Ordering::Release);
+            }),
+        ))
     });
+    turn
+}
+
+/// Runs a guest call, giving its turn back whenever the guest waits on anything other than
+/// the turn itself, and when the call ends.
+pub(crate) async fn taking_turns<F: Future>(turn: &Turn, call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+        Poll::Ready(out) => {
+            turn.release();
+            Poll::Ready(out)
+        }
+        Poll::Pending => {
+            if !turn.queued.load(Ordering::Acquire) {
+                turn.release();
+            }
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Why a request (or command) failed in the guest, with Heroku-style codes.
@@ -177,5 +268,44 @@ impl Failure {
                 "Bad response: the app's answer is not a well-formed CGI response".into()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While `turn` holds a permit of `share` and the call waits, how many permits are free.
+    async fn free_while_waiting(share: &Arc<Semaphore>, turn: &Turn, queued: bool) -> usize {
+        let permit = share.clone().acquire_owned().await.ok();
+        assert!(permit.is_some());
+        if let Ok(mut held) = turn.held.lock() {
+            *held = permit;
+        }
+        turn.queued.store(queued, Ordering::Release);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let call = async move {
+            let _ = rx.await;
+        };
+        let look = async {
+            tokio::task::yield_now().await;
+            let free = share.available_permits();
+            let _ = tx.send(());
+            free
+        };
+        let ((), free) = tokio::join!(taking_turns(turn, call), look);
+        // However it waited, the call's end gives the turn back.
+        assert_eq!(share.available_permits(), 1);
+        free
+    }
+
+    /// A guest waiting on a host call gives its turn back; one queueing for a turn (which it
+    /// does holding nothing) is left alone.
+    #[tokio::test]
+    async fn a_parked_guest_gives_its_turn_back() {
+        let share = Arc::new(Semaphore::new(1));
+        let turn = Turn::default();
+        assert_eq!(free_while_waiting(&share, &turn, false).await, 1);
+        assert_eq!(free_while_waiting(&share, &turn, true).await, 0);
     }
 }
