@@ -11,7 +11,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         for (name, value) in &head.headers {
             let parsed = HeaderName::from_bytes(name.as_bytes()).expect("http takes the name");
             assert_eq!(parsed.as_str(), name);
-            assert!(HeaderValue::from_bytes(value).is_ok(), "http refuses {value:?}");
+            assert!(
+                HeaderValue::from_bytes(value).is_ok(),
+                "http refuses {value:?}"
+            );
         }
     }
 });
