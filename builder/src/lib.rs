@@ -9,6 +9,8 @@
 
 pub mod adapt;
 pub mod buildpack;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod git;
 pub mod inspect;
 pub mod pipeline;

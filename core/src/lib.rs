@@ -2,6 +2,9 @@
 //! release hold. Every other crate speaks these types; nothing here touches the disk or the
 //! network, so the rules they encode can be tested (and fuzzed) in isolation.
 
+pub mod cgi;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod manifest;
 pub mod names;
 pub mod procfile;

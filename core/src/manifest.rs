@@ -58,14 +58,42 @@ pub enum ManifestError {
         "slug manifest version {0} is not supported (this Skiff reads version {SLUG_MANIFEST_VERSION})"
     )]
     Version(u32),
+    /// A process type name the Procfile rules refuse.
+    #[error("slug manifest names an invalid process type {0:?}")]
+    BadProcessType(String),
+    /// A component path that is not a plain relative path inside the app, which the builder
+    /// always writes; the platform joins it onto the slug's `app/` directory.
+    #[error(
+        "slug manifest process type {process:?} names component {component:?}, which is not a path inside the app"
+    )]
+    BadComponent {
+        /// The process type.
+        process: String,
+        /// The path as written.
+        component: String,
+    },
 }
 
 impl SlugManifest {
-    /// Parses and version-checks a manifest.
+    /// Parses and version-checks a manifest, and checks each process type's name and
+    /// component path the way the builder wrote them.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
         let manifest: Self = serde_json::from_slice(bytes)?;
         if manifest.version != SLUG_MANIFEST_VERSION {
             return Err(ManifestError::Version(manifest.version));
+        }
+        for (name, spec) in &manifest.process_types {
+            if !crate::procfile::is_valid_process_type(name) {
+                return Err(ManifestError::BadProcessType(name.clone()));
+            }
+            let normal = crate::text::app_relative(&spec.component)
+                .is_some_and(|rel| rel.to_str() == Some(spec.component.as_str()));
+            if !normal {
+                return Err(ManifestError::BadComponent {
+                    process: name.clone(),
+                    component: spec.component.clone(),
+                });
+            }
         }
         Ok(manifest)
     }
@@ -131,6 +159,35 @@ mod tests {
             Err(ManifestError::Version(99))
         ));
         assert!(SlugManifest::from_json(b"{\"version\":1,\"extra\":1}").is_err());
+        m.version = SLUG_MANIFEST_VERSION;
+        for bad in [
+            "/etc/passwd",
+            "/app/bin/a.wasm",
+            "../a.wasm",
+            "bin/../a.wasm",
+            "",
+            "bin//a",
+        ] {
+            let mut bad_m = m.clone();
+            if let Some(web) = bad_m.process_types.get_mut("web") {
+                web.component = bad.into();
+            }
+            assert!(
+                matches!(
+                    SlugManifest::from_json(&bad_m.to_json()),
+                    Err(ManifestError::BadComponent { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let mut bad_m = m.clone();
+        if let Some(web) = bad_m.process_types.remove("web") {
+            bad_m.process_types.insert("we b".into(), web);
+        }
+        assert!(matches!(
+            SlugManifest::from_json(&bad_m.to_json()),
+            Err(ManifestError::BadProcessType(_))
+        ));
     }
 
     #[test]

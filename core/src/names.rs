@@ -16,6 +16,14 @@ pub enum NameError {
         "invalid config var name {0:?}: use uppercase letters, digits and underscores, not starting with a digit"
     )]
     ConfigKey(String),
+    /// Custom domains become routing-table keys and TLS certificate names.
+    #[error("{raw:?} is not a valid domain: {why}")]
+    Domain {
+        /// The name as given.
+        raw: String,
+        /// Which rule it broke.
+        why: String,
+    },
 }
 
 /// A validated app name, safe to use as a DNS label, a file name and a git repository name.
@@ -94,6 +102,46 @@ impl ConfigKey {
     }
 }
 
+/// A host name an app may claim, normalised (trimmed, lowercase, no trailing dot): lowercase
+/// DNS labels, at least two, not all digits, outside `platform_domain` (whose names are the
+/// apps').
+pub fn parse_domain(raw: &str, platform_domain: &str) -> Result<String, NameError> {
+    let host = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bad = |why: &str| NameError::Domain {
+        raw: raw.to_owned(),
+        why: why.to_owned(),
+    };
+    if host.is_empty() || host.len() > 253 {
+        return Err(bad("it must be 1 to 253 characters"));
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.len() < 2 {
+        return Err(bad("it needs at least two labels, like www.example.com"));
+    }
+    for label in &labels {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(bad(
+                "each label is 1 to 63 letters, digits or inner hyphens",
+            ));
+        }
+    }
+    if labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(bad("IP addresses are not domains"));
+    }
+    if host == platform_domain || host.ends_with(&format!(".{platform_domain}")) {
+        return Err(bad(&format!(
+            "names under {platform_domain} belong to Skiff's apps"
+        )));
+    }
+    Ok(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +174,29 @@ mod tests {
         for bad in ["", "foo", "1A", "A-B", "A B", "A=B"] {
             assert!(ConfigKey::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn domains() {
+        for ok in ["www.example.com", "WWW.Example.COM.", "a-b.example.org"] {
+            assert!(parse_domain(ok, "localhost").is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "example",
+            "hello.localhost",
+            "localhost",
+            "-a.example.com",
+            "a..example.com",
+            "a_b.example.com",
+            "127.0.0.1",
+            "www.example.com:80",
+        ] {
+            assert!(parse_domain(bad, "localhost").is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_domain("WWW.Example.COM.", "localhost").ok(),
+            Some("www.example.com".to_owned())
+        );
     }
 }

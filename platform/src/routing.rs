@@ -186,41 +186,10 @@ impl crate::State {
     }
 }
 
-/// A host name an app may claim: lowercase DNS labels, at least two, outside the platform's
-/// own domain (whose names are the apps').
+/// A host name an app may claim; the rules live in `skiff_core::names`, where they are fuzzed.
 fn parse_hostname(raw: &str, platform_domain: &str) -> Result<String, PlatformError> {
-    let host = raw.trim().trim_end_matches('.').to_ascii_lowercase();
-    let bad =
-        |why: &str| PlatformError::BadRequest(format!("{raw:?} is not a valid domain: {why}"));
-    if host.is_empty() || host.len() > 253 {
-        return Err(bad("it must be 1 to 253 characters"));
-    }
-    let labels: Vec<&str> = host.split('.').collect();
-    if labels.len() < 2 {
-        return Err(bad("it needs at least two labels, like www.example.com"));
-    }
-    for label in &labels {
-        let ok = (1..=63).contains(&label.len())
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return Err(bad(
-                "each label is 1 to 63 letters, digits or inner hyphens",
-            ));
-        }
-    }
-    if labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(bad("IP addresses are not domains"));
-    }
-    if host == platform_domain || host.ends_with(&format!(".{platform_domain}")) {
-        return Err(bad(&format!(
-            "names under {platform_domain} belong to Skiff's apps"
-        )));
-    }
-    Ok(host)
+    skiff_core::names::parse_domain(raw, platform_domain)
+        .map_err(|e| PlatformError::BadRequest(e.to_string()))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

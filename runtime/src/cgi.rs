@@ -32,6 +32,7 @@ use crate::dyno::{
 };
 use crate::limits::Failure;
 use crate::logpipe::LogPipe;
+use skiff_core::cgi::{head_end, preview};
 
 /// The header block may not grow past this; a program that writes more without a blank line
 /// is not speaking CGI.
@@ -469,140 +470,38 @@ fn percent_decode(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Where the body starts: just past the first empty line (`\n\n` or `\r\n\r\n`, or mixed).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
-        let line = &buf[start..start + nl];
-        if line.is_empty() || line == b"\r" {
-            return Some(start + nl + 1);
-        }
-        start += nl + 1;
-    }
-    None
-}
-
-/// A parsed CGI header block.
+/// A parsed CGI header block, in the HTTP server's types.
 #[derive(Debug)]
 struct Head {
     status: StatusCode,
     headers: HeaderMap,
 }
 
-/// Headers about the connection, which the dyno's HTTP server owns.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Parses the header block (up to and including its blank line).
+/// Parses the header block (up to and including its blank line). The parsing itself is
+/// `skiff_core::cgi`, where it is fuzzed; its names and values follow the `http` crate's rules,
+/// so the conversions below only fail if the two ever disagree.
 fn parse_head(block: &[u8]) -> Result<Head, String> {
+    let parsed = skiff_core::cgi::parse_head(block)?;
+    let status = StatusCode::from_u16(parsed.status).map_err(|_| {
+        format!(
+            "the CGI Status header is not a status code: {}",
+            parsed.status
+        )
+    })?;
     let mut headers = HeaderMap::new();
-    let mut status = None;
-    let mut location = false;
-    let mut fields = 0usize;
-    for (n, raw) in block.split(|&b| b == b'\n').enumerate() {
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if line.is_empty() {
-            break;
-        }
-        let lineno = n + 1;
-        if line[0] == b' ' || line[0] == b'\t' {
-            return Err(format!(
-                "CGI header line {lineno} starts with whitespace (folded header lines are not accepted)"
-            ));
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Err(format!(
-                "CGI header line {lineno} has no colon: {:?}",
-                preview(line)
-            ));
-        };
-        let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| {
-            format!(
-                "CGI header line {lineno} has an invalid name: {:?}",
-                preview(&line[..colon])
-            )
-        })?;
-        let value = line[colon + 1..].trim_ascii();
-        let value = HeaderValue::from_bytes(value)
+    for (name, value) in parsed.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("CGI header name {name:?} is invalid"))?;
+        let value = HeaderValue::from_bytes(&value)
             .map_err(|_| format!("CGI header {name} has a value with control characters"))?;
-        fields += 1;
-        if name == "status" {
-            if status.is_some() {
-                return Err("the CGI headers have two Status lines".into());
-            }
-            status = Some(parse_status(&value)?);
-            continue;
-        }
-        if HOP_BY_HOP.contains(&name.as_str()) {
-            continue;
-        }
-        if name == header::CONTENT_LENGTH
-            && value
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_none()
-        {
-            return Err(format!(
-                "the CGI Content-Length header is not a number: {:?}",
-                preview(value.as_bytes())
-            ));
-        }
-        if name == header::LOCATION {
-            location = true;
-        }
         headers.append(name, value);
     }
-    if fields == 0 {
-        return Err(
-            "the CGI header block is empty; a response starts with Content-Type, Location or Status"
-                .into(),
-        );
-    }
-    let status = status.unwrap_or(if location {
-        StatusCode::FOUND
-    } else {
-        StatusCode::OK
-    });
     Ok(Head { status, headers })
-}
-
-/// `Status: 404 Not Found` -> 404.
-fn parse_status(value: &HeaderValue) -> Result<StatusCode, String> {
-    let text = String::from_utf8_lossy(value.as_bytes());
-    let code = text.split_whitespace().next().unwrap_or("");
-    code.parse::<u16>()
-        .ok()
-        .filter(|c| (100..=599).contains(c) && code.len() == 3)
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| format!("the CGI Status header is not a status code: {text:?}"))
-}
-
-/// The start of some bytes, for an error message.
-fn preview(bytes: &[u8]) -> String {
-    let cut = &bytes[..bytes.len().min(60)];
-    String::from_utf8_lossy(cut).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_blank_line_in_either_style() {
-        assert_eq!(head_end(b"Content-Type: text/plain\r\n\r\nbody"), Some(28));
-        assert_eq!(head_end(b"Content-Type: text/plain\n\nbody"), Some(26));
-        assert_eq!(head_end(b"A: b\r\nC: d\n\nbody"), Some(12));
-        assert_eq!(head_end(b"Content-Type: text/plain\r\n"), None);
-        assert_eq!(head_end(b"\nbody"), Some(1));
-    }
 
     #[test]
     fn parses_status_location_and_headers() {
@@ -642,6 +541,40 @@ mod tests {
                 "accepted {:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// Whatever the core parser accepts converts to the server's header types: the two
+    /// follow the same rules, checked over the fuzz corpus and deterministic mutations of it.
+    #[test]
+    fn core_heads_always_convert() {
+        use skiff_core::fuzzing::{XorShift, mutate, seeds};
+        let corpus =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/cgi_head");
+        let seeds = seeds(&corpus);
+        assert!(!seeds.is_empty());
+        let mut rng = XorShift::new(3);
+        for i in 0..5000 {
+            let input = if i < seeds.len() {
+                seeds[i].clone()
+            } else {
+                mutate(&seeds[rng.below(seeds.len())], &mut rng)
+            };
+            if skiff_core::cgi::parse_head(&input).is_ok() {
+                assert!(
+                    parse_head(&input).is_ok(),
+                    "core accepted what http refuses: {:?}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+            for name in input.split(|&b| b == b':' || b == b'\n') {
+                let core_ok = !name.is_empty()
+                    && name.len() < 1 << 16
+                    && name.iter().all(|&b| skiff_core::cgi::is_token_byte(b));
+                assert_eq!(core_ok, HeaderName::from_bytes(name).is_ok(), "{name:?}");
+                let value_ok = name.iter().all(|&b| skiff_core::cgi::is_value_byte(b));
+                assert_eq!(value_ok, HeaderValue::from_bytes(name).is_ok(), "{name:?}");
+            }
         }
     }
 
