@@ -101,7 +101,34 @@ impl Skiff {
     }
 
     /// Starts `skiff up` with extra flags.
+    ///
+    /// Ports are picked before the platform binds them, so a test running alongside may take
+    /// one in between: then this platform exits (or never says it is up) while the other
+    /// answers on the port. Readiness is therefore this process's own "Skiff is up." line, not
+    /// a port that accepts, and a first boot that loses a port tries again on fresh ones.
     pub fn boot_with(&mut self, extra: &[&str]) -> Result<()> {
+        let first_boot = !self.data_dir().exists();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_boot(extra)? {
+                true => return Ok(()),
+                false if first_boot && attempt < 4 => {
+                    self.api_port = free_port()?;
+                    self.http_port = free_port()?;
+                    self.https_port = free_port()?;
+                }
+                false => bail!(
+                    "skiff up lost its ports to another process:\n{}",
+                    self.logs()
+                ),
+            }
+        }
+    }
+
+    /// One start: `Ok(false)` when the platform could not bind its ports.
+    fn try_boot(&mut self, extra: &[&str]) -> Result<bool> {
+        let ups_before = self.logs().matches("Skiff is up.").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -119,19 +146,32 @@ impl Skiff {
             .stderr(log);
         self.child = Some(cmd.spawn()?);
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut up_since: Option<Instant> = None;
         while Instant::now() < deadline {
-            let api = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.api_port))).is_ok();
-            let router =
-                TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.http_port))).is_ok();
-            if api && router {
-                return Ok(());
-            }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                bail!("skiff up exited with {status}:\n{}", self.logs());
+                self.child = None;
+                let logs = self.logs();
+                if logs.contains("in use") {
+                    return Ok(false);
+                }
+                bail!("skiff up exited with {status}:\n{logs}");
+            }
+            let up = self.logs().matches("Skiff is up.").count() > ups_before;
+            let api = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.api_port))).is_ok();
+            let router =
+                TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.http_port))).is_ok();
+            if up && api && router {
+                // The router binds on its own thread: a lost router port shows as an exit
+                // shortly after the API is up.
+                match up_since {
+                    Some(t) if t.elapsed() >= Duration::from_millis(300) => return Ok(true),
+                    Some(_) => {}
+                    None => up_since = Some(Instant::now()),
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
