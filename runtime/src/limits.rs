@@ -76,19 +76,21 @@ impl ResourceLimiter for DynoLimiter {
 /// How long a guest runs as an ordinary request before it counts as long-running.
 const LONG_RUNNING: Duration = Duration::from_millis(50);
 
-/// Long-running guests may share this many cores, so that however many busy loops one app
-/// starts, short requests of every app keep the other cores. The operator opts in with
-/// `SKIFF_LONG_RUNNING_CORES=N` (unset or `0`: no share, long-running guests only yield at
-/// every tick). It is off by default because `skiff bench isolation` has not yet shown it
-/// lowering the calm app's p99 beyond run-to-run noise, and it caps the cores that legitimate
-/// long requests can use.
+/// Long-running guests share this many cores: all but one, so that however many busy loops
+/// one app starts, short requests of every app keep a core to run on. The operator sets the
+/// share with `SKIFF_LONG_RUNNING_CORES` (`0`: no share, long-running guests only yield at
+/// every tick, which is how `skiff bench isolation` compares the two).
 static LONG_RUNNERS: LazyLock<Option<Arc<Semaphore>>> = LazyLock::new(|| {
+    let all_but_one = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .saturating_sub(1)
+        .max(1);
     let share = match std::env::var("SKIFF_LONG_RUNNING_CORES") {
         Ok(v) => v.trim().parse::<usize>().unwrap_or_else(|_| {
             tracing::warn!(value = %v, "SKIFF_LONG_RUNNING_CORES is not a whole number; ignored");
-            0
+            all_but_one
         }),
-        Err(_) => 0,
+        Err(_) => all_but_one,
     };
     (share > 0).then(|| Arc::new(Semaphore::new(share)))
 });
