@@ -905,7 +905,7 @@ fn run_trial(
             }
         }
     }
-    let orphans = build_processes(&platform.data());
+    let orphans = skiff_platform::build_processes(&platform.data());
     if !orphans.is_empty() {
         violations.push(format!(
             "build processes of the killed platform still run: {orphans:?}"
@@ -958,25 +958,6 @@ fn final_round(platform: &Platform, app: &AppModel) -> Result<()> {
         "after the final round it answers {root:?} and {env:?}"
     );
     Ok(())
-}
-
-/// Processes started by a build of the platform on `data` (they carry its mark).
-fn build_processes(data: &Path) -> Vec<u32> {
-    let mark = format!("SKIFF_BUILD_HOST={}", data.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let environ = std::fs::read(e.path().join("environ")).ok()?;
-            environ
-                .split(|b| *b == 0)
-                .any(|var| var == mark.as_bytes())
-                .then_some(pid)
-        })
-        .collect()
 }
 
 /// Waits until every app answers its current release's greeting and config.

@@ -226,21 +226,7 @@ const BUILD_MARK: &str = "SKIFF_BUILD_HOST";
 /// with SIGKILL; left alone, they would keep compiling into removed dirs and hold locks in
 /// the shared toolchain cache.
 fn stop_orphaned_builds(data: &Path) {
-    let mark = format!("{BUILD_MARK}={}", data.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    let orphans: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let environ = std::fs::read(e.path().join("environ")).ok()?;
-            environ
-                .split(|b| *b == 0)
-                .any(|var| var == mark.as_bytes())
-                .then(|| pid.to_string())
-        })
-        .collect();
+    let orphans: Vec<String> = build_processes(data).iter().map(u32::to_string).collect();
     if orphans.is_empty() {
         return;
     }
@@ -255,6 +241,26 @@ fn stop_orphaned_builds(data: &Path) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status();
+}
+
+/// Processes started by a build of the platform whose data dir is `data` (they carry its
+/// `SKIFF_BUILD_HOST` mark), running or left over from a run killed with SIGKILL.
+pub fn build_processes(data: &Path) -> Vec<u32> {
+    let mark = format!("{BUILD_MARK}={}", data.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let environ = std::fs::read(e.path().join("environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .any(|var| var == mark.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
 }
 
 /// Writes a file readable by its owner only.
