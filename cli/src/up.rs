@@ -36,6 +36,12 @@ pub(crate) struct UpArgs {
     /// Router worker threads.
     #[arg(long, default_value_t = 2)]
     router_threads: usize,
+    /// MiB a second that each app's request and response bodies may move through the router
+    /// (0: no limit). One second's worth passes at full speed; beyond that the app's
+    /// transfers, all its connections together, are held to the rate, so that one app's
+    /// huge bodies cannot take the router from the others.
+    #[arg(long, env = "SKIFF_APP_BANDWIDTH_MIB", default_value_t = 100)]
+    app_bandwidth_mib: u64,
     /// Instance slots of the pooling allocator (0: allocate instances on demand).
     #[arg(long, default_value_t = 1000)]
     pool_instances: u32,
@@ -96,6 +102,7 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     // Pingora owns its threads and runtimes: start it before any tokio runtime exists.
     // The router writes each request's line to the app's logs, so the hub exists first too.
     let routes = Arc::new(RouteTable::new(&config.domain));
+    routes.set_app_bandwidth(args.app_bandwidth_mib.saturating_mul(1 << 20));
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let read =
             |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));

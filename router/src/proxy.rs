@@ -208,6 +208,13 @@ pub struct RequestCtx {
 }
 
 impl Router {
+    /// How long to hold a body chunk back to keep its app within its share of the router.
+    fn bandwidth_wait(&self, body: &Option<Bytes>, ctx: &RequestCtx) -> Option<Duration> {
+        let bytes = body.as_ref().map_or(0, Bytes::len);
+        let route = ctx.route.as_ref()?;
+        route.bandwidth.take(bytes, self.table.app_bandwidth())
+    }
+
     /// Holds a request while the app's first web dynos start: the route once one is up or the
     /// platform stopped starting them (then H14 or H10 follow as usual), `None` after `limit`.
     async fn wait_for_boot(&self, host: &str, limit: Duration) -> Option<Arc<AppRoute>> {
@@ -436,7 +443,20 @@ impl ProxyHttp for Router {
                 "request body over the limit",
             ));
         }
+        if let Some(wait) = self.bandwidth_wait(body, ctx) {
+            tokio::time::sleep(wait).await;
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        Ok(self.bandwidth_wait(body, ctx))
     }
 
     async fn upstream_request_filter(
@@ -961,6 +981,76 @@ mod tests {
             .unwrap_or(0);
         let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
         (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    /// A dyno stand-in that answers every request with `size` bytes, one request per connection.
+    fn serve_bulk(size: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                read_head(&mut stream);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&vec![b'x'; size]);
+            }
+        });
+        addr
+    }
+
+    fn start_router(table: &Arc<RouteTable>) -> (SocketAddr, RouterHandle) {
+        let listen = free_addr();
+        let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let handle = spawn_router(
+            RouterConfig {
+                listen,
+                https_listen: None,
+                threads: 1,
+                run_dir,
+                access_log: None,
+            },
+            table.clone(),
+        )
+        .expect("router");
+        for _ in 0..200 {
+            if TcpStream::connect(listen).is_ok() {
+                return (listen, handle);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("router did not start");
+    }
+
+    /// An app's bodies, all its connections together, move at its bandwidth once the first
+    /// second's worth has passed; another app's do not wait for them.
+    #[test]
+    fn holds_an_apps_bodies_to_its_bandwidth() {
+        let table = Arc::new(RouteTable::new("localhost"));
+        table.set_app_bandwidth(1 << 20);
+        let bulk = serve_bulk(2 << 20);
+        table.set_app(
+            "a-app",
+            vec![Backend {
+                dyno: "web.1".into(),
+                addr: bulk,
+            }],
+        );
+        let (listen, handle) = start_router(&table);
+        // Two downloads of 2 MiB at 1 MiB/s with a 1 MiB burst: 3 MiB owed, so the second to
+        // finish cannot end before three seconds have passed.
+        let started = Instant::now();
+        let downloads: Vec<_> = (0..2)
+            .map(|i| std::thread::spawn(move || get(listen.port(), &format!("bulk-{i}"))))
+            .collect();
+        for d in downloads {
+            let (status, _, body) = d.join().expect("download");
+            assert_eq!((status, body.len()), (200, 2 << 20));
+        }
+        assert!(started.elapsed() >= Duration::from_millis(2900));
+        handle.shutdown();
     }
 
     #[test]

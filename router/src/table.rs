@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -91,6 +91,40 @@ impl Slot {
     }
 }
 
+/// The bytes an app's requests and responses may move through the router, shared by all
+/// its connections: a token bucket holding a second's worth, in debt while over.
+#[derive(Debug)]
+pub(crate) struct Bandwidth {
+    /// Bytes the app may still send now (negative: owed), and when that was last worked out.
+    balance: Mutex<(f64, Instant)>,
+}
+
+impl Default for Bandwidth {
+    fn default() -> Self {
+        Self {
+            balance: Mutex::new((f64::MAX, Instant::now())),
+        }
+    }
+}
+
+impl Bandwidth {
+    /// Counts `bytes` against the app at `rate` bytes a second; returns how long to hold them
+    /// back so that the app stays within the rate. A rate of 0 is no limit.
+    pub(crate) fn take(&self, bytes: usize, rate: u64) -> Option<Duration> {
+        if rate == 0 || bytes == 0 {
+            return None;
+        }
+        let rate = rate as f64;
+        let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let earned = now.duration_since(balance.1).as_secs_f64() * rate;
+        // The burst is one second at the rate: responses of ordinary size never wait.
+        balance.0 = (balance.0 + earned).min(rate) - bytes as f64;
+        balance.1 = now;
+        (balance.0 < 0.0).then(|| Duration::from_secs_f64(-balance.0 / rate))
+    }
+}
+
 /// An app's routing entry.
 #[derive(Debug)]
 pub(crate) struct AppRoute {
@@ -103,6 +137,8 @@ pub(crate) struct AppRoute {
     next: Arc<AtomicUsize>,
     /// Web dynos are starting where none run yet; shared across rebuilds like `inflight`.
     booting: Arc<AtomicBool>,
+    /// The app's share of the router's byte moving; shared across rebuilds like `inflight`.
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 impl AppRoute {
@@ -154,6 +190,8 @@ pub struct RouteTable {
     ids: RandomState,
     generations: AtomicU64,
     certs: CertStore,
+    /// Bytes a second each app's bodies may move through the router (0: no limit).
+    app_bandwidth: AtomicU64,
 }
 
 impl RouteTable {
@@ -166,7 +204,21 @@ impl RouteTable {
             ids: RandomState::new(),
             generations: AtomicU64::new(1),
             certs: CertStore::new(),
+            app_bandwidth: AtomicU64::new(0),
         }
+    }
+
+    /// Limits the request and response body bytes each app moves through the router to
+    /// `bytes_per_second` (0: no limit), so that one app's huge transfers cannot take the
+    /// router's cores from the others. The operator's setting, not an app's.
+    pub fn set_app_bandwidth(&self, bytes_per_second: u64) {
+        self.app_bandwidth
+            .store(bytes_per_second, Ordering::Relaxed);
+    }
+
+    /// Each app's bandwidth, in bytes a second (0: no limit).
+    pub(crate) fn app_bandwidth(&self) -> u64 {
+        self.app_bandwidth.load(Ordering::Relaxed)
     }
 
     /// The HTTPS certificates, chosen per handshake by the host's app.
@@ -221,6 +273,7 @@ impl RouteTable {
             inflight: prior.map(|p| p.inflight.clone()).unwrap_or_default(),
             next: prior.map(|p| p.next.clone()).unwrap_or_default(),
             booting: prior.map(|p| p.booting.clone()).unwrap_or_default(),
+            bandwidth: prior.map(|p| p.bandwidth.clone()).unwrap_or_default(),
         }
     }
 
@@ -343,6 +396,23 @@ mod tests {
             dyno: format!("web.{p}"),
             addr: SocketAddr::from(([127, 0, 0, 1], p)),
         }
+    }
+
+    /// A second's worth passes at once; past it each chunk waits for the time its bytes
+    /// take at the rate, counting what the app's other connections owe.
+    #[test]
+    fn bandwidth_lets_a_burst_through_then_holds_to_the_rate() {
+        let b = Bandwidth::default();
+        assert_eq!(b.take(1 << 20, 0), None, "no limit");
+        let rate = 1 << 20;
+        assert_eq!(b.take(512 << 10, rate), None);
+        assert_eq!(b.take(512 << 10, rate), None);
+        let wait = b.take(256 << 10, rate).expect("over the burst");
+        // A quarter of the rate owed: a quarter second, less what the time between the calls
+        // earned.
+        assert!(wait <= Duration::from_millis(250), "{wait:?}");
+        let more = b.take(256 << 10, rate).expect("still owing");
+        assert!(more > wait, "{more:?} after {wait:?}");
     }
 
     #[test]

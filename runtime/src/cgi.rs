@@ -165,7 +165,7 @@ pub(crate) async fn serve(
                 },
             };
             // Dropping the store closes the program's stdout: the reader sees the end.
-            drop(guest);
+            crate::limits::in_turn(&turn, || drop(guest)).await;
             stderr.emit(&spec);
             end
         })

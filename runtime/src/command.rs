@@ -132,7 +132,7 @@ async fn run(
     let pre = spec.command.pre.clone();
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limits);
-    let turn = crate::limits::fence_time(&mut store, spec.timeout);
+    let turn = crate::limits::fence_time(&mut store, spec.timeout, &spec.app);
 
     let run = async {
         let command = pre.instantiate_async(&mut store).await?;
@@ -140,7 +140,7 @@ async fn run(
     };
     let result = crate::limits::taking_turns(&turn, run).await;
     // Dropping the store closes the guest's ends of the output pipes, ending the forwarders.
-    drop(store);
+    crate::limits::in_turn(&turn, || drop(store)).await;
     match result {
         Ok(Ok(())) => Exit::Code(0),
         Ok(Err(())) => Exit::Code(1),

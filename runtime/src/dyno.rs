@@ -528,7 +528,7 @@ impl GuestStore {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        let turn = crate::limits::fence_time(&mut store, spec.limits.request_timeout);
+        let turn = crate::limits::fence_time(&mut store, spec.limits.request_timeout, &spec.app);
         let budget = if fuel {
             spec.limits.fuel.unwrap_or(u64::MAX)
         } else {
@@ -550,7 +550,8 @@ impl GuestStore {
 
     /// Gives a kept instance a fresh deadline and fuel budget for its next request.
     fn rearm(&mut self, spec: &DynoSpec) {
-        self.turn = crate::limits::fence_time(&mut self.store, spec.limits.request_timeout);
+        self.turn =
+            crate::limits::fence_time(&mut self.store, spec.limits.request_timeout, &spec.app);
         if self.fuel {
             // Setting fuel only fails on an engine without metering, which `fuel` rules out.
             let _ = self.store.set_fuel(self.budget);
@@ -781,11 +782,17 @@ async fn run_guest(
                     warm.proxy = Some(proxy);
                     warm.served += 1;
                     reuse.give_back(warm, spec.limits.log_bytes);
+                } else {
+                    crate::limits::in_turn(&turn, || drop(warm)).await;
                 }
                 Ok(())
             }
             // A trapped instance is never used again.
-            Err(e) => Err(warm.guest.classify(&e)),
+            Err(e) => {
+                let failure = warm.guest.classify(&e);
+                crate::limits::in_turn(&turn, || drop(warm)).await;
+                Err(failure)
+            }
         }
     });
     match receiver.await {

@@ -1,8 +1,9 @@
 //! Per-instance resource limits, and telling the user which one a failed request hit.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -76,55 +77,120 @@ impl ResourceLimiter for DynoLimiter {
 /// How long a guest runs as an ordinary request before it counts as long-running.
 const LONG_RUNNING: Duration = Duration::from_millis(50);
 
-/// Long-running guests share this many cores: all but one, so that however many busy loops
-/// one app starts, short requests of every app keep a core to run on. The operator sets the
-/// share with `SKIFF_LONG_RUNNING_CORES` (`0`: no share, long-running guests only yield at
-/// every tick, which is how `skiff bench isolation` compares the two).
-static LONG_RUNNERS: LazyLock<Option<Arc<Semaphore>>> = LazyLock::new(|| {
-    let all_but_one = std::thread::available_parallelism()
+/// All cores but one, at least one: the share that leaves every other app a core to run on.
+fn all_but_one_core() -> usize {
+    std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .saturating_sub(1)
-        .max(1);
-    let share = match std::env::var("SKIFF_LONG_RUNNING_CORES") {
+        .max(1)
+}
+
+/// A core count from the operator's environment (`0`: no share), else all cores but one.
+fn cores_from_env(var: &str) -> usize {
+    match std::env::var(var) {
         Ok(v) => v.trim().parse::<usize>().unwrap_or_else(|_| {
-            tracing::warn!(value = %v, "SKIFF_LONG_RUNNING_CORES is not a whole number; ignored");
-            all_but_one
+            tracing::warn!(var, value = %v, "not a whole number of cores; ignored");
+            all_but_one_core()
         }),
-        Err(_) => all_but_one,
-    };
+        Err(_) => all_but_one_core(),
+    }
+}
+
+/// Long-running guests, all apps together, share this many cores: however many busy loops
+/// the apps start, short requests keep a core to run on. The operator sets the share with
+/// `SKIFF_LONG_RUNNING_CORES` (`0`: no share, long-running guests only yield at every tick,
+/// which is how `skiff bench isolation` compares the two).
+static LONG_RUNNERS: LazyLock<Option<Arc<Semaphore>>> = LazyLock::new(|| {
+    let share = cores_from_env("SKIFF_LONG_RUNNING_CORES");
     (share > 0).then(|| Arc::new(Semaphore::new(share)))
 });
 
-/// A guest's turn on the long-running guests' share of the cores.
-#[derive(Default)]
-pub(crate) struct Turn {
-    held: Mutex<Option<OwnedSemaphorePermit>>,
-    /// Set while the guest queues for a turn, as opposed to waiting on a host call.
-    queued: AtomicBool,
+/// How many of one app's guests (web requests, workers, one-off runs) may run guest code at
+/// once while other apps run guests too: all cores but one by default, so that no app,
+/// however it is loaded and whatever its requests cost, can take every core from the others.
+/// An app alone on the host uses every core. `SKIFF_APP_CORES` sets it (`0`: no share).
+static APP_CORES: LazyLock<usize> = LazyLock::new(|| cores_from_env("SKIFF_APP_CORES"));
+
+/// How long after two apps last ran guests the host still counts as shared.
+const SHARED_FOR: Duration = Duration::from_millis(500);
+
+/// The app (its share's address) that started a guest last.
+static LAST_APP: AtomicUsize = AtomicUsize::new(0);
+
+/// When a guest of one app started right after a guest of another, in milliseconds since
+/// [`SINCE`], plus one (0: never).
+static SHARED_AT: AtomicU64 = AtomicU64::new(0);
+
+static SINCE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn millis_plus_one() -> u64 {
+    u64::try_from(SINCE.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
 }
 
-impl Turn {
-    fn release(&self) {
-        if let Ok(mut held) = self.held.lock() {
-            held.take();
-        }
+/// Records that a guest of the app whose share is `share` starts.
+fn note_start(share: &Arc<Semaphore>) {
+    let id = Arc::as_ptr(share) as usize;
+    if LAST_APP.swap(id, Ordering::Relaxed) != id {
+        SHARED_AT.store(millis_plus_one(), Ordering::Relaxed);
     }
+}
+
+/// True while more than one app runs guests: then apps keep to their shares.
+fn host_is_shared() -> bool {
+    let at = SHARED_AT.load(Ordering::Relaxed);
+    at != 0 && millis_plus_one().saturating_sub(at) < SHARED_FOR.as_millis() as u64
+}
+
+/// Each app's share of the cores. Kept for good once made (an app costs an entry), so that a
+/// share's address names its app.
+static APP_SHARES: LazyLock<Mutex<HashMap<String, Arc<Semaphore>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The share of the cores `app`'s guests take turns on, if shares are on.
+fn app_share(app: &str) -> Option<Arc<Semaphore>> {
+    let cores = *APP_CORES;
+    if cores == 0 {
+        return None;
+    }
+    let mut shares = APP_SHARES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(share) = shares.get(app) {
+        return Some(share.clone());
+    }
+    let share = Arc::new(Semaphore::new(cores));
+    shares.insert(app.to_owned(), share.clone());
+    Some(share)
+}
+
+/// The shares a guest's code runs under.
+pub(crate) struct Turn {
+    /// Its app's share of the cores.
+    app: Option<Arc<Semaphore>>,
+    /// Set by the epoch callback once the guest has run for [`LONG_RUNNING`]; from then on it
+    /// also needs a turn on the long-running guests' share.
+    long: AtomicBool,
 }
 
 /// Bounds a store's wall-clock time. At every epoch tick a running guest yields to the
 /// executor, so a guest that never returns cannot hold a runtime thread and starve other
 /// dynos; once `timeout` has passed it traps with `Trap::Interrupt`.
 ///
-/// A guest still running after [`LONG_RUNNING`] also takes turns on the long-running
-/// guests' share of the cores: it runs a tick at a time while it holds a permit, handing the
-/// permit on at every tick (the semaphore is fair). Busy loops then queue among themselves
-/// instead of in front of every other app's short requests. Run the guest's calls inside
-/// [`taking_turns`] with the returned handle, so a guest parked on a host call (a client
-/// that stopped reading) does not keep its turn while it waits.
-pub(crate) fn fence_time<T: 'static>(store: &mut Store<T>, timeout: Duration) -> Arc<Turn> {
+/// The returned turn says which shares of the cores the guest's code runs under: its app's
+/// share always, the long-running guests' share once it has run for [`LONG_RUNNING`]. Run
+/// the guest's calls inside [`taking_turns`] with it.
+pub(crate) fn fence_time<T: 'static>(
+    store: &mut Store<T>,
+    timeout: Duration,
+    app: &str,
+) -> Arc<Turn> {
     let started = Instant::now();
     let deadline = started + timeout;
-    let turn = Arc::new(Turn::default());
+    let turn = Arc::new(Turn {
+        app: app_share(app),
+        long: AtomicBool::new(false),
+    });
+    if let Some(share) = &turn.app {
+        note_start(share);
+    }
     let mine = turn.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
@@ -132,54 +198,100 @@ pub(crate) fn fence_time<T: 'static>(store: &mut Store<T>, timeout: Duration) ->
         if now >= deadline {
             return Ok(UpdateDeadline::Interrupt);
         }
-        let Some(share) = LONG_RUNNERS.as_ref() else {
-            return Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ));
-        };
-        if now.duration_since(started) < LONG_RUNNING {
-            return Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ));
+        if now.duration_since(started) >= LONG_RUNNING {
+            mine.long.store(true, Ordering::Relaxed);
         }
-        // Give the turn back, then queue for the next one.
-        mine.release();
-        mine.queued.store(true, Ordering::Release);
-        let turn = mine.clone();
-        let share = share.clone();
+        // Yielding gives the guest's turns back (see `taking_turns`); it queues again behind
+        // whoever waited.
         Ok(UpdateDeadline::YieldCustom(
             1,
-            Box::pin(async move {
-                let permit = share.acquire_owned().await.ok();
-                if let Ok(mut held) = turn.held.lock() {
-                    *held = permit;
-                }
-                turn.queued.store(false, Ordering::Release);
-            }),
+            Box::pin(tokio::task::yield_now()),
         ))
     });
     turn
 }
 
-/// Runs a guest call, giving its turn back whenever the guest waits on anything other than
-/// the turn itself, and when the call ends.
+type Acquiring = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+
+/// Runs a guest call so that guest code runs only while it holds its turns: the app's share
+/// of the cores, and the long-running guests' share once it is long-running. Every time the
+/// call stops (an epoch tick, a host call that waits, the end) the turns are given back, so
+/// a guest parked on a client that stopped reading holds nothing, and guests of one app take
+/// a tick each in turn (the semaphores are fair).
 pub(crate) async fn taking_turns<F: Future>(turn: &Turn, call: F) -> F::Output {
     let mut call = std::pin::pin!(call);
-    std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
-        Poll::Ready(out) => {
-            turn.release();
-            Poll::Ready(out)
-        }
-        Poll::Pending => {
-            if !turn.queued.load(Ordering::Acquire) {
-                turn.release();
+    // `Some` once a turn is held; a closed semaphore (never done) hands out `Some(None)`: no
+    // permit, run anyway.
+    let mut app: Option<Option<OwnedSemaphorePermit>> = None;
+    let mut long: Option<Option<OwnedSemaphorePermit>> = None;
+    // The turn being queued for, and whether it is the app's.
+    let mut queue: Option<(Acquiring, bool)> = None;
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Some((acquiring, for_app)) = queue.as_mut() {
+                let Poll::Ready(permit) = acquiring.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                if *for_app {
+                    app = Some(permit);
+                } else {
+                    long = Some(permit);
+                }
+                queue = None;
             }
-            Poll::Pending
+            if app.is_none()
+                && let Some(share) = &turn.app
+            {
+                match share.clone().try_acquire_owned() {
+                    Ok(permit) => app = Some(Some(permit)),
+                    // Alone on the host, an app may use the cores beyond its share; it gives
+                    // them back at its next tick once another app's guests want them.
+                    Err(_) if !host_is_shared() => app = Some(None),
+                    Err(_) => {
+                        queue = Some((acquire(share.clone()), true));
+                        continue;
+                    }
+                }
+            }
+            if long.is_none()
+                && turn.long.load(Ordering::Relaxed)
+                && let Some(share) = LONG_RUNNERS.as_ref()
+            {
+                match share.clone().try_acquire_owned() {
+                    Ok(permit) => long = Some(Some(permit)),
+                    Err(_) => {
+                        queue = Some((acquire(share.clone()), false));
+                        continue;
+                    }
+                }
+            }
+            break;
         }
+        let polled = call.as_mut().poll(cx);
+        long = None;
+        app = None;
+        polled
     })
     .await
+}
+
+/// Runs `f` on the guest's app's share of the cores. Dropping a used store is such work: the
+/// instance pool gives its memory back then, which for a guest that grew to its limit costs
+/// about as much as growing did.
+pub(crate) async fn in_turn<R>(turn: &Turn, f: impl FnOnce() -> R) -> R {
+    let _permit = match &turn.app {
+        Some(share) => match share.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if !host_is_shared() => None,
+            Err(_) => share.clone().acquire_owned().await.ok(),
+        },
+        None => None,
+    };
+    f()
+}
+
+fn acquire(share: Arc<Semaphore>) -> Acquiring {
+    Box::pin(async move { share.acquire_owned().await.ok() })
 }
 
 /// Why a request (or command) failed in the guest, with Heroku-style codes.
@@ -277,14 +389,19 @@ impl Failure {
 mod tests {
     use super::*;
 
-    /// While `turn` holds a permit of `share` and the call waits, how many permits are free.
-    async fn free_while_waiting(share: &Arc<Semaphore>, turn: &Turn, queued: bool) -> usize {
-        let permit = share.clone().acquire_owned().await.ok();
-        assert!(permit.is_some());
-        if let Ok(mut held) = turn.held.lock() {
-            *held = permit;
+    fn turn_on(share: &Arc<Semaphore>) -> Turn {
+        Turn {
+            app: Some(share.clone()),
+            long: AtomicBool::new(false),
         }
-        turn.queued.store(queued, Ordering::Release);
+    }
+
+    /// A guest waiting on a host call (here, a channel) holds no turn while it waits, and
+    /// none once it has finished.
+    #[tokio::test]
+    async fn a_parked_guest_gives_its_turn_back() {
+        let share = Arc::new(Semaphore::new(1));
+        let turn = turn_on(&share);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let call = async move {
             let _ = rx.await;
@@ -295,19 +412,65 @@ mod tests {
             let _ = tx.send(());
             free
         };
-        let ((), free) = tokio::join!(taking_turns(turn, call), look);
-        // However it waited, the call's end gives the turn back.
+        let ((), free) = tokio::join!(taking_turns(&turn, call), look);
+        assert_eq!(free, 1);
         assert_eq!(share.available_permits(), 1);
-        free
     }
 
-    /// A guest waiting on a host call gives its turn back; one queueing for a turn (which it
-    /// does holding nothing) is left alone.
+    /// Guest code of an app whose share is taken does not run until a turn comes free.
     #[tokio::test]
-    async fn a_parked_guest_gives_its_turn_back() {
+    async fn a_guest_waits_for_its_apps_turn() {
         let share = Arc::new(Semaphore::new(1));
-        let turn = Turn::default();
-        assert_eq!(free_while_waiting(&share, &turn, false).await, 1);
-        assert_eq!(free_while_waiting(&share, &turn, true).await, 0);
+        let turn = turn_on(&share);
+        let other = share.clone().try_acquire_owned().ok();
+        // Another app's guest starts: the host is shared, so the app keeps to its share.
+        note_start(&Arc::new(Semaphore::new(1)));
+        note_start(&share);
+        assert!(host_is_shared());
+        let ran = AtomicBool::new(false);
+        let call = async { ran.store(true, Ordering::Relaxed) };
+        let mut call = std::pin::pin!(taking_turns(&turn, call));
+        assert!(futures_poll_once(call.as_mut()).await.is_pending());
+        assert!(!ran.load(Ordering::Relaxed));
+        drop(other);
+        call.await;
+        assert!(ran.load(Ordering::Relaxed));
+        assert_eq!(share.available_permits(), 1);
+    }
+
+    /// An app alone on the host runs past its share instead of waiting.
+    #[tokio::test]
+    async fn an_app_alone_borrows_the_other_cores() {
+        // Other tests start guests of other apps; wait until the host counts as unshared.
+        let share = Arc::new(Semaphore::new(1));
+        let turn = turn_on(&share);
+        let _held = share.clone().try_acquire_owned().ok();
+        for _ in 0..50 {
+            note_start(&share);
+            if !host_is_shared() {
+                break;
+            }
+            tokio::time::sleep(SHARED_FOR / 10).await;
+        }
+        assert!(!host_is_shared());
+        let ran = AtomicBool::new(false);
+        taking_turns(&turn, async { ran.store(true, Ordering::Relaxed) }).await;
+        assert!(ran.load(Ordering::Relaxed));
+    }
+
+    /// Apps get shares of their own.
+    #[test]
+    fn each_app_has_its_own_share() {
+        let Some(a) = app_share("alpha-app") else {
+            return;
+        };
+        let again = app_share("alpha-app").map(|s| Arc::ptr_eq(&s, &a));
+        assert_eq!(again, Some(true));
+        let b = app_share("beta-app").map(|s| Arc::ptr_eq(&s, &a));
+        assert_eq!(b, Some(false));
+    }
+
+    async fn futures_poll_once<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut f).poll(cx))).await
     }
 }
