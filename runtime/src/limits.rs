@@ -111,14 +111,15 @@ static LONG_RUNNERS: LazyLock<Option<Arc<Semaphore>>> = LazyLock::new(|| {
 /// An app alone on the host uses every core. `SKIFF_APP_CORES` sets it (`0`: no share).
 static APP_CORES: LazyLock<usize> = LazyLock::new(|| cores_from_env("SKIFF_APP_CORES"));
 
-/// How long after two apps last ran guests the host still counts as shared.
+/// How long after two apps last ran guests at once the host still counts as shared: an app
+/// whose requests come every few milliseconds is not alone between two of them.
 const SHARED_FOR: Duration = Duration::from_millis(500);
 
-/// The app (its share's address) that started a guest last.
-static LAST_APP: AtomicUsize = AtomicUsize::new(0);
+/// Apps with a guest call in flight.
+static ACTIVE_APPS: AtomicUsize = AtomicUsize::new(0);
 
-/// When a guest of one app started right after a guest of another, in milliseconds since
-/// [`SINCE`], plus one (0: never).
+/// When two apps last had guest calls in flight at once, in milliseconds since [`SINCE`],
+/// plus one (0: never).
 static SHARED_AT: AtomicU64 = AtomicU64::new(0);
 
 static SINCE: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -127,27 +128,53 @@ fn millis_plus_one() -> u64 {
     u64::try_from(SINCE.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
 }
 
-/// Records that a guest of the app whose share is `share` starts.
-fn note_start(share: &Arc<Semaphore>) {
-    let id = Arc::as_ptr(share) as usize;
-    if LAST_APP.swap(id, Ordering::Relaxed) != id {
-        SHARED_AT.store(millis_plus_one(), Ordering::Relaxed);
-    }
-}
-
 /// True while more than one app runs guests: then apps keep to their shares.
 fn host_is_shared() -> bool {
+    if ACTIVE_APPS.load(Ordering::Relaxed) >= 2 {
+        return true;
+    }
     let at = SHARED_AT.load(Ordering::Relaxed);
     at != 0 && millis_plus_one().saturating_sub(at) < SHARED_FOR.as_millis() as u64
 }
 
-/// Each app's share of the cores. Kept for good once made (an app costs an entry), so that a
-/// share's address names its app.
-static APP_SHARES: LazyLock<Mutex<HashMap<String, Arc<Semaphore>>>> =
+/// One app's share of the cores.
+pub(crate) struct AppShare {
+    permits: Arc<Semaphore>,
+    /// The app's guest calls in flight.
+    calls: AtomicUsize,
+}
+
+impl AppShare {
+    /// Counts a guest call of the app until the returned guard drops.
+    fn enter(self: &Arc<Self>) -> InFlight {
+        let active = if self.calls.fetch_add(1, Ordering::AcqRel) == 0 {
+            ACTIVE_APPS.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            ACTIVE_APPS.load(Ordering::Acquire)
+        };
+        if active >= 2 {
+            SHARED_AT.store(millis_plus_one(), Ordering::Relaxed);
+        }
+        InFlight(self.clone())
+    }
+}
+
+struct InFlight(Arc<AppShare>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.calls.fetch_sub(1, Ordering::AcqRel) == 1 {
+            ACTIVE_APPS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Each app's share of the cores. Kept for good once made (an app costs an entry).
+static APP_SHARES: LazyLock<Mutex<HashMap<String, Arc<AppShare>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The share of the cores `app`'s guests take turns on, if shares are on.
-fn app_share(app: &str) -> Option<Arc<Semaphore>> {
+fn app_share(app: &str) -> Option<Arc<AppShare>> {
     let cores = *APP_CORES;
     if cores == 0 {
         return None;
@@ -156,7 +183,10 @@ fn app_share(app: &str) -> Option<Arc<Semaphore>> {
     if let Some(share) = shares.get(app) {
         return Some(share.clone());
     }
-    let share = Arc::new(Semaphore::new(cores));
+    let share = Arc::new(AppShare {
+        permits: Arc::new(Semaphore::new(cores)),
+        calls: AtomicUsize::new(0),
+    });
     shares.insert(app.to_owned(), share.clone());
     Some(share)
 }
@@ -164,7 +194,7 @@ fn app_share(app: &str) -> Option<Arc<Semaphore>> {
 /// The shares a guest's code runs under.
 pub(crate) struct Turn {
     /// Its app's share of the cores.
-    app: Option<Arc<Semaphore>>,
+    app: Option<Arc<AppShare>>,
     /// Set by the epoch callback once the guest has run for [`LONG_RUNNING`]; from then on it
     /// also needs a turn on the long-running guests' share.
     long: AtomicBool,
@@ -188,9 +218,6 @@ pub(crate) fn fence_time<T: 'static>(
         app: app_share(app),
         long: AtomicBool::new(false),
     });
-    if let Some(share) = &turn.app {
-        note_start(share);
-    }
     let mine = turn.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
@@ -220,6 +247,7 @@ type Acquiring = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Sen
 /// a tick each in turn (the semaphores are fair).
 pub(crate) async fn taking_turns<F: Future>(turn: &Turn, call: F) -> F::Output {
     let mut call = std::pin::pin!(call);
+    let _in_flight = turn.app.as_ref().map(AppShare::enter);
     // `Some` once a turn is held; a closed semaphore (never done) hands out `Some(None)`: no
     // permit, run anyway.
     let mut app: Option<Option<OwnedSemaphorePermit>> = None;
@@ -240,7 +268,7 @@ pub(crate) async fn taking_turns<F: Future>(turn: &Turn, call: F) -> F::Output {
                 queue = None;
             }
             if app.is_none()
-                && let Some(share) = &turn.app
+                && let Some(share) = turn.app.as_ref().map(|a| &a.permits)
             {
                 match share.clone().try_acquire_owned() {
                     Ok(permit) => app = Some(Some(permit)),
@@ -279,7 +307,7 @@ pub(crate) async fn taking_turns<F: Future>(turn: &Turn, call: F) -> F::Output {
 /// instance pool gives its memory back then, which for a guest that grew to its limit costs
 /// about as much as growing did.
 pub(crate) async fn in_turn<R>(turn: &Turn, f: impl FnOnce() -> R) -> R {
-    let _permit = match &turn.app {
+    let _permit = match turn.app.as_ref().map(|a| &a.permits) {
         Some(share) => match share.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) if !host_is_shared() => None,
@@ -389,7 +417,17 @@ impl Failure {
 mod tests {
     use super::*;
 
-    fn turn_on(share: &Arc<Semaphore>) -> Turn {
+    /// The tests below share the host-wide count of active apps.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn share_of(cores: usize) -> Arc<AppShare> {
+        Arc::new(AppShare {
+            permits: Arc::new(Semaphore::new(cores)),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn turn_on(share: &Arc<AppShare>) -> Turn {
         Turn {
             app: Some(share.clone()),
             long: AtomicBool::new(false),
@@ -400,7 +438,8 @@ mod tests {
     /// none once it has finished.
     #[tokio::test]
     async fn a_parked_guest_gives_its_turn_back() {
-        let share = Arc::new(Semaphore::new(1));
+        let _serial = SERIAL.lock().await;
+        let share = share_of(1);
         let turn = turn_on(&share);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let call = async move {
@@ -408,45 +447,24 @@ mod tests {
         };
         let look = async {
             tokio::task::yield_now().await;
-            let free = share.available_permits();
+            let free = share.permits.available_permits();
             let _ = tx.send(());
             free
         };
         let ((), free) = tokio::join!(taking_turns(&turn, call), look);
         assert_eq!(free, 1);
-        assert_eq!(share.available_permits(), 1);
+        assert_eq!(share.permits.available_permits(), 1);
     }
 
-    /// Guest code of an app whose share is taken does not run until a turn comes free.
+    /// An app alone on the host runs past its share; once another app's guests run too, its
+    /// guest code waits for a turn of its share.
     #[tokio::test]
-    async fn a_guest_waits_for_its_apps_turn() {
-        let share = Arc::new(Semaphore::new(1));
-        let turn = turn_on(&share);
-        let other = share.clone().try_acquire_owned().ok();
-        // Another app's guest starts: the host is shared, so the app keeps to its share.
-        note_start(&Arc::new(Semaphore::new(1)));
-        note_start(&share);
-        assert!(host_is_shared());
-        let ran = AtomicBool::new(false);
-        let call = async { ran.store(true, Ordering::Relaxed) };
-        let mut call = std::pin::pin!(taking_turns(&turn, call));
-        assert!(futures_poll_once(call.as_mut()).await.is_pending());
-        assert!(!ran.load(Ordering::Relaxed));
-        drop(other);
-        call.await;
-        assert!(ran.load(Ordering::Relaxed));
-        assert_eq!(share.available_permits(), 1);
-    }
-
-    /// An app alone on the host runs past its share instead of waiting.
-    #[tokio::test]
-    async fn an_app_alone_borrows_the_other_cores() {
-        // Other tests start guests of other apps; wait until the host counts as unshared.
-        let share = Arc::new(Semaphore::new(1));
-        let turn = turn_on(&share);
-        let _held = share.clone().try_acquire_owned().ok();
-        for _ in 0..50 {
-            note_start(&share);
+    async fn apps_keep_to_their_shares_only_when_the_host_is_shared() {
+        let _serial = SERIAL.lock().await;
+        let alone = share_of(1);
+        let held = alone.permits.clone().try_acquire_owned().ok();
+        // Other tests in this binary run guests of other apps; wait until they are done.
+        for _ in 0..600 {
             if !host_is_shared() {
                 break;
             }
@@ -454,8 +472,36 @@ mod tests {
         }
         assert!(!host_is_shared());
         let ran = AtomicBool::new(false);
-        taking_turns(&turn, async { ran.store(true, Ordering::Relaxed) }).await;
+        taking_turns(&turn_on(&alone), async {
+            ran.store(true, Ordering::Relaxed)
+        })
+        .await;
+        assert!(ran.load(Ordering::Relaxed), "alone, it borrows");
+
+        // Another app's guest is in flight (parked on a channel).
+        let other = share_of(1);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let other_turn = turn_on(&other);
+        let mut other_call = std::pin::pin!(taking_turns(&other_turn, async move {
+            let _ = rx.await;
+        }));
+        assert!(poll_once(other_call.as_mut()).await.is_pending());
+        let turn = turn_on(&alone);
+        let ran = AtomicBool::new(false);
+        let mut call = std::pin::pin!(taking_turns(&turn, async {
+            ran.store(true, Ordering::Relaxed)
+        }));
+        assert!(poll_once(call.as_mut()).await.is_pending());
+        assert!(
+            !ran.load(Ordering::Relaxed),
+            "shared, it waits for its turn"
+        );
+        drop(held);
+        call.await;
         assert!(ran.load(Ordering::Relaxed));
+        assert_eq!(alone.permits.available_permits(), 1);
+        let _ = tx.send(());
+        other_call.await;
     }
 
     /// Apps get shares of their own.
@@ -470,7 +516,7 @@ mod tests {
         assert_eq!(b, Some(false));
     }
 
-    async fn futures_poll_once<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {
+    async fn poll_once<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {
         std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut f).poll(cx))).await
     }
 }
