@@ -307,7 +307,7 @@ fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
     assert_eq!((r.status, r.body.len()), (200, 4 << 20));
 
     // Clients ask for 256 MiB each and read nothing until the eco dyno's 10 slots are full
-    // (the capacity answer), and the host holds no more than socket buffers' worth of their
+    // (H11, from the router or the dyno), and the host holds no more than socket buffers' worth of their
     // bodies. A burst of twelve can find a slot still taken by the request before (its guest
     // ends a moment after its client has read everything); those turned away do not ask
     // again, so more come until the dyno is full.
@@ -328,7 +328,7 @@ fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
     while Instant::now() < deadline && !freed {
         peak = peak.max(s.rss_bytes().unwrap_or(0));
         let answer = s.request(h, "GET", "/ok", None)?;
-        if answer.0 == 503 && answer.1.contains("capacity") {
+        if answer.0 == 503 && (answer.1.contains("capacity") || answer.1.contains("H11")) {
             full = true;
         } else if full && answer == (200, "ok\n".into()) {
             freed = true;

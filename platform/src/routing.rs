@@ -51,17 +51,11 @@ pub(crate) fn routes() -> axum::Router<Shared> {
 pub(crate) fn sync(p: &Platform, app: &str) -> Result<(), PlatformError> {
     let flags = p.state.app_flags(app)?;
     let config = p.state.config(app)?;
-    // The router refuses (H11) what a web dyno of the app's size would refuse anyway, before
-    // it costs a hop to the dyno: a flood past the app's capacity stays in the router.
-    let web_size = skiff_core::sizes::size(&p.state.size(app, "web")?);
     let mut settings = AppSettings {
         maintenance: flags.iter().any(|f| f == MAINTENANCE),
         session_affinity: flags.iter().any(|f| f == "http-session-affinity"),
         ..AppSettings::default()
     };
-    if let Some(size) = web_size {
-        settings.max_concurrency = size.concurrency as usize;
-    }
     for problem in apply_config(&mut settings, &config) {
         // As skiff[api], not skiff[router]: that name is for the router's request lines.
         p.logs.push(app, Source::Platform, "api", &problem);

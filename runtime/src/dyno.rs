@@ -99,6 +99,9 @@ pub struct DynoSpec {
     pub log: Arc<dyn LogSink>,
 }
 
+/// How long a request waits for a slot of a full dyno before "full".
+const FULL_WAIT: Duration = Duration::from_millis(200);
+
 /// How long a stopped dyno still accepts connections: the router may have picked it just
 /// before the route table changed.
 const STOP_DRAIN: Duration = Duration::from_secs(2);
@@ -363,9 +366,15 @@ async fn handle(
         log_failure(&spec, &method, &path, &Failure::Crashed);
         return failure_response(&Failure::Crashed);
     }
-    // A full dyno answers at once rather than queueing: the router can pick another one.
-    let Ok(slot) = slots.try_acquire_owned() else {
-        return failure_response(&Failure::Full);
+    // A full dyno holds a request a moment for a slot, then answers "full" (H11): a burst a
+    // little over its size is served, and a client re-sending as fast as it is refused is
+    // slowed to a few requests a second instead of costing the host thousands.
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => match tokio::time::timeout(FULL_WAIT, slots.acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return failure_response(&Failure::Full),
+        },
     };
     let result = match &spec.component.guest {
         WebGuest::Http(pre) => {
