@@ -1032,7 +1032,11 @@ mod tests {
         addr
     }
 
-    fn start_router(table: &Arc<RouteTable>) -> (SocketAddr, RouterHandle) {
+    /// A router on a free port, up; its run dir, for the test to remove.
+    fn start_router(
+        table: &Arc<RouteTable>,
+        access_log: Option<Arc<dyn AccessLog>>,
+    ) -> (SocketAddr, RouterHandle, std::path::PathBuf) {
         let listen = free_addr();
         let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
         std::fs::create_dir_all(&run_dir).expect("run dir");
@@ -1041,15 +1045,15 @@ mod tests {
                 listen,
                 https_listen: None,
                 threads: 1,
-                run_dir,
-                access_log: None,
+                run_dir: run_dir.clone(),
+                access_log,
             },
             table.clone(),
         )
         .expect("router");
         for _ in 0..200 {
             if TcpStream::connect(listen).is_ok() {
-                return (listen, handle);
+                return (listen, handle, run_dir);
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -1070,7 +1074,7 @@ mod tests {
                 addr: bulk,
             }],
         );
-        let (listen, handle) = start_router(&table);
+        let (listen, handle, run_dir) = start_router(&table, None);
         // Two downloads of 2 MiB at 1 MiB/s with a 1 MiB burst: 3 MiB owed, so the second to
         // finish cannot end before three seconds have passed.
         let started = Instant::now();
@@ -1083,6 +1087,7 @@ mod tests {
         }
         assert!(started.elapsed() >= Duration::from_millis(2900));
         handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
     }
 
     #[test]
@@ -1104,29 +1109,7 @@ mod tests {
             ],
         );
         let lines = Arc::new(Lines::default());
-        let listen = free_addr();
-        let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
-        std::fs::create_dir_all(&run_dir).expect("run dir");
-        let handle = spawn_router(
-            RouterConfig {
-                listen,
-                https_listen: None,
-                threads: 1,
-                run_dir: run_dir.clone(),
-                access_log: Some(lines.clone()),
-            },
-            table.clone(),
-        )
-        .expect("router");
-        let mut up = false;
-        for _ in 0..200 {
-            if TcpStream::connect(listen).is_ok() {
-                up = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        assert!(up, "router did not start");
+        let (listen, handle, run_dir) = start_router(&table, Some(lines.clone()));
 
         // Every request lands on the live dyno, including those first sent to the dead one.
         for i in 0..6 {
