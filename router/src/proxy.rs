@@ -207,34 +207,7 @@ pub struct RequestCtx {
     status: u16,
 }
 
-/// How long a request that finds its app at its bound waits for room before H11, and how
-/// often it looks. A burst a little over the bound is served instead of refused, and a client
-/// re-sending as fast as it is refused is slowed to a few requests a second.
-const BACKLOG_WAIT: Duration = Duration::from_millis(200);
-const BACKLOG_POLL: Duration = Duration::from_millis(20);
-
 impl Router {
-    /// Waits up to [`BACKLOG_WAIT`] for the app to admit one more request; the app's route
-    /// as it then is, with the admission.
-    async fn wait_for_room(&self, route: Arc<AppRoute>) -> Option<(Arc<AppRoute>, InFlight)> {
-        let mut route = route;
-        let until = Instant::now() + BACKLOG_WAIT;
-        while Instant::now() < until {
-            tokio::time::sleep(BACKLOG_POLL).await;
-            // A deploy or scale may have replaced the entry meanwhile.
-            if let Some(now) = self.table.route(&route.app) {
-                route = now;
-            }
-            if route.slots.is_empty() {
-                return None;
-            }
-            if let Some(admitted) = route.admit() {
-                return Some((route, admitted));
-            }
-        }
-        None
-    }
-
     /// How long to hold a body chunk back to keep its app within its share of the router.
     fn bandwidth_wait(&self, body: &Option<Bytes>, ctx: &RequestCtx) -> Option<Duration> {
         let bytes = body.as_ref().map_or(0, Bytes::len);
@@ -355,14 +328,9 @@ impl ProxyHttp for Router {
             respond(session, 413, too_large_page(&route), &ctx.request_id).await?;
             return Ok(true);
         }
-        let (route, admitted) = match route.admit() {
-            Some(admitted) => (route, admitted),
-            None => match self.wait_for_room(route).await {
-                Some(found) => found,
-                None => return refuse(session, ctx, Code::H11).await,
-            },
+        let Some(admitted) = route.admit() else {
+            return refuse(session, ctx, Code::H11).await;
         };
-        ctx.route = Some(route.clone());
         ctx.admitted = Some(admitted);
         // A client that stops sending its body must not hold a dyno (slow loris).
         session.set_read_timeout(Some(route.settings.client_timeout));
@@ -1061,7 +1029,7 @@ mod tests {
     }
 
     /// An app's bodies, all its connections together, move at its bandwidth once the first
-    /// second's worth has passed; another app's do not wait for them.
+    /// second's worth has passed.
     #[test]
     fn holds_an_apps_bodies_to_its_bandwidth() {
         let table = Arc::new(RouteTable::new("localhost"));

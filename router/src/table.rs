@@ -398,6 +398,25 @@ mod tests {
         }
     }
 
+    /// Each app has its own bucket, and a deploy or scale (a rebuilt entry) keeps it, so a
+    /// new release does not get a fresh burst.
+    #[test]
+    fn bandwidth_is_per_app_and_outlives_rebuilds() {
+        let t = RouteTable::new("localhost");
+        let web = |port| Backend {
+            dyno: "web.1".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        t.set_app("a-app", vec![web(1)]);
+        t.set_app("b-app", vec![web(2)]);
+        let bucket = |app| t.route(app).map(|r| r.bandwidth.clone()).expect("routed");
+        let a = bucket("a-app");
+        assert!(!Arc::ptr_eq(&a, &bucket("b-app")));
+        t.set_app("a-app", vec![web(3)]);
+        t.set_settings("a-app", AppSettings::default());
+        assert!(Arc::ptr_eq(&a, &bucket("a-app")));
+    }
+
     /// A second's worth passes at once; past it each chunk waits for the time its bytes
     /// take at the rate, counting what the app's other connections owe.
     #[test]

@@ -369,12 +369,9 @@ async fn handle(
     // A full dyno holds a request a moment for a slot, then answers "full" (H11): a burst a
     // little over its size is served, and a client re-sending as fast as it is refused is
     // slowed to a few requests a second instead of costing the host thousands.
-    let slot = match slots.clone().try_acquire_owned() {
-        Ok(slot) => slot,
-        Err(_) => match tokio::time::timeout(FULL_WAIT, slots.acquire_owned()).await {
-            Ok(Ok(slot)) => slot,
-            _ => return failure_response(&Failure::Full),
-        },
+    // A free slot is taken on the first poll, before the timer is ever registered.
+    let Ok(Ok(slot)) = tokio::time::timeout(FULL_WAIT, slots.acquire_owned()).await else {
+        return failure_response(&Failure::Full);
     };
     let result = match &spec.component.guest {
         WebGuest::Http(pre) => {

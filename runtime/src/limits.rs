@@ -240,6 +240,63 @@ pub(crate) fn fence_time<T: 'static>(
 
 type Acquiring = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
 
+/// A guest's turn on one share of the cores.
+#[derive(Default)]
+enum Hold {
+    #[default]
+    Not,
+    Queued(Acquiring),
+    /// Held until dropped; no permit when running without one (borrowed, or a closed
+    /// semaphore).
+    Held {
+        _permit: Option<OwnedSemaphorePermit>,
+    },
+}
+
+impl Hold {
+    /// Ready once the turn is held. When no permit is free, `borrow` says whether to run
+    /// without one rather than queue.
+    fn poll_take(
+        &mut self,
+        share: &Arc<Semaphore>,
+        borrow: bool,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        loop {
+            match self {
+                Hold::Held { .. } => return Poll::Ready(()),
+                Hold::Queued(acquiring) => {
+                    let Poll::Ready(permit) = acquiring.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    *self = Hold::Held { _permit: permit };
+                }
+                Hold::Not => {
+                    *self = match share.clone().try_acquire_owned() {
+                        Ok(permit) => Hold::Held {
+                            _permit: Some(permit),
+                        },
+                        Err(_) if borrow => Hold::Held { _permit: None },
+                        Err(_) => {
+                            let share = share.clone();
+                            Hold::Queued(Box::pin(async move { share.acquire_owned().await.ok() }))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a turn of the app's share; alone on the host, an app may use the cores beyond
+    /// its share, and gives them back at its next tick once another app's guests want them.
+    fn poll_app(&mut self, turn: &Turn, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match &turn.app {
+            Some(app) => self.poll_take(&app.permits, !host_is_shared(), cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
 /// Runs a guest call so that guest code runs only while it holds its turns: the app's share
 /// of the cores, and the long-running guests' share once it is long-running. Every time the
 /// call stops (an epoch tick, a host call that waits, the end) the turns are given back, so
@@ -248,56 +305,18 @@ type Acquiring = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Sen
 pub(crate) async fn taking_turns<F: Future>(turn: &Turn, call: F) -> F::Output {
     let mut call = std::pin::pin!(call);
     let _in_flight = turn.app.as_ref().map(AppShare::enter);
-    // `Some` once a turn is held; a closed semaphore (never done) hands out `Some(None)`: no
-    // permit, run anyway.
-    let mut app: Option<Option<OwnedSemaphorePermit>> = None;
-    let mut long: Option<Option<OwnedSemaphorePermit>> = None;
-    // The turn being queued for, and whether it is the app's.
-    let mut queue: Option<(Acquiring, bool)> = None;
+    let mut app = Hold::Not;
+    let mut long = Hold::Not;
     std::future::poll_fn(|cx| {
-        loop {
-            if let Some((acquiring, for_app)) = queue.as_mut() {
-                let Poll::Ready(permit) = acquiring.as_mut().poll(cx) else {
-                    return Poll::Pending;
-                };
-                if *for_app {
-                    app = Some(permit);
-                } else {
-                    long = Some(permit);
-                }
-                queue = None;
-            }
-            if app.is_none()
-                && let Some(share) = turn.app.as_ref().map(|a| &a.permits)
-            {
-                match share.clone().try_acquire_owned() {
-                    Ok(permit) => app = Some(Some(permit)),
-                    // Alone on the host, an app may use the cores beyond its share; it gives
-                    // them back at its next tick once another app's guests want them.
-                    Err(_) if !host_is_shared() => app = Some(None),
-                    Err(_) => {
-                        queue = Some((acquire(share.clone()), true));
-                        continue;
-                    }
-                }
-            }
-            if long.is_none()
-                && turn.long.load(Ordering::Relaxed)
-                && let Some(share) = LONG_RUNNERS.as_ref()
-            {
-                match share.clone().try_acquire_owned() {
-                    Ok(permit) => long = Some(Some(permit)),
-                    Err(_) => {
-                        queue = Some((acquire(share.clone()), false));
-                        continue;
-                    }
-                }
-            }
-            break;
+        std::task::ready!(app.poll_app(turn, cx));
+        if turn.long.load(Ordering::Relaxed)
+            && let Some(share) = LONG_RUNNERS.as_ref()
+        {
+            std::task::ready!(long.poll_take(share, false, cx));
         }
         let polled = call.as_mut().poll(cx);
-        long = None;
-        app = None;
+        app = Hold::Not;
+        long = Hold::Not;
         polled
     })
     .await
@@ -307,19 +326,9 @@ pub(crate) async fn taking_turns<F: Future>(turn: &Turn, call: F) -> F::Output {
 /// instance pool gives its memory back then, which for a guest that grew to its limit costs
 /// about as much as growing did.
 pub(crate) async fn in_turn<R>(turn: &Turn, f: impl FnOnce() -> R) -> R {
-    let _permit = match turn.app.as_ref().map(|a| &a.permits) {
-        Some(share) => match share.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) if !host_is_shared() => None,
-            Err(_) => share.clone().acquire_owned().await.ok(),
-        },
-        None => None,
-    };
+    let mut app = Hold::Not;
+    std::future::poll_fn(|cx| app.poll_app(turn, cx)).await;
     f()
-}
-
-fn acquire(share: Arc<Semaphore>) -> Acquiring {
-    Box::pin(async move { share.acquire_owned().await.ok() })
 }
 
 /// Why a request (or command) failed in the guest, with Heroku-style codes.
@@ -472,11 +481,15 @@ mod tests {
         }
         assert!(!host_is_shared());
         let ran = AtomicBool::new(false);
-        taking_turns(&turn_on(&alone), async {
-            ran.store(true, Ordering::Relaxed)
-        })
+        let borrowed = tokio::time::timeout(
+            Duration::from_secs(10),
+            taking_turns(&turn_on(&alone), async {
+                ran.store(true, Ordering::Relaxed)
+            }),
+        )
         .await;
-        assert!(ran.load(Ordering::Relaxed), "alone, it borrows");
+        assert!(borrowed.is_ok(), "alone, it borrows instead of waiting");
+        assert!(ran.load(Ordering::Relaxed));
 
         // Another app's guest is in flight (parked on a channel).
         let other = share_of(1);
