@@ -90,7 +90,7 @@ fn long_load_drops_no_request() -> Result<()> {
 /// The isolation bench end to end: every phase runs and the calm app never fails. Ratios are
 /// printed, not asserted. `cargo test --test load -- --ignored`.
 #[test]
-#[ignore = "long: builds two guests and runs sixteen phases"]
+#[ignore = "long: builds two guests and runs eighteen phases"]
 fn isolation_bench_keeps_the_calm_app_answering() -> Result<()> {
     let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["bench", "isolation", "--requests", "1000", "--json"])
@@ -105,7 +105,7 @@ fn isolation_bench_keeps_the_calm_app_answering() -> Result<()> {
         .filter(|l| l.starts_with('{'))
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    assert_eq!(rows.len(), 8, "{text}");
+    assert_eq!(rows.len(), 9, "{text}");
     for row in &rows {
         assert_eq!(row["calm_errors"], 0, "{row}");
     }

@@ -4,6 +4,11 @@
 //! The calm app gets a paced load alone, then again while each attack runs on the hostile
 //! app; the table shows the calm app's p50 and p99, the p99 against the baseline, the calm
 //! app's failures and what the hostile app's clients got.
+//!
+//! Every client runs on this machine, but an attacker's would run on another: the attack's
+//! threads run at a low priority (`--attacker-nice`), so that what the table shows is Skiff's
+//! own cost of each attack rather than the load generator's. A control row runs two threads
+//! that only spin and never talk to Skiff: it is the floor this machine sets.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -35,6 +40,10 @@ pub(crate) struct IsolationBenchArgs {
     /// Also print one JSON object per attack.
     #[arg(long)]
     json: bool,
+    /// Niceness of the attack's client threads (0 to 19); 0 lets them take this machine's
+    /// cores from Skiff and the calm clients as equals.
+    #[arg(long, default_value_t = 19)]
+    attacker_nice: i32,
 }
 
 /// The hostile app's request deadline: long enough that its loops hold cores for a while.
@@ -50,6 +59,8 @@ enum Attack {
     Upload(usize),
     SlowBody(usize),
     AtCapacity(usize),
+    /// The control: threads that spin without touching Skiff.
+    Spin(usize),
 }
 
 impl Attack {
@@ -63,6 +74,7 @@ impl Attack {
             Attack::Upload(2),
             Attack::SlowBody(20),
             Attack::AtCapacity(16),
+            Attack::Spin(2),
         ]
     }
 
@@ -76,17 +88,34 @@ impl Attack {
             Attack::Upload(n) => format!("ignored upload x{n}"),
             Attack::SlowBody(n) => format!("slow body x{n}"),
             Attack::AtCapacity(n) => format!("at capacity x{n}"),
+            Attack::Spin(n) => format!("control: spin x{n}"),
         }
     }
 
     /// Starts the attack's clients; each returns what it got once `stop` is set.
-    fn start(self, router: SocketAddr, host: &str, stop: &Arc<AtomicBool>) -> Vec<Worker> {
+    fn start(
+        self,
+        router: SocketAddr,
+        host: &str,
+        stop: &Arc<AtomicBool>,
+        nice: i32,
+    ) -> Vec<Worker> {
         let spawn = |n: usize, f: fn(SocketAddr, &str, &AtomicBool) -> Counts| {
             (0..n)
                 .map(|_| {
                     let host = host.to_owned();
                     let stop = stop.clone();
-                    std::thread::spawn(move || f(router, &host, &stop))
+                    std::thread::spawn(move || {
+                        // Linux keeps niceness per thread, and the threads this one starts
+                        // (the upload's sender) inherit it.
+                        if let Err(e) = rustix::process::setpriority_process(
+                            Some(rustix::thread::gettid()),
+                            nice,
+                        ) {
+                            tracing::warn!(error = %e, "attack thread keeps its priority");
+                        }
+                        f(router, &host, &stop)
+                    })
                 })
                 .collect::<Vec<_>>()
         };
@@ -98,6 +127,7 @@ impl Attack {
             Attack::Stalled(n) => spawn(n, stalled_reader),
             Attack::Upload(n) => spawn(n, ignored_upload),
             Attack::SlowBody(n) => spawn(n, slow_body),
+            Attack::Spin(n) => spawn(n, spin),
         }
     }
 }
@@ -177,6 +207,17 @@ fn upload_once(router: SocketAddr, host: &str) -> Result<Outcome> {
     let outcome = read_status(conn);
     let _ = sender.join();
     outcome
+}
+
+/// Keeps a core busy without a system call until `stop`.
+fn spin(_: SocketAddr, _: &str, stop: &AtomicBool) -> Counts {
+    let mut x = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    Counts::new()
 }
 
 /// Trickles a 100 KB body, 10 bytes every 200 ms, to a route that waits for all of it.
@@ -326,6 +367,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     let requests = args.requests.clamp(100, 100_000);
     let rate = args.rate.clamp(10, 5000);
     let connections = args.connections.clamp(1, 64);
+    let nice = args.attacker_nice.clamp(0, 19);
     let calm_wasm = build_guest("examples/rust-hello", "rust-hello")?;
     let hostile_wasm = build_guest("tests/fixtures/hostile", "hostile")?;
 
@@ -355,7 +397,8 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
 
     println!(
         "Calm app: {requests} GET / per phase at {rate} req/s over {connections} keep-alive connections; \
-         hostile app on one eco dyno (10 requests at once, 64 MiB), {HOSTILE_TIMEOUT}; load average at start {}",
+         hostile app on one eco dyno (10 requests at once, 64 MiB), {HOSTILE_TIMEOUT}; attack clients at nice {nice}; \
+         load average at start {}",
         loadavg()
     );
     let attacks: Vec<Attack> = Attack::all()
@@ -373,7 +416,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     for attack in attacks {
         let base = calm_load(router, &calm_host, requests, rate, connections);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut workers = attack.start(router, &hostile_host, &stop);
+        let mut workers = attack.start(router, &hostile_host, &stop, nice);
         workers.push(probe(router, hostile_host.clone(), stop.clone()));
         // Let the attack reach the dyno before the calm app is measured.
         std::thread::sleep(Duration::from_millis(500));

@@ -126,6 +126,7 @@ pub(crate) fn start_router(
             threads: 2,
             run_dir: run_dir.clone(),
             access_log: None,
+            client_recv_buffer: None,
         },
         table,
     )?;

@@ -42,6 +42,13 @@ pub(crate) struct UpArgs {
     /// huge bodies cannot take the router from the others.
     #[arg(long, env = "SKIFF_APP_BANDWIDTH_MIB", default_value_t = 100)]
     app_bandwidth_mib: u64,
+    /// KiB of receive buffer for each client connection to the router (0: the kernel's
+    /// autotuning). It caps what a client can push that no one reads: an app that answers
+    /// before reading an upload leaves the router's kernel to take in and free it all. The
+    /// kernel doubles it; one connection's upload then tops out near twice this per
+    /// round trip.
+    #[arg(long, env = "SKIFF_CLIENT_RECV_BUFFER_KIB", default_value_t = 128)]
+    client_recv_buffer_kib: usize,
     /// Instance slots of the pooling allocator (0: allocate instances on demand).
     #[arg(long, default_value_t = 1000)]
     pool_instances: u32,
@@ -120,6 +127,8 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
             threads: args.router_threads,
             run_dir: data_dir.join("run"),
             access_log: Some(logs.access_log()),
+            client_recv_buffer: (args.client_recv_buffer_kib > 0)
+                .then(|| args.client_recv_buffer_kib.saturating_mul(1024)),
         },
         routes.clone(),
     )?;

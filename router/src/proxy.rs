@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::listeners::TlsAccept;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{TcpSocketOptions, TlsAccept};
 use pingora_core::protocols::Digest;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -44,6 +44,11 @@ pub struct RouterConfig {
     pub run_dir: PathBuf,
     /// Gets every routed request's line (the app's `router` logs), besides `tracing`.
     pub access_log: Option<Arc<dyn AccessLog>>,
+    /// The receive buffer of each client connection, in bytes (`None`:
+    /// the kernel's autotuning). It bounds how much of a request body a client can push that
+    /// nobody reads: an app that answers before reading its upload leaves the router's kernel
+    /// to receive and free it all.
+    pub client_recv_buffer: Option<usize>,
 }
 
 impl std::fmt::Debug for RouterConfig {
@@ -54,6 +59,7 @@ impl std::fmt::Debug for RouterConfig {
             .field("threads", &self.threads)
             .field("run_dir", &self.run_dir)
             .field("access_log", &self.access_log.is_some())
+            .field("client_recv_buffer", &self.client_recv_buffer)
             .finish()
     }
 }
@@ -118,10 +124,14 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
         },
         "skiff-router",
     );
-    service.add_tcp(&config.listen.to_string());
+    let mut socket = TcpSocketOptions::default();
+    socket.tcp_recv_buf = config.client_recv_buffer;
+    service.add_tcp_with_settings(&config.listen.to_string(), socket.clone());
     if let Some(addr) = config.https_listen {
         match tls_settings(table.clone()) {
-            Ok(settings) => service.add_tls_with_settings(&addr.to_string(), None, settings),
+            Ok(settings) => {
+                service.add_tls_with_settings(&addr.to_string(), Some(socket), settings)
+            }
             Err(e) => tracing::error!(error = %e, "HTTPS listener not started"),
         }
     }
@@ -1004,6 +1014,7 @@ mod tests {
     fn start_router(
         table: &Arc<RouteTable>,
         access_log: Option<Arc<dyn AccessLog>>,
+        client_recv_buffer: Option<usize>,
     ) -> (SocketAddr, RouterHandle, std::path::PathBuf) {
         let listen = free_addr();
         let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
@@ -1015,6 +1026,7 @@ mod tests {
                 threads: 1,
                 run_dir: run_dir.clone(),
                 access_log,
+                client_recv_buffer,
             },
             table.clone(),
         )
@@ -1026,6 +1038,74 @@ mod tests {
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("router did not start");
+    }
+
+    /// A dyno stand-in that reads each request's body whole and answers with its length.
+    fn serve_body_length() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let seen = read_head(&mut stream);
+                let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let head_end = seen
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(seen.len(), |at| at + 4);
+                let mut got = seen.len() - head_end;
+                let mut buf = vec![0u8; 64 << 10];
+                while got < length {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                }
+                let answer = got.to_string();
+                let _ = stream.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        addr
+    }
+
+    /// A small receive buffer on client connections (it bounds what a client can push that
+    /// no one reads) still carries a large upload to the dyno whole.
+    #[test]
+    fn small_client_buffers_carry_whole_uploads() {
+        let table = Arc::new(RouteTable::new("localhost"));
+        table.set_app(
+            "a-app",
+            vec![Backend {
+                dyno: "web.1".into(),
+                addr: serve_body_length(),
+            }],
+        );
+        let (listen, handle, run_dir) = start_router(&table, None, Some(16 << 10));
+        let size = 8 << 20;
+        let mut s = TcpStream::connect(listen).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: a-app.localhost\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(&vec![b'u'; size]).expect("body");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with(&format!("\r\n\r\n{size}")), "{out}");
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
     }
 
     /// An app's bodies, all its connections together, move at its bandwidth once the first
@@ -1042,7 +1122,7 @@ mod tests {
                 addr: bulk,
             }],
         );
-        let (listen, handle, run_dir) = start_router(&table, None);
+        let (listen, handle, run_dir) = start_router(&table, None, None);
         // Two downloads of 2 MiB at 1 MiB/s with a 1 MiB burst: 3 MiB owed, so the second to
         // finish cannot end before three seconds have passed.
         let started = Instant::now();
@@ -1077,7 +1157,7 @@ mod tests {
             ],
         );
         let lines = Arc::new(Lines::default());
-        let (listen, handle, run_dir) = start_router(&table, Some(lines.clone()));
+        let (listen, handle, run_dir) = start_router(&table, Some(lines.clone()), None);
 
         // Every request lands on the live dyno, including those first sent to the dead one.
         for i in 0..6 {
