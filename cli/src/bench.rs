@@ -34,6 +34,16 @@ enum BenchWhat {
     Isolation(crate::bench_isolation::IsolationBenchArgs),
     /// N apps x M dynos under traffic while releases are pushed and apps scaled.
     Load(crate::bench_load::LoadBenchArgs),
+    /// A Pingora proxy with none of Skiff's routing, the router bench's peer; runs until killed.
+    #[command(hide = true)]
+    BareProxy {
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
     /// Start N dynos per step and measure memory, instantiation and request latency.
     Density {
         /// Dyno counts to measure, comma-separated.
@@ -68,6 +78,11 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
         BenchWhat::Chaos(args) => crate::bench_chaos::run(args),
         BenchWhat::Isolation(args) => crate::bench_isolation::run(args),
         BenchWhat::Load(args) => crate::bench_load::run(args),
+        BenchWhat::BareProxy {
+            upstream,
+            listen,
+            run_dir,
+        } => crate::bench_router::bare_proxy(upstream, listen, &run_dir),
         BenchWhat::Density {
             steps,
             component,

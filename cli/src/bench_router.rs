@@ -1,6 +1,8 @@
 //! `skiff bench router`: what the router costs. A static upstream on loopback is loaded
-//! directly, then through a private router (and through nginx when it is installed), by the same
-//! bounded keep-alive load generator; the table shows req/s, p50 and p99 and the ratios.
+//! directly, then through a private router, through a bare Pingora proxy (Pingora's defaults,
+//! none of Skiff's routing: what the router's framework costs by itself) and through nginx when
+//! it is installed, by the same bounded keep-alive load generator; the table shows req/s, p50
+//! and p99 and the ratios.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -48,6 +50,16 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     let direct = measure(upstream, "bench.localhost", connections, duration)?;
     let routed = measure(listen, "bench.localhost", connections, duration)?;
     let mut rows = vec![("direct", direct), ("skiff router", routed)];
+    match bare_pingora(upstream, &run_dir) {
+        Ok((mut child, addr)) => {
+            let result = wait_for(addr)
+                .and_then(|()| measure(addr, "bench.localhost", connections, duration));
+            let _ = child.kill();
+            let _ = child.wait();
+            rows.push(("bare pingora", result?));
+        }
+        Err(e) => println!("bare pingora: could not start it ({e:#}); skipped"),
+    }
     let nginx = match nginx_proxy(upstream, &run_dir) {
         Ok(Some((mut child, addr))) => {
             let result =
@@ -94,7 +106,15 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
             ratio(secs(s.percentile(99)), secs(d.percentile(99))),
         );
     }
-    if rows.len() == 2 {
+    let routed_rate = rows[1].1.rate();
+    for (name, s) in rows.iter().skip(2) {
+        let label = format!("router/{}", name.split_whitespace().last().unwrap_or(name));
+        println!(
+            "{label:<14} {:>9.2}x  (req/s)",
+            ratio(routed_rate, s.rate())
+        );
+    }
+    if !rows.iter().any(|(name, _)| *name == "nginx") {
         println!("nginx: not installed; skipped the comparison");
     }
     if cfg!(debug_assertions) {
@@ -334,6 +354,64 @@ fn serve_static() -> Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// Starts `skiff bench bare-proxy` in its own process (Pingora owns its runtimes and exits
+/// the process when it stops).
+fn bare_pingora(upstream: SocketAddr, dir: &Path) -> Result<(Child, SocketAddr)> {
+    let listen = free_addr()?;
+    let run_dir = dir.join("bare-pingora");
+    std::fs::create_dir_all(&run_dir)?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(["bench", "bare-proxy", "--upstream", &upstream.to_string()])
+        .args(["--listen", &listen.to_string(), "--run-dir"])
+        .arg(&run_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok((child, listen))
+}
+
+/// The bare Pingora proxy: every request to `upstream`, with Pingora's defaults and the
+/// router's thread count.
+struct Bare(SocketAddr);
+
+#[async_trait::async_trait]
+impl pingora_proxy::ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut pingora_proxy::Session,
+        _ctx: &mut (),
+    ) -> pingora_error::Result<Box<pingora_core::upstreams::peer::HttpPeer>> {
+        Ok(Box::new(pingora_core::upstreams::peer::HttpPeer::new(
+            self.0,
+            false,
+            String::new(),
+        )))
+    }
+}
+
+/// Runs the bare proxy until the process is killed.
+pub(crate) fn bare_proxy(upstream: SocketAddr, listen: SocketAddr, run_dir: &Path) -> Result<()> {
+    use pingora_core::server::Server;
+    use pingora_core::server::configuration::ServerConf;
+    let conf = ServerConf {
+        threads: 2,
+        pid_file: run_dir.join("pid").display().to_string(),
+        upgrade_sock: run_dir.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora_proxy::http_proxy_service(&server.configuration, Bare(upstream));
+    service.add_tcp(&listen.to_string());
+    server.add_service(service);
+    server.run_forever()
 }
 
 /// Starts nginx as a reverse proxy to `upstream` when it is installed.

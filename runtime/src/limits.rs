@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -169,9 +169,35 @@ impl Drop for InFlight {
     }
 }
 
-/// Each app's share of the cores. Kept for good once made (an app costs an entry).
-static APP_SHARES: LazyLock<Mutex<HashMap<String, Arc<AppShare>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// The apps' shares of the cores. A share lives as long as a guest of its app does (each
+/// guest's turn holds it); between guests it has nothing worth keeping (no calls, every
+/// permit free), so the map holds it weakly and an idle or destroyed app leaves only a dead
+/// entry, swept once the map has doubled since the last sweep.
+#[derive(Default)]
+struct Shares {
+    apps: HashMap<String, Weak<AppShare>>,
+    sweep_at: usize,
+}
+
+impl Shares {
+    fn share(&mut self, app: &str, cores: usize) -> Arc<AppShare> {
+        if let Some(live) = self.apps.get(app).and_then(Weak::upgrade) {
+            return live;
+        }
+        let share = Arc::new(AppShare {
+            permits: Arc::new(Semaphore::new(cores)),
+            calls: AtomicUsize::new(0),
+        });
+        self.apps.insert(app.to_owned(), Arc::downgrade(&share));
+        if self.apps.len() >= self.sweep_at {
+            self.apps.retain(|_, s| s.strong_count() > 0);
+            self.sweep_at = (self.apps.len() * 2).max(64);
+        }
+        share
+    }
+}
+
+static APP_SHARES: LazyLock<Mutex<Shares>> = LazyLock::new(|| Mutex::new(Shares::default()));
 
 /// The share of the cores `app`'s guests take turns on, if shares are on.
 fn app_share(app: &str) -> Option<Arc<AppShare>> {
@@ -180,15 +206,7 @@ fn app_share(app: &str) -> Option<Arc<AppShare>> {
         return None;
     }
     let mut shares = APP_SHARES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(share) = shares.get(app) {
-        return Some(share.clone());
-    }
-    let share = Arc::new(AppShare {
-        permits: Arc::new(Semaphore::new(cores)),
-        calls: AtomicUsize::new(0),
-    });
-    shares.insert(app.to_owned(), share.clone());
-    Some(share)
+    Some(shares.share(app, cores))
 }
 
 /// The shares a guest's code runs under.
@@ -517,16 +535,34 @@ mod tests {
         other_call.await;
     }
 
-    /// Apps get shares of their own.
+    /// Apps get shares of their own, which all of an app's live guests hold together.
     #[test]
     fn each_app_has_its_own_share() {
-        let Some(a) = app_share("alpha-app") else {
-            return;
-        };
-        let again = app_share("alpha-app").map(|s| Arc::ptr_eq(&s, &a));
-        assert_eq!(again, Some(true));
-        let b = app_share("beta-app").map(|s| Arc::ptr_eq(&s, &a));
-        assert_eq!(b, Some(false));
+        let mut shares = Shares::default();
+        let a = shares.share("alpha-app", 1);
+        assert!(Arc::ptr_eq(&shares.share("alpha-app", 1), &a));
+        assert!(!Arc::ptr_eq(&shares.share("beta-app", 1), &a));
+    }
+
+    /// Once no guest of an app is live its share goes, and dead entries are swept: apps that
+    /// come and go (or are destroyed) do not grow the map.
+    #[test]
+    fn shares_go_with_their_apps_last_guest() {
+        let mut shares = Shares::default();
+        let kept = shares.share("kept-app", 1);
+        for i in 0..1000 {
+            drop(shares.share(&format!("app-{i}"), 1));
+        }
+        assert!(shares.apps.len() <= 64, "{} entries", shares.apps.len());
+        assert!(Arc::ptr_eq(&shares.share("kept-app", 1), &kept));
+        drop(kept);
+        assert!(
+            shares
+                .apps
+                .get("kept-app")
+                .and_then(Weak::upgrade)
+                .is_none()
+        );
     }
 
     async fn poll_once<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {
