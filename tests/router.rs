@@ -619,6 +619,8 @@ fn bench_router_prints_its_table() -> Result<()> {
         "direct",
         "skiff router",
         "router/direct",
+        "bare pingora",
+        "router/pingora",
     ] {
         ensure!(text.contains(part), "{part} missing:\n{text}");
     }
