@@ -26,6 +26,9 @@ pub(crate) struct RouterBenchArgs {
 
 const BODY: &[u8] = b"Hello, bench\n";
 
+/// Worker threads of the bench's router and of the bare Pingora peer alike.
+const ROUTER_THREADS: usize = 2;
+
 pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     let seconds = args.seconds.clamp(1, 60);
     let connections = args.connections.clamp(1, 64);
@@ -49,33 +52,27 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     );
     let direct = measure(upstream, "bench.localhost", connections, duration)?;
     let routed = measure(listen, "bench.localhost", connections, duration)?;
+    let routed_rate = routed.rate();
     let mut rows = vec![("direct", direct), ("skiff router", routed)];
-    match bare_pingora(upstream, &run_dir) {
-        Ok((mut child, addr)) => {
-            let result = wait_for(addr)
-                .and_then(|()| measure(addr, "bench.localhost", connections, duration));
-            let _ = child.kill();
-            let _ = child.wait();
-            rows.push(("bare pingora", result?));
+    // The peers run in processes of their own, started one at a time: each is measured, then
+    // stopped.
+    type Start = fn(SocketAddr, &Path) -> Result<Option<(Child, SocketAddr)>>;
+    let peers: [(&str, Start); 2] = [
+        ("bare pingora", |up, dir| bare_pingora(up, dir).map(Some)),
+        ("nginx", nginx_proxy),
+    ];
+    for (name, start) in peers {
+        match start(upstream, &run_dir) {
+            Ok(Some((mut child, addr))) => {
+                let result = wait_for(addr)
+                    .and_then(|()| measure(addr, "bench.localhost", connections, duration));
+                let _ = child.kill();
+                let _ = child.wait();
+                rows.push((name, result?));
+            }
+            Ok(None) => {}
+            Err(e) => println!("{name}: could not start it ({e:#}); skipped"),
         }
-        Err(e) => println!("bare pingora: could not start it ({e:#}); skipped"),
-    }
-    let nginx = match nginx_proxy(upstream, &run_dir) {
-        Ok(Some((mut child, addr))) => {
-            let result =
-                wait_for(addr).and_then(|()| measure(addr, "bench", connections, duration));
-            let _ = child.kill();
-            let _ = child.wait();
-            Some(result?)
-        }
-        Ok(None) => None,
-        Err(e) => {
-            println!("nginx: could not start it ({e:#}); skipped");
-            None
-        }
-    };
-    if let Some(n) = nginx {
-        rows.push(("nginx", n));
     }
     router.shutdown();
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -106,7 +103,6 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
             ratio(secs(s.percentile(99)), secs(d.percentile(99))),
         );
     }
-    let routed_rate = rows[1].1.rate();
     for (name, s) in rows.iter().skip(2) {
         let label = format!("router/{}", name.split_whitespace().last().unwrap_or(name));
         println!(
@@ -143,7 +139,7 @@ pub(crate) fn start_router(
         RouterConfig {
             listen,
             https_listen: None,
-            threads: 2,
+            threads: ROUTER_THREADS,
             run_dir: run_dir.clone(),
             access_log: None,
             client_recv_buffer: None,
@@ -401,7 +397,7 @@ pub(crate) fn bare_proxy(upstream: SocketAddr, listen: SocketAddr, run_dir: &Pat
     use pingora_core::server::Server;
     use pingora_core::server::configuration::ServerConf;
     let conf = ServerConf {
-        threads: 2,
+        threads: ROUTER_THREADS,
         pid_file: run_dir.join("pid").display().to_string(),
         upgrade_sock: run_dir.join("upgrade.sock").display().to_string(),
         ..ServerConf::default()

@@ -181,13 +181,23 @@ struct Shares {
 
 impl Shares {
     fn share(&mut self, app: &str, cores: usize) -> Arc<AppShare> {
-        if let Some(live) = self.apps.get(app).and_then(Weak::upgrade) {
-            return live;
+        let share = || {
+            Arc::new(AppShare {
+                permits: Arc::new(Semaphore::new(cores)),
+                calls: AtomicUsize::new(0),
+            })
+        };
+        // An app whose guests come one at a time finds its dead entry on every call: it is
+        // refilled in place, without a new key.
+        if let Some(entry) = self.apps.get_mut(app) {
+            if let Some(live) = entry.upgrade() {
+                return live;
+            }
+            let fresh = share();
+            *entry = Arc::downgrade(&fresh);
+            return fresh;
         }
-        let share = Arc::new(AppShare {
-            permits: Arc::new(Semaphore::new(cores)),
-            calls: AtomicUsize::new(0),
-        });
+        let share = share();
         self.apps.insert(app.to_owned(), Arc::downgrade(&share));
         if self.apps.len() >= self.sweep_at {
             self.apps.retain(|_, s| s.strong_count() > 0);
