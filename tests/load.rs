@@ -93,7 +93,15 @@ fn long_load_drops_no_request() -> Result<()> {
 #[ignore = "long: builds two guests and runs eighteen phases"]
 fn isolation_bench_keeps_the_calm_app_answering() -> Result<()> {
     let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["bench", "isolation", "--requests", "1000", "--json"])
+        .args([
+            "bench",
+            "isolation",
+            "--requests",
+            "1000",
+            "--repeats",
+            "1",
+            "--json",
+        ])
         .env_remove("SKIFF_API_URL")
         .env_remove("SKIFF_API_TOKEN")
         .output()?;

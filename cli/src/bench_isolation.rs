@@ -44,6 +44,10 @@ pub(crate) struct IsolationBenchArgs {
     /// cores from Skiff and the calm clients as equals.
     #[arg(long, default_value_t = 19)]
     attacker_nice: i32,
+    /// Baseline/attack pairs per attack (1 to 15); the table shows the pair with the median
+    /// ratio (the upper one of the middle two for an even count).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
 }
 
 /// The hostile app's request deadline: long enough that its loops hold cores for a while.
@@ -299,6 +303,29 @@ struct Calm {
     failures: Counts,
 }
 
+/// One baseline/attack pair's percentiles, in milliseconds.
+struct Pair {
+    base_p50: f64,
+    base_p99: f64,
+    p50: f64,
+    p99: f64,
+    ratio: f64,
+}
+
+impl Pair {
+    fn new(base: &Calm, calm: &Calm) -> Pair {
+        let base_p99 = percentile_ms(&base.latencies, 0.99);
+        let p99 = percentile_ms(&calm.latencies, 0.99);
+        Pair {
+            base_p50: percentile_ms(&base.latencies, 0.50),
+            base_p99,
+            p50: percentile_ms(&calm.latencies, 0.50),
+            p99,
+            ratio: if base_p99 > 0.0 { p99 / base_p99 } else { 0.0 },
+        }
+    }
+}
+
 /// Paced load on the calm app: `requests` in all over `connections`, at `rate` per second.
 fn calm_load(
     router: SocketAddr,
@@ -368,6 +395,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     let rate = args.rate.clamp(10, 5000);
     let connections = args.connections.clamp(1, 64);
     let nice = args.attacker_nice.clamp(0, 19);
+    let repeats = args.repeats.clamp(1, 15);
     let calm_wasm = build_guest("examples/rust-hello", "rust-hello")?;
     let hostile_wasm = build_guest("tests/fixtures/hostile", "hostile")?;
 
@@ -396,7 +424,8 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     calm_load(router, &calm_host, 200.min(requests), rate, connections);
 
     println!(
-        "Calm app: {requests} GET / per phase at {rate} req/s over {connections} keep-alive connections; \
+        "Calm app: {requests} GET / per phase at {rate} req/s over {connections} keep-alive connections, \
+         {repeats} baseline/attack pairs per attack; \
          hostile app on one eco dyno (10 requests at once, 64 MiB), {HOSTILE_TIMEOUT}; attack clients at nice {nice}; \
          load average at start {}",
         loadavg()
@@ -406,67 +435,78 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
         .filter(|a| args.only.is_empty() || args.only.iter().any(|w| a.name().contains(w.as_str())))
         .collect();
 
-    // Each attack is paired with a baseline measured just before it, so the ratio compares
-    // phases a few seconds apart on a machine whose other load drifts.
+    // Each attack phase is paired with a baseline measured just before it, so the ratio
+    // compares phases a few seconds apart on a machine whose other load drifts. One pair's p99
+    // rests on its slowest 1% of requests, so a single stall elsewhere on the machine can
+    // decide it: the table reports the median of `repeats` pairs and lists every pair's ratio.
     println!(
-        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}  hostile app's clients got",
-        "attack", "base p50", "base p99", "calm p50", "calm p99", "p99 x", "errors"
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}  {:<16} hostile app's clients got",
+        "attack", "base p50", "base p99", "calm p50", "calm p99", "p99 x", "errors", "each pair"
     );
     let mut rows = Vec::new();
     for attack in attacks {
-        let base = calm_load(router, &calm_host, requests, rate, connections);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut workers = attack.start(router, &hostile_host, &stop, nice);
-        workers.push(probe(router, hostile_host.clone(), stop.clone()));
-        // Let the attack reach the dyno before the calm app is measured.
-        std::thread::sleep(Duration::from_millis(500));
-        let rss_before = host.rss_bytes().unwrap_or(0);
-        let calm = calm_load(router, &calm_host, requests, rate, connections);
-        let rss_after = host.rss_bytes().unwrap_or(0);
-        stop.store(true, Ordering::Relaxed);
+        let mut pairs = Vec::with_capacity(repeats);
         let mut hostile = Counts::new();
-        for w in workers {
-            if let Ok(c) = w.join() {
-                add_counts(&mut hostile, &c);
+        let mut failures = Counts::new();
+        let (mut rss_before, mut rss_after) = (0, 0);
+        for _ in 0..repeats {
+            let base = calm_load(router, &calm_host, requests, rate, connections);
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut workers = attack.start(router, &hostile_host, &stop, nice);
+            workers.push(probe(router, hostile_host.clone(), stop.clone()));
+            // Let the attack reach the dyno before the calm app is measured.
+            std::thread::sleep(Duration::from_millis(500));
+            rss_before = rss_before.max(host.rss_bytes().unwrap_or(0));
+            let calm = calm_load(router, &calm_host, requests, rate, connections);
+            rss_after = rss_after.max(host.rss_bytes().unwrap_or(0));
+            stop.store(true, Ordering::Relaxed);
+            for w in workers {
+                if let Ok(c) = w.join() {
+                    add_counts(&mut hostile, &c);
+                }
             }
+            add_counts(&mut failures, &base.failures);
+            add_counts(&mut failures, &calm.failures);
+            pairs.push(Pair::new(&base, &calm));
+            // Let the hostile dyno's stopped guests and cut connections settle between phases.
+            std::thread::sleep(Duration::from_secs(1));
         }
-        let base_p50 = percentile_ms(&base.latencies, 0.50);
-        let base_p99 = percentile_ms(&base.latencies, 0.99);
-        let p50 = percentile_ms(&calm.latencies, 0.50);
-        let p99 = percentile_ms(&calm.latencies, 0.99);
-        let ratio = if base_p99 > 0.0 { p99 / base_p99 } else { 0.0 };
-        let errors: u64 = calm.failures.values().sum::<u64>() + base.failures.values().sum::<u64>();
+        let errors: u64 = failures.values().sum();
+        let each: Vec<String> = pairs.iter().map(|p| format!("{:.2}", p.ratio)).collect();
+        pairs.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+        let Some(median) = pairs.get(pairs.len() / 2) else {
+            continue;
+        };
         println!(
-            "{:<20} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>6.2}x {:>6}  {}",
+            "{:<20} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>6.2}x {:>6}  {:<16} {}",
             attack.name(),
-            base_p50,
-            base_p99,
-            p50,
-            p99,
-            ratio,
+            median.base_p50,
+            median.base_p99,
+            median.p50,
+            median.p99,
+            median.ratio,
             errors,
+            each.join(" "),
             describe_counts(&hostile)
         );
         if errors > 0 {
-            let mut all = calm.failures.clone();
-            add_counts(&mut all, &base.failures);
-            println!("{:<20} calm failures: {}", "", describe_counts(&all));
+            println!("{:<20} calm failures: {}", "", describe_counts(&failures));
         }
         rows.push(serde_json::json!({
             "attack": attack.name(),
-            "calm_requests": calm.latencies.len() as u64 + errors,
-            "baseline_p50_ms": base_p50,
-            "baseline_p99_ms": base_p99,
-            "calm_p50_ms": p50,
-            "calm_p99_ms": p99,
-            "p99_ratio": ratio,
+            "pairs": repeats,
+            "calm_requests_per_phase": requests,
+            "baseline_p50_ms": median.base_p50,
+            "baseline_p99_ms": median.base_p99,
+            "calm_p50_ms": median.p50,
+            "calm_p99_ms": median.p99,
+            "p99_ratio": median.ratio,
+            "p99_ratios": pairs.iter().map(|p| p.ratio).collect::<Vec<_>>(),
             "calm_errors": errors,
             "hostile": describe_counts(&hostile),
             "rss_before_bytes": rss_before,
             "rss_after_bytes": rss_after,
         }));
-        // Let the hostile dyno's stopped guests and cut connections settle between phases.
-        std::thread::sleep(Duration::from_secs(1));
     }
     if cfg!(debug_assertions) {
         println!(
