@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{TcpSocketOptions, TlsAccept};
 use pingora_core::protocols::Digest;
@@ -196,7 +197,8 @@ pub struct RequestCtx {
     started: Instant,
     host: String,
     route: Option<Arc<AppRoute>>,
-    request_id: String,
+    /// Kept as a header value: it goes out on the upstream request and on the response.
+    request_id: HeaderValue,
     websocket: bool,
     /// The affinity id the client's cookie names.
     pinned: Option<String>,
@@ -260,7 +262,7 @@ impl ProxyHttp for Router {
             started: Instant::now(),
             host: String::new(),
             route: None,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             websocket: false,
             pinned: None,
             dyno: None,
@@ -486,10 +488,6 @@ impl ProxyHttp for Router {
             Some(prior) => format!("{prior}, {client_ip}"),
             None => client_ip,
         };
-        let via = match joined(&upstream.headers, "via") {
-            Some(prior) => format!("{prior}, {VIA}"),
-            None => VIA.to_owned(),
-        };
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -497,10 +495,10 @@ impl ProxyHttp for Router {
         upstream.insert_header("x-forwarded-for", forwarded_for)?;
         let (proto, port) = self.scheme(session);
         upstream.insert_header("x-forwarded-proto", proto)?;
-        upstream.insert_header("x-forwarded-port", port.to_string())?;
+        upstream.insert_header("x-forwarded-port", HeaderValue::from(port))?;
         upstream.insert_header("x-request-start", now_ms.to_string())?;
         upstream.insert_header("x-request-id", ctx.request_id.clone())?;
-        upstream.insert_header("via", via)?;
+        upstream.insert_header("via", via(&upstream.headers))?;
         Ok(())
     }
 
@@ -517,10 +515,7 @@ impl ProxyHttp for Router {
         if upgraded {
             upstream_response.insert_header("connection", "upgrade")?;
         }
-        let via = match joined(&upstream_response.headers, "via") {
-            Some(prior) => format!("{prior}, {VIA}"),
-            None => VIA.to_owned(),
-        };
+        let via = via(&upstream_response.headers);
         upstream_response.insert_header("via", via)?;
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         let affinity = ctx
@@ -597,9 +592,8 @@ impl ProxyHttp for Router {
             Some(Code::H80) | None => "info",
             Some(_) => "error",
         };
-        let code = code
-            .map(|c| format!(" code={} desc=\"{}\"", c.as_str(), c.desc()))
-            .unwrap_or_default();
+        let code = code.map(|c| format!(" code={} desc=\"{}\"", c.as_str(), c.desc()));
+        let code = code.as_deref().unwrap_or("");
         let total = ctx.started.elapsed().as_millis();
         let service = ctx
             .connected_at
@@ -609,10 +603,10 @@ impl ProxyHttp for Router {
         let line = format!(
             "at={at}{code} method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol={}",
             req.method,
-            quoted(path),
-            token(&normalize(&ctx.host)),
-            ctx.request_id,
-            client_ip(session),
+            Quoted(path),
+            Token(&normalize(&ctx.host)),
+            ctx.request_id.to_str().unwrap_or(""),
+            ClientIp(session),
             ctx.dyno.as_deref().unwrap_or("none"),
             ctx.connect_ms,
             service,
@@ -629,6 +623,15 @@ impl ProxyHttp for Router {
 }
 
 const VIA: &str = "1.1 skiff";
+
+/// `Via` with Skiff's hop appended to what earlier hops said.
+fn via(headers: &http::HeaderMap) -> HeaderValue {
+    match joined(headers, "via") {
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {VIA}"))
+            .unwrap_or(HeaderValue::from_static(VIA)),
+        None => HeaderValue::from_static(VIA),
+    }
+}
 
 async fn refuse(session: &mut Session, ctx: &mut RequestCtx, code: Code) -> Result<bool> {
     if let Some(route) = &ctx.route {
@@ -720,30 +723,42 @@ fn classify(e: &Error) -> Failure {
 
 /// Headers that describe one connection, not the message: never forwarded, either way.
 /// `Upgrade` stays on a websocket handshake, which needs it end to end.
-fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<String> {
-    let mut names: Vec<String> = ["connection", "keep-alive", "te", "trailer"]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    if !upgrade {
-        names.push("upgrade".into());
+/// The hop-by-hop headers present in `headers`: the fixed ones, those `Connection` names, and
+/// `Proxy-*`. Only present ones are listed, so a request carrying none costs no allocation.
+fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    let fixed = [
+        http::header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        http::header::TE,
+        http::header::TRAILER,
+    ];
+    for name in fixed {
+        if headers.contains_key(&name) {
+            names.push(name);
+        }
+    }
+    if !upgrade && headers.contains_key(http::header::UPGRADE) {
+        names.push(http::header::UPGRADE);
     }
     for value in headers.get_all(http::header::CONNECTION) {
         for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim().to_ascii_lowercase();
+            let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) else {
+                continue;
+            };
             // A client may not use Connection to strip what framing or routing needs.
-            let protected = matches!(
-                token.as_str(),
-                "" | "host" | "content-length" | "transfer-encoding" | "upgrade"
-            );
-            if !protected {
-                names.push(token);
+            let protected = name == http::header::HOST
+                || name == http::header::CONTENT_LENGTH
+                || name == http::header::TRANSFER_ENCODING
+                || name == http::header::UPGRADE;
+            if !protected && headers.contains_key(&name) && !names.contains(&name) {
+                names.push(name);
             }
         }
     }
     for name in headers.keys() {
         if name.as_str().starts_with("proxy-") {
-            names.push(name.as_str().to_owned());
+            names.push(name.clone());
         }
     }
     names
@@ -784,6 +799,18 @@ fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_owned())
 }
 
+/// The client's address as the log line writes it, with nothing built in between.
+struct ClientIp<'a>(&'a Session);
+
+impl std::fmt::Display for ClientIp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.client_addr().and_then(|a| a.as_inet()) {
+            Some(a) => a.ip().fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 fn client_ip(session: &Session) -> String {
     session
         .client_addr()
@@ -792,40 +819,54 @@ fn client_ip(session: &Session) -> String {
         .unwrap_or_default()
 }
 
-/// A value for inside `"..."` in a log line.
-fn quoted(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+/// A value for inside `"..."` in a log line, escaped as it is written.
+struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"']) {
+            // Both are one byte, so `i + 1` is the next character's start.
+            f.write_str(&rest[..i])?;
+            f.write_str("\\")?;
+            f.write_str(&rest[i..i + 1])?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
 }
 
 /// A value that must stay one token in a log line.
-fn token(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_whitespace() || c == '"' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+struct Token<'a>(&'a str);
+
+impl std::fmt::Display for Token<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some((i, c)) = rest
+            .char_indices()
+            .find(|&(_, c)| c.is_whitespace() || c == '"')
+        {
+            f.write_str(&rest[..i])?;
+            f.write_str("_")?;
+            rest = &rest[i + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
 }
 
 /// Keeps a client's `X-Request-Id` when it is sane, else makes one.
-fn request_id(req: &RequestHeader) -> String {
-    if let Some(id) = req
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        let ok = (20..=200).contains(&id.len())
-            && id.bytes().all(|b| {
+fn request_id(req: &RequestHeader) -> HeaderValue {
+    if let Some(id) = req.headers.get("x-request-id") {
+        let bytes = id.as_bytes();
+        let ok = (20..=200).contains(&bytes.len())
+            && bytes.iter().all(|&b| {
                 b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'=' | b'/')
             });
         if ok {
-            return id.to_owned();
+            return id.clone();
         }
     }
-    new_request_id()
+    HeaderValue::try_from(new_request_id()).unwrap_or(HeaderValue::from_static(""))
 }
 
 fn new_request_id() -> String {
@@ -866,13 +907,18 @@ fn new_request_id() -> String {
     id
 }
 
-async fn respond(session: &mut Session, status: u16, body: String, request_id: &str) -> Result<()> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: String,
+    request_id: &HeaderValue,
+) -> Result<()> {
     let body = Bytes::from(body);
     let mut header = ResponseHeader::build(status, Some(5))?;
     header.insert_header("content-type", "text/html; charset=utf-8")?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-cache, no-store")?;
-    header.insert_header("x-request-id", request_id.to_owned())?;
+    header.insert_header("x-request-id", request_id.clone())?;
     header.insert_header("via", VIA)?;
     session
         .write_response_header(Box::new(header), false)
@@ -1256,6 +1302,8 @@ mod tests {
             ("proxy-authorization", "x"),
             ("proxy-connection", "keep-alive"),
             ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
             ("content-length", "3"),
         ] {
             h.append(
@@ -1278,6 +1326,15 @@ mod tests {
         }
         assert!(!names.iter().any(|n| n == "content-length"), "{names:?}");
         assert!(!hop_by_hop(&h, true).iter().any(|n| n == "upgrade"));
+        // A Connection token naming a header the request lacks lists nothing extra.
+        let mut plain = http::HeaderMap::new();
+        plain.append(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("keep-alive, x-absent"),
+        );
+        plain.append(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+        assert_eq!(hop_by_hop(&plain, false), [http::header::CONNECTION]);
+        assert!(hop_by_hop(&http::HeaderMap::new(), false).is_empty());
     }
 
     #[test]
@@ -1301,6 +1358,14 @@ mod tests {
             classify(&Error::new(ErrorType::InternalError)),
             Failure::Code(Code::H99)
         );
+    }
+
+    #[test]
+    fn log_values_stay_one_field() {
+        assert_eq!(Quoted(r#"/a"b\c"#).to_string(), r#"/a\"b\\c"#);
+        assert_eq!(Quoted("/plain?x=1").to_string(), "/plain?x=1");
+        assert_eq!(Token("a b\u{3000}c\"d").to_string(), "a_b_c_d");
+        assert_eq!(Token("app.localhost").to_string(), "app.localhost");
     }
 
     #[test]
