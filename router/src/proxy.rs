@@ -723,8 +723,9 @@ fn classify(e: &Error) -> Failure {
 
 /// Headers that describe one connection, not the message: never forwarded, either way.
 /// `Upgrade` stays on a websocket handshake, which needs it end to end.
-/// The hop-by-hop headers present in `headers`: the fixed ones, those `Connection` names, and
-/// `Proxy-*`. Only present ones are listed, so a request carrying none costs no allocation.
+///
+/// Lists only those present in `headers` (the fixed ones, those `Connection` names, and
+/// `Proxy-*`), so a request carrying none costs no allocation.
 fn hop_by_hop(headers: &http::HeaderMap, upgrade: bool) -> Vec<HeaderName> {
     let mut names = Vec::new();
     let fixed = [
