@@ -439,8 +439,10 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     // compares phases a few seconds apart on a machine whose other load drifts. One pair's p99
     // rests on its slowest 1% of requests, so a single stall elsewhere on the machine can
     // decide it: the table reports the median of `repeats` pairs and lists every pair's ratio.
+    // "0.00" per pair and a space between.
+    let each_width = (repeats * 5).max(10) - 1;
     println!(
-        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}  {:<16} hostile app's clients got",
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}  {:<each_width$} hostile app's clients got",
         "attack", "base p50", "base p99", "calm p50", "calm p99", "p99 x", "errors", "each pair"
     );
     let mut rows = Vec::new();
@@ -472,13 +474,15 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
             std::thread::sleep(Duration::from_secs(1));
         }
         let errors: u64 = failures.values().sum();
-        let each: Vec<String> = pairs.iter().map(|p| format!("{:.2}", p.ratio)).collect();
+        // In the order measured, so a drift across the pairs shows.
+        let ratios: Vec<f64> = pairs.iter().map(|p| p.ratio).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         pairs.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
         let Some(median) = pairs.get(pairs.len() / 2) else {
             continue;
         };
         println!(
-            "{:<20} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>6.2}x {:>6}  {:<16} {}",
+            "{:<20} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>6.2}x {:>6}  {:<each_width$} {}",
             attack.name(),
             median.base_p50,
             median.base_p99,
@@ -501,7 +505,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
             "calm_p50_ms": median.p50,
             "calm_p99_ms": median.p99,
             "p99_ratio": median.ratio,
-            "p99_ratios": pairs.iter().map(|p| p.ratio).collect::<Vec<_>>(),
+            "p99_ratios": ratios,
             "calm_errors": errors,
             "hostile": describe_counts(&hostile),
             "rss_before_bytes": rss_before,

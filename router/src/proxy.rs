@@ -483,10 +483,10 @@ impl ProxyHttp for Router {
         if ctx.websocket {
             upstream.insert_header("connection", "upgrade")?;
         }
-        let client_ip = client_ip(session);
+        let client_ip = ClientIp(session);
         let forwarded_for = match joined(&upstream.headers, "x-forwarded-for") {
             Some(prior) => format!("{prior}, {client_ip}"),
-            None => client_ip,
+            None => client_ip.to_string(),
         };
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -800,7 +800,7 @@ fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_owned())
 }
 
-/// The client's address as the log line writes it, with nothing built in between.
+/// The client's address, written straight into the log line or `X-Forwarded-For`.
 struct ClientIp<'a>(&'a Session);
 
 impl std::fmt::Display for ClientIp<'_> {
@@ -810,14 +810,6 @@ impl std::fmt::Display for ClientIp<'_> {
             None => Ok(()),
         }
     }
-}
-
-fn client_ip(session: &Session) -> String {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default()
 }
 
 /// A value for inside `"..."` in a log line, escaped as it is written.
