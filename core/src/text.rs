@@ -56,6 +56,23 @@ pub fn rfc3339_micros(time_us: i64) -> String {
     )
 }
 
+/// The most of one log line Skiff keeps, in bytes, wherever the line goes (an app's log
+/// stream, its drains, the platform's own log): one line must not pin megabytes in every
+/// app's ring, nor cost the platform time in proportion to what a guest chose to print.
+pub const MAX_LOG_LINE_BYTES: usize = 10 * 1024;
+
+/// `line` cut to [`MAX_LOG_LINE_BYTES`] on a char boundary.
+pub fn log_line_prefix(line: &str) -> &str {
+    if line.len() <= MAX_LOG_LINE_BYTES {
+        return line;
+    }
+    let mut end = MAX_LOG_LINE_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
+}
+
 /// A path inside an app's tree (`bin/a.wasm`, `/app/bin/a.wasm`), or `None` when it would
 /// leave the tree or names nothing.
 pub fn app_relative(path: &str) -> Option<PathBuf> {
@@ -122,5 +139,15 @@ mod tests {
         assert_eq!(app_relative("../a.wasm"), None);
         assert_eq!(app_relative("/etc/passwd"), None);
         assert_eq!(app_relative(""), None);
+    }
+
+    #[test]
+    fn long_log_lines_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_LOG_LINE_BYTES);
+        let cut = log_line_prefix(&long);
+        assert!(cut.len() <= MAX_LOG_LINE_BYTES);
+        assert!(cut.len() > MAX_LOG_LINE_BYTES - 2);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(log_line_prefix("short"), "short");
     }
 }

@@ -18,6 +18,7 @@ use axum::routing::get;
 use axum::{Extension, Json};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use skiff_core::text::log_line_prefix;
 use tokio::sync::broadcast;
 
 use crate::api::{ApiError, Caller, authorize};
@@ -28,8 +29,6 @@ use crate::{Platform, PlatformError};
 pub(crate) const RING_LINES: usize = 1_500;
 /// Lines a tail may fall behind before it starts losing them.
 const TAIL_BUFFER: usize = 1_024;
-/// A longer message is cut: one line must not pin megabytes in every app's ring.
-const MAX_MESSAGE_BYTES: usize = 10 * 1024;
 /// Lines `GET /logs` returns without `lines=`.
 const DEFAULT_LINES: usize = 100;
 
@@ -169,7 +168,7 @@ impl LogHub {
                 time_us,
                 source,
                 process: process.to_owned(),
-                message: truncate(text.trim_end_matches('\r')).to_owned(),
+                message: log_line_prefix(text.trim_end_matches('\r')).to_owned(),
             });
             if log.ring.len() >= RING_LINES {
                 log.ring.pop_front();
@@ -240,17 +239,6 @@ impl LogHub {
             })
             .unwrap_or_default()
     }
-}
-
-fn truncate(text: &str) -> &str {
-    if text.len() <= MAX_MESSAGE_BYTES {
-        return text;
-    }
-    let mut end = MAX_MESSAGE_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 impl skiff_runtime::LogSink for LogHub {
@@ -593,13 +581,5 @@ mod tests {
         ));
         // After the notice the tail goes on with what is still buffered.
         assert!(rx.try_recv().is_ok());
-    }
-
-    #[test]
-    fn long_lines_are_cut_on_a_char_boundary() {
-        let long = "é".repeat(MAX_MESSAGE_BYTES);
-        let cut = truncate(&long);
-        assert!(cut.len() <= MAX_MESSAGE_BYTES);
-        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

@@ -164,9 +164,13 @@ pub(crate) async fn serve(
                     None => GuestEnd::Failed(guest.classify(&e)),
                 },
             };
-            // Dropping the store closes the program's stdout: the reader sees the end.
-            crate::limits::in_turn(&turn, || drop(guest)).await;
-            stderr.emit(&spec);
+            // Dropping the store closes the program's stdout: the reader sees the end. Its
+            // teardown and the logging of its stderr run on its app's share of the cores.
+            crate::limits::in_turn(&turn, || {
+                drop(guest);
+                stderr.emit(&spec);
+            })
+            .await;
             end
         })
     };

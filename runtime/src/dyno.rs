@@ -476,6 +476,9 @@ pub(crate) fn report_dropped(spec: &DynoSpec, bytes: u64) {
 
 pub(crate) fn emit_lines(spec: &DynoSpec, stream: &str, bytes: &[u8]) {
     for line in String::from_utf8_lossy(bytes).lines() {
+        // Cut here rather than in each sink: the platform's own log escapes every character
+        // it writes, and a guest printing 64 KiB lines would otherwise have it escape them all.
+        let line = skiff_core::text::log_line_prefix(line);
         tracing::info!(target: "skiff::app", app = %spec.app, dyno = %spec.name, stream, "{line}");
         spec.log.line(&spec.app, &spec.name, line);
     }
@@ -779,8 +782,9 @@ async fn run_guest(
             Err(_) => Err(wasmtime::Error::from(wasmtime::Trap::Interrupt)),
         };
         // The guest may go on printing while its response body streams, so its output is
-        // read once it has finished (or trapped), not when the response head is ready.
-        warm.output.emit(&spec);
+        // read once it has finished (or trapped), not when the response head is ready. Like the
+        // guest's own code, that work runs on its app's share of the cores.
+        crate::limits::in_turn(&turn, || warm.output.emit(&spec)).await;
         warm.guest.report_fuel(&spec);
         match result {
             Ok(proxy) => {
