@@ -48,6 +48,10 @@ pub(crate) struct IsolationBenchArgs {
     /// ratio (the upper one of the middle two for an even count).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Let idle cores sleep as this machine is set up to, instead of holding them ready to run
+    /// (which needs write access to /dev/cpu_dma_latency).
+    #[arg(long)]
+    cores_may_sleep: bool,
 }
 
 /// The hostile app's request deadline: long enough that its loops hold cores for a while.
@@ -137,6 +141,21 @@ impl Attack {
 }
 
 type Worker = JoinHandle<Counts>;
+
+/// Asks the kernel to keep idle cores ready to run at once (a PM QoS CPU latency request of
+/// 0 µs, held while the returned file is open). An idle core of a virtual machine can take
+/// milliseconds to wake for a request: that inflates a calm-only phase's p99 but not an
+/// attack's, whose load keeps the cores busy, so against such a baseline an attack reads
+/// cheaper than it is. The cores then poll in the kernel's idle loop, where the scheduler
+/// still counts them idle; a spinning process at the idle class kept them awake too, but
+/// the scheduler then queued Skiff's threads behind each other on the other core.
+fn hold_cores_awake() -> std::io::Result<std::fs::File> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")?;
+    file.write_all(&0i32.to_ne_bytes())?;
+    Ok(file)
+}
 
 /// Sends `path` again and again on a keep-alive connection until `stop`.
 fn repeat(router: SocketAddr, host: &str, stop: &AtomicBool, path: &str) -> Counts {
@@ -420,6 +439,20 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
             );
         }
     }
+    let awake = if args.cores_may_sleep {
+        None
+    } else {
+        match hold_cores_awake() {
+            Ok(file) => Some(file),
+            Err(e) => {
+                println!(
+                    "Idle cores may sleep (/dev/cpu_dma_latency: {e}): on a virtual machine, the \
+                     baselines' p99 can then read several times higher than the attacks'."
+                );
+                None
+            }
+        }
+    };
     // Warm both the calm dyno's path and the router's pools before measuring.
     calm_load(router, &calm_host, 200.min(requests), rate, connections);
 
@@ -427,7 +460,12 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
         "Calm app: {requests} GET / per phase at {rate} req/s over {connections} keep-alive connections, \
          {repeats} baseline/attack pairs per attack; \
          hostile app on one eco dyno (10 requests at once, 64 MiB), {HOSTILE_TIMEOUT}; attack clients at nice {nice}; \
-         load average at start {}",
+         idle cores {}; load average at start {}",
+        if awake.is_some() {
+            "held ready"
+        } else {
+            "may sleep"
+        },
         loadavg()
     );
     let attacks: Vec<Attack> = Attack::all()
@@ -499,6 +537,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
         rows.push(serde_json::json!({
             "attack": attack.name(),
             "pairs": repeats,
+            "idle_cores_held_ready": awake.is_some(),
             "calm_requests_per_phase": requests,
             "baseline_p50_ms": median.base_p50,
             "baseline_p99_ms": median.base_p99,
