@@ -144,11 +144,11 @@ type Worker = JoinHandle<Counts>;
 
 /// Asks the kernel to keep idle cores ready to run at once (a PM QoS CPU latency request of
 /// 0 µs, held while the returned file is open). An idle core of a virtual machine can take
-/// milliseconds to wake for a request: that inflates a calm-only phase's p99 but not an
-/// attack's, whose load keeps the cores busy, so against such a baseline an attack reads
-/// cheaper than it is. The cores then poll in the kernel's idle loop, where the scheduler
-/// still counts them idle; a spinning process at the idle class kept them awake too, but
-/// the scheduler then queued Skiff's threads behind each other on the other core.
+/// milliseconds to wake for a request, and those wake-ups then decide the p99 of every phase,
+/// most of all the calm-only baseline's: an attack that keeps the cores busy reads cheaper
+/// than it is. The cores then poll in the kernel's idle loop, where the scheduler still
+/// counts them idle; a spinning process at the idle class kept them awake too, but the
+/// scheduler then queued Skiff's threads behind each other on the other core.
 fn hold_cores_awake() -> std::io::Result<std::fs::File> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -446,8 +446,8 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
             Ok(file) => Some(file),
             Err(e) => {
                 println!(
-                    "Idle cores may sleep (/dev/cpu_dma_latency: {e}): on a virtual machine, the \
-                     baselines' p99 can then read several times higher than the attacks'."
+                    "Idle cores may sleep (/dev/cpu_dma_latency: {e}): on a virtual machine, \
+                     their wake-ups can then decide every phase's p99."
                 );
                 None
             }

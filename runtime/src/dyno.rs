@@ -781,29 +781,27 @@ async fn run_guest(
             Ok(result) => result,
             Err(_) => Err(wasmtime::Error::from(wasmtime::Trap::Interrupt)),
         };
-        // The guest may go on printing while its response body streams, so its output is
-        // read once it has finished (or trapped), not when the response head is ready. Like the
-        // guest's own code, that work runs on its app's share of the cores.
-        crate::limits::in_turn(&turn, || warm.output.emit(&spec)).await;
-        warm.guest.report_fuel(&spec);
-        match result {
-            Ok(proxy) => {
-                if let Some(reuse) = reuse {
-                    warm.proxy = Some(proxy);
-                    warm.served += 1;
-                    reuse.give_back(warm, spec.limits.log_bytes);
-                } else {
-                    crate::limits::in_turn(&turn, || drop(warm)).await;
+        // Everything after the call runs in one turn on the app's share of the cores: the
+        // output (the guest may go on printing while its body streams, so it is read now, not
+        // when the head is ready) and the store's teardown, whether the instance is dropped
+        // here or retired by `give_back`.
+        crate::limits::in_turn(&turn, move || {
+            warm.output.emit(&spec);
+            warm.guest.report_fuel(&spec);
+            match result {
+                Ok(proxy) => {
+                    if let Some(reuse) = reuse {
+                        warm.proxy = Some(proxy);
+                        warm.served += 1;
+                        reuse.give_back(warm, spec.limits.log_bytes);
+                    }
+                    Ok(())
                 }
-                Ok(())
+                // A trapped instance is never used again.
+                Err(e) => Err(warm.guest.classify(&e)),
             }
-            // A trapped instance is never used again.
-            Err(e) => {
-                let failure = warm.guest.classify(&e);
-                crate::limits::in_turn(&turn, || drop(warm)).await;
-                Err(failure)
-            }
-        }
+        })
+        .await
     });
     match receiver.await {
         Ok(Ok(resp)) => {

@@ -296,10 +296,19 @@ async fn cgi_variables_and_responses() -> Result<()> {
 
     let logged = get(addr, "/stderr").await?;
     ensure!(logged.text() == "logged", "{logged:?}");
+    let lines = dyno.logs.all();
     ensure!(
-        dyno.logs.all().iter().any(|l| l == "a line for the logs"),
-        "{:?}",
-        dyno.logs.all()
+        lines.iter().any(|l| l == "a line for the logs"),
+        "{lines:?}"
+    );
+    let long: Vec<usize> = lines
+        .iter()
+        .filter(|l| l.starts_with('y'))
+        .map(String::len)
+        .collect();
+    ensure!(
+        long == [skiff_core::text::MAX_LOG_LINE_BYTES],
+        "the long line reached the sink as {long:?} bytes"
     );
     dyno.handle.stop();
     Ok(())

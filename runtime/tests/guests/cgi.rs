@@ -61,6 +61,8 @@ fn main() {
         }
         "/stderr" => {
             eprintln!("a line for the logs");
+            // Longer than a log line may be: the host cuts it before any sink sees it.
+            eprintln!("{}", "y".repeat(20_000));
             write!(out, "Content-Type: text/plain\n\nlogged").unwrap();
         }
         "/files" => {
