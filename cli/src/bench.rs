@@ -102,6 +102,37 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
+/// Asks the kernel to keep idle cores ready to run at once (a PM QoS CPU latency request of
+/// 0 µs, held while the returned file is open), unless `may_sleep`; says so when it cannot.
+///
+/// An idle core of a virtual machine can take milliseconds to wake, and every hand-off
+/// between threads on different cores may wait for one: those wake-ups then decide the
+/// figures, not the code measured. In the isolation bench they inflated the calm-only
+/// baseline most, so an attack that kept the cores busy read cheaper than nothing. The cores
+/// poll in the kernel's idle loop instead, where the scheduler still counts them idle; a
+/// spinning process at the idle class kept them awake too, but the scheduler then queued
+/// Skiff's threads behind each other on the other core.
+pub(crate) fn hold_cores_ready(may_sleep: bool) -> Option<std::fs::File> {
+    use std::io::Write;
+    if may_sleep {
+        return None;
+    }
+    let held = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .and_then(|mut file| file.write_all(&0i32.to_ne_bytes()).map(|()| file));
+    match held {
+        Ok(file) => Some(file),
+        Err(e) => {
+            println!(
+                "Idle cores may sleep (/dev/cpu_dma_latency: {e}): on a virtual machine, \
+                 their wake-ups can then decide the figures."
+            );
+            None
+        }
+    }
+}
+
 /// Builds examples/rust-hello for wasm32-wasip2 into target/bench-guest.
 pub(crate) fn build_hello() -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -142,21 +142,6 @@ impl Attack {
 
 type Worker = JoinHandle<Counts>;
 
-/// Asks the kernel to keep idle cores ready to run at once (a PM QoS CPU latency request of
-/// 0 µs, held while the returned file is open). An idle core of a virtual machine can take
-/// milliseconds to wake for a request, and those wake-ups then decide the p99 of every phase,
-/// most of all the calm-only baseline's: an attack that keeps the cores busy reads cheaper
-/// than it is. The cores then poll in the kernel's idle loop, where the scheduler still
-/// counts them idle; a spinning process at the idle class kept them awake too, but the
-/// scheduler then queued Skiff's threads behind each other on the other core.
-fn hold_cores_awake() -> std::io::Result<std::fs::File> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/cpu_dma_latency")?;
-    file.write_all(&0i32.to_ne_bytes())?;
-    Ok(file)
-}
-
 /// Sends `path` again and again on a keep-alive connection until `stop`.
 fn repeat(router: SocketAddr, host: &str, stop: &AtomicBool, path: &str) -> Counts {
     let mut client = Client::new(router, Duration::from_secs(60));
@@ -439,20 +424,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
             );
         }
     }
-    let awake = if args.cores_may_sleep {
-        None
-    } else {
-        match hold_cores_awake() {
-            Ok(file) => Some(file),
-            Err(e) => {
-                println!(
-                    "Idle cores may sleep (/dev/cpu_dma_latency: {e}): on a virtual machine, \
-                     their wake-ups can then decide every phase's p99."
-                );
-                None
-            }
-        }
-    };
+    let awake = crate::bench::hold_cores_ready(args.cores_may_sleep);
     // Warm both the calm dyno's path and the router's pools before measuring.
     calm_load(router, &calm_host, 200.min(requests), rate, connections);
 

@@ -1,8 +1,9 @@
 //! `skiff bench router`: what the router costs. A static upstream on loopback is loaded
 //! directly, then through a private router, through a bare Pingora proxy (Pingora's defaults,
 //! none of Skiff's routing: what the router's framework costs by itself) and through nginx when
-//! it is installed, by the same bounded keep-alive load generator; the table shows req/s, p50
-//! and p99 and the ratios.
+//! it is installed (as it comes, and configured to do the router's per-request work too), by
+//! the same bounded keep-alive load generator; the table shows req/s, p50 and p99 and the
+//! ratios.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +23,10 @@ pub(crate) struct RouterBenchArgs {
     /// Concurrent keep-alive connections (1 to 64).
     #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// Let idle cores sleep as this machine is set up to, instead of holding them ready to run
+    /// (which needs write access to /dev/cpu_dma_latency).
+    #[arg(long)]
+    cores_may_sleep: bool,
 }
 
 const BODY: &[u8] = b"Hello, bench\n";
@@ -46,9 +51,15 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     );
     let (router, listen, run_dir) = start_router(table)?;
 
+    let awake = crate::bench::hold_cores_ready(args.cores_may_sleep);
     println!(
-        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of a {}-byte static answer on 127.0.0.1",
-        BODY.len()
+        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of a {}-byte static answer on 127.0.0.1; idle cores {}",
+        BODY.len(),
+        if awake.is_some() {
+            "held ready"
+        } else {
+            "may sleep"
+        }
     );
     let direct = measure(upstream, "bench.localhost", connections, duration)?;
     let routed = measure(listen, "bench.localhost", connections, duration)?;
@@ -57,17 +68,17 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     // The peers run in processes of their own, started one at a time: each is measured, then
     // stopped.
     type Start = fn(SocketAddr, &Path) -> Result<Option<(Child, SocketAddr)>>;
-    let peers: [(&str, Start); 2] = [
+    let peers: [(&str, Start); 3] = [
         ("bare pingora", |up, dir| bare_pingora(up, dir).map(Some)),
-        ("nginx", nginx_proxy),
+        ("nginx", |up, dir| nginx_proxy(up, dir, false)),
+        ("nginx-equiv", |up, dir| nginx_proxy(up, dir, true)),
     ];
     for (name, start) in peers {
         match start(upstream, &run_dir) {
             Ok(Some((mut child, addr))) => {
                 let result = wait_for(addr)
                     .and_then(|()| measure(addr, "bench.localhost", connections, duration));
-                let _ = child.kill();
-                let _ = child.wait();
+                stop(&mut child);
                 rows.push((name, result?));
             }
             Ok(None) => {}
@@ -79,12 +90,12 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
 
     println!();
     println!(
-        "{:<14} {:>10} {:>10} {:>10} {:>8}",
+        "{:<18} {:>10} {:>10} {:>10} {:>8}",
         "target", "req/s", "p50", "p99", "errors"
     );
     for (name, s) in &rows {
         println!(
-            "{:<14} {:>10.0} {:>10} {:>10} {:>8}",
+            "{:<18} {:>10.0} {:>10} {:>10} {:>8}",
             name,
             s.rate(),
             ms(s.percentile(50)),
@@ -96,7 +107,7 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     for (name, s) in rows.iter().skip(1) {
         let label = format!("{}/direct", name.split_whitespace().last().unwrap_or(name));
         println!(
-            "{:<14} {:>9.2}x {:>9.2}x {:>9.2}x",
+            "{:<18} {:>9.2}x {:>9.2}x {:>9.2}x",
             label,
             ratio(s.rate(), d.rate()),
             ratio(secs(s.percentile(50)), secs(d.percentile(50))),
@@ -106,7 +117,7 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     for (name, s) in rows.iter().skip(2) {
         let label = format!("router/{}", name.split_whitespace().last().unwrap_or(name));
         println!(
-            "{label:<14} {:>9.2}x  (req/s)",
+            "{label:<18} {:>9.2}x  (req/s)",
             ratio(routed_rate, s.rate())
         );
     }
@@ -410,8 +421,34 @@ pub(crate) fn bare_proxy(upstream: SocketAddr, listen: SocketAddr, run_dir: &Pat
     server.run_forever()
 }
 
-/// Starts nginx as a reverse proxy to `upstream` when it is installed.
-fn nginx_proxy(upstream: SocketAddr, dir: &Path) -> Result<Option<(Child, SocketAddr)>> {
+/// Stops a peer with SIGINT, which both Pingora and nginx take as "shut down now", and waits
+/// for it. A SIGKILL reaches nginx's master alone: its workers lived on, holding their sockets
+/// and cores through every later measurement and after the bench. SIGKILL remains for a peer
+/// that does not stop within 5 seconds.
+fn stop(child: &mut Child) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let _ = kill_process(Pid::from_child(child), Signal::INT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Starts nginx as a reverse proxy to `upstream` when it is installed: with its defaults, or
+/// with `equivalent` set, configured to do the router's per-request work too (the forwarding
+/// headers, a request id kept or made and echoed, `Via` both ways, one log line per request
+/// in the router's format, buffered to a file). Either way a keep-alive connection is not
+/// closed after nginx's default 1000 requests, as the router closes none.
+fn nginx_proxy(
+    upstream: SocketAddr,
+    dir: &Path,
+    equivalent: bool,
+) -> Result<Option<(Child, SocketAddr)>> {
     let found = Command::new("nginx")
         .arg("-v")
         .stdout(Stdio::null())
@@ -422,18 +459,42 @@ fn nginx_proxy(upstream: SocketAddr, dir: &Path) -> Result<Option<(Child, Socket
         return Ok(None);
     }
     let listen = free_addr()?;
-    let prefix = dir.join("nginx");
+    let prefix = dir.join(if equivalent { "nginx-equiv" } else { "nginx" });
     std::fs::create_dir_all(prefix.join("logs"))?;
+    let (http_extra, location_extra) = if equivalent {
+        (
+            format!(
+                "  map $http_x_request_id $skiff_request_id {{\n\
+                 \x20   default $request_id;\n\
+                 \x20   \"~^[A-Za-z0-9+=/_-]{{20,200}}$\" $http_x_request_id;\n  }}\n\
+                 \x20 log_format skiff 'at=info method=$request_method path=\"$request_uri\" host=$host \
+                 request_id=$skiff_request_id fwd=\"$remote_addr\" dyno=web.1 connect=0ms \
+                 service=$upstream_response_time status=$status bytes=$bytes_sent protocol=$scheme';\n\
+                 \x20 access_log {log} skiff buffer=64k;\n",
+                log = prefix.join("logs/access.log").display(),
+            ),
+            "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+             \x20     proxy_set_header X-Forwarded-Proto $scheme;\n\
+             \x20     proxy_set_header X-Forwarded-Port $server_port;\n\
+             \x20     proxy_set_header X-Request-Start $msec;\n\
+             \x20     proxy_set_header X-Request-Id $skiff_request_id;\n\
+             \x20     proxy_set_header Via \"1.1 nginx\";\n\
+             \x20     add_header X-Request-Id $skiff_request_id always;\n\
+             \x20     add_header Via \"1.1 nginx\" always;\n",
+        )
+    } else {
+        ("  access_log off;\n".to_owned(), "")
+    };
     let conf = prefix.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
             "daemon off;\nworker_processes 2;\npid {pid};\nerror_log {err} warn;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
+             http {{\n{http_extra}  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
              upstream app {{ server {upstream}; keepalive 64; }}\n\
-             server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://app;\n\
-             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+             server {{\n    listen {listen};\n    keepalive_requests 1000000;\n    location / {{\n      proxy_pass http://app;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n{location_extra}    }}\n  }}\n}}\n",
             pid = prefix.join("nginx.pid").display(),
             err = prefix.join("logs/error.log").display(),
             tmp = prefix.join("tmp").display(),
