@@ -33,7 +33,7 @@ fn requests_per_second(s: &Skiff, host: &str, window: Duration) -> Result<f64> {
     let mut n = 0u32;
     while started.elapsed() < window {
         let (status, _) = s.request(host, "GET", "/", None)?;
-        ensure!(status == 200, "status {status} under load");
+        ensure!(status == 200, "status {status} under load\n{}", s.logs());
         n += 1;
     }
     Ok(f64::from(n) / started.elapsed().as_secs_f64())
@@ -115,7 +115,8 @@ fn push_example_twice(e: &Example) -> Result<()> {
     let changed = s.request(&host, "GET", "/", None)?;
     ensure!(
         changed == (200, format!("{changed_greeting}\n")),
-        "{changed:?}"
+        "{changed:?}\n{}",
+        s.logs()
     );
     let rps = requests_per_second(&s, &host, Duration::from_secs(3))?;
     let lang = e.lang.to_lowercase();

@@ -580,7 +580,11 @@ pub fn check_example_routes(
     let started = Instant::now();
     let first = s.request(&host, "GET", "/", None)?;
     let latency = started.elapsed();
-    ensure!(first == (200, format!("{greeting}\n")), "{first:?}");
+    ensure!(
+        first == (200, format!("{greeting}\n")),
+        "{first:?}\n{}",
+        s.logs()
+    );
 
     let (status, body) = s.request(&host, "GET", "/env/GREETING", None)?;
     ensure!(status == 404, "{status} {body}");
