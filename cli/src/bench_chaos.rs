@@ -170,22 +170,8 @@ impl Platform {
         format!("http://127.0.0.1:{}", self.api_port)
     }
 
-    /// Environment of every process the bench starts: its own HOME (where `skiff up` writes
-    /// the token), the machine's toolchains.
     fn env(&self, cmd: &mut Command) {
-        let real_home = std::env::var("HOME").unwrap_or_default();
-        let cargo_home =
-            std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo"));
-        let rustup_home =
-            std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup"));
-        cmd.env("HOME", self.root.join("home"))
-            .env("CARGO_HOME", cargo_home)
-            .env("RUSTUP_HOME", rustup_home)
-            .env("SKIFF_API_URL", self.api())
-            .env_remove("SKIFF_API_TOKEN")
-            .env_remove("SKIFF_DATA_DIR")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_CONFIG_NOSYSTEM", "1");
+        crate::bench_host::private_env(cmd, &self.root.join("home"), self.api_port);
     }
 
     /// Starts `skiff up` and waits until its API and router accept connections.

@@ -68,24 +68,8 @@ impl Host {
         bail!("skiff up did not start:\n{}", host.log_tail(30))
     }
 
-    /// The environment of every process this host starts: a private HOME (where `skiff up`
-    /// writes the token for the CLI and git), the machine's Rust toolchain.
     fn env(&self, cmd: &mut Command) {
-        let real_home = std::env::var("HOME").unwrap_or_default();
-        let cargo_home =
-            std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo"));
-        let rustup_home =
-            std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup"));
-        cmd.env("HOME", self.dir.path().join("home"))
-            .env("CARGO_HOME", cargo_home)
-            .env("RUSTUP_HOME", rustup_home)
-            .env(
-                "SKIFF_API_URL",
-                format!("http://127.0.0.1:{}", self.api_port),
-            )
-            .env_remove("SKIFF_API_TOKEN")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_CONFIG_NOSYSTEM", "1");
+        private_env(cmd, &self.dir.path().join("home"), self.api_port);
     }
 
     /// The last `n` warnings and errors of the platform's own log (its folder goes away with
@@ -227,20 +211,43 @@ impl Drop for Host {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // Ctrl-C first, so the platform stops its dynos and its own PostgreSQL, if any.
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            interrupt(&mut child, Duration::from_secs(15));
         }
     }
+}
+
+/// The environment of every process a bench's private platform runs (`skiff up`, the CLI,
+/// git): a private HOME, where `skiff up` writes the token for the CLI and git, so the
+/// user's own is never read or overwritten; the machine's Rust toolchain, which lives under
+/// the real HOME and which the Rust buildpack needs; the platform's API; no git prompts.
+pub(crate) fn private_env(cmd: &mut Command, home: &Path, api_port: u16) {
+    let real_home = std::env::var("HOME").unwrap_or_default();
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo"));
+    let rustup_home =
+        std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup"));
+    cmd.env("HOME", home)
+        .env("CARGO_HOME", cargo_home)
+        .env("RUSTUP_HOME", rustup_home)
+        .env("SKIFF_API_URL", format!("http://127.0.0.1:{api_port}"))
+        .env_remove("SKIFF_API_TOKEN")
+        .env_remove("SKIFF_DATA_DIR")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+}
+
+/// Sends `child` SIGINT (Ctrl-C) and waits up to `grace` for it to exit, then kills it.
+pub(crate) fn interrupt(child: &mut std::process::Child, grace: Duration) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let _ = kill_process(Pid::from_child(child), Signal::INT);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub(crate) fn repo_root() -> PathBuf {

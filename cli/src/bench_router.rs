@@ -78,7 +78,10 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
             Ok(Some((mut child, addr))) => {
                 let result = wait_for(addr)
                     .and_then(|()| measure(addr, "bench.localhost", connections, duration));
-                stop(&mut child);
+                // SIGINT is "shut down now" to both Pingora and nginx. A SIGKILL would reach
+                // nginx's master alone: its workers lived on, holding their sockets and cores
+                // through every later measurement and after the bench.
+                crate::bench_host::interrupt(&mut child, Duration::from_secs(5));
                 rows.push((name, result?));
             }
             Ok(None) => {}
@@ -419,24 +422,6 @@ pub(crate) fn bare_proxy(upstream: SocketAddr, listen: SocketAddr, run_dir: &Pat
     service.add_tcp(&listen.to_string());
     server.add_service(service);
     server.run_forever()
-}
-
-/// Stops a peer with SIGINT, which both Pingora and nginx take as "shut down now", and waits
-/// for it. A SIGKILL reaches nginx's master alone: its workers lived on, holding their sockets
-/// and cores through every later measurement and after the bench. SIGKILL remains for a peer
-/// that does not stop within 5 seconds.
-fn stop(child: &mut Child) {
-    use rustix::process::{Pid, Signal, kill_process};
-    let _ = kill_process(Pid::from_child(child), Signal::INT);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Starts nginx as a reverse proxy to `upstream` when it is installed: with its defaults, or
