@@ -14,8 +14,9 @@ pub use tls::{CertError, CertStore, Certificate};
 /// Errors from starting the router.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    /// The listen address is taken or not allowed.
-    #[error("router cannot listen on {addr}: {source}")]
+    /// The listen address is taken or not allowed. (The OS error is the source, which error
+    /// reports print after this message.)
+    #[error("router cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
@@ -23,6 +24,6 @@ pub enum RouterError {
         source: std::io::Error,
     },
     /// The router thread could not be started.
-    #[error("router thread could not start: {0}")]
+    #[error("router thread could not start")]
     Thread(#[source] std::io::Error),
 }

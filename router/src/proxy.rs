@@ -69,6 +69,8 @@ impl std::fmt::Debug for RouterConfig {
 pub struct RouterHandle {
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The listen ports' reservations (see [`spawn_router`]), released after the router stops.
+    _reserved: Vec<tokio::net::TcpSocket>,
 }
 
 impl RouterHandle {
@@ -87,9 +89,19 @@ pub fn spawn_router(
     config: RouterConfig,
     table: Arc<RouteTable>,
 ) -> Result<RouterHandle, RouterError> {
-    // Pingora exits the process on a bind failure; checking first turns it into an error.
+    // Pingora binds later, on its own thread, and on a taken port it retries for 30 s and then
+    // gives up on that thread alone: the process would run on without a router while whoever
+    // took the port answers on it. So each port is checked here, where a taken one is a clear
+    // error, and then stays reserved until Pingora listens on it: a socket bound with
+    // SO_REUSEPORT that never listens, which Pingora's listeners join through the same flag,
+    // and which a socket without it (every other program's) cannot bind beside.
+    let mut reserved = Vec::new();
     for addr in std::iter::once(config.listen).chain(config.https_listen) {
-        std::net::TcpListener::bind(addr).map_err(|source| RouterError::Bind { addr, source })?;
+        let taken = |source| RouterError::Bind { addr, source };
+        // A plain bind first: it fails on a port held by anyone, SO_REUSEPORT or not (another
+        // router, say), which the reservation alone would share.
+        std::net::TcpListener::bind(addr).map_err(taken)?;
+        reserved.push(reserve(addr).map_err(taken)?);
     }
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -99,7 +111,21 @@ pub fn spawn_router(
     Ok(RouterHandle {
         stop,
         thread: Some(thread),
+        _reserved: reserved,
     })
+}
+
+/// A socket bound to `addr` with SO_REUSEPORT, not listening: connections go to the
+/// listeners that share the port, never to it.
+fn reserve(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>) {
@@ -127,6 +153,8 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
     );
     let mut socket = TcpSocketOptions::default();
     socket.tcp_recv_buf = config.client_recv_buffer;
+    // Joins the port's reservation (see `spawn_router`).
+    socket.so_reuseport = Some(true);
     service.add_tcp_with_settings(&config.listen.to_string(), socket.clone());
     if let Some(addr) = config.https_listen {
         match tls_settings(table.clone()) {
@@ -1077,6 +1105,50 @@ mod tests {
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("router did not start");
+    }
+
+    /// From the moment `spawn_router` returns, before Pingora has bound anything, no other
+    /// program can take the router's port (tokio's listeners, like most, bind with
+    /// SO_REUSEADDR); the router then serves on it.
+    #[test]
+    fn holds_its_port_from_the_check_until_it_listens() {
+        let table = Arc::new(RouteTable::new("localhost"));
+        table.set_app(
+            "a-app",
+            vec![Backend {
+                dyno: "web.1".into(),
+                addr: serve_ok(),
+            }],
+        );
+        let listen = free_addr();
+        let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let handle = spawn_router(
+            RouterConfig {
+                listen,
+                https_listen: None,
+                threads: 1,
+                run_dir: run_dir.clone(),
+                access_log: None,
+                client_recv_buffer: None,
+            },
+            table,
+        )
+        .expect("router");
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other.set_reuseaddr(true).expect("reuseaddr");
+        assert!(other.bind(listen).is_err(), "another program took the port");
+        assert!(std::net::TcpListener::bind(listen).is_err());
+        drop(other);
+        for _ in 0..200 {
+            if TcpStream::connect(listen).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert_eq!(get(listen.port(), "held-port-0123456789").0, 200);
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
     }
 
     /// A dyno stand-in that reads each request's body whole and answers with its length.
