@@ -103,7 +103,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 }
 
 /// Asks the kernel to keep idle cores ready to run at once (a PM QoS CPU latency request of
-/// 0 µs, held while the returned file is open), unless `may_sleep`; says so when it cannot.
+/// 0 µs, held until the returned value drops), unless `may_sleep`; says so when it cannot.
 ///
 /// An idle core of a virtual machine can take milliseconds to wake, and every hand-off
 /// between threads on different cores may wait for one: those wake-ups then decide the
@@ -112,23 +112,41 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 /// poll in the kernel's idle loop instead, where the scheduler still counts them idle; a
 /// spinning process at the idle class kept them awake too, but the scheduler then queued
 /// Skiff's threads behind each other on the other core.
-pub(crate) fn hold_cores_ready(may_sleep: bool) -> Option<std::fs::File> {
+pub(crate) fn hold_cores_ready(may_sleep: bool) -> IdleCores {
     use std::io::Write;
     if may_sleep {
-        return None;
+        return IdleCores(None);
     }
     let held = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/cpu_dma_latency")
         .and_then(|mut file| file.write_all(&0i32.to_ne_bytes()).map(|()| file));
     match held {
-        Ok(file) => Some(file),
+        Ok(file) => IdleCores(Some(file)),
         Err(e) => {
             println!(
                 "Idle cores may sleep (/dev/cpu_dma_latency: {e}): on a virtual machine, \
                  their wake-ups can then decide the figures."
             );
-            None
+            IdleCores(None)
+        }
+    }
+}
+
+/// The CPU latency request of [`hold_cores_ready`], if it was made; it ends when this drops.
+pub(crate) struct IdleCores(Option<std::fs::File>);
+
+impl IdleCores {
+    pub(crate) fn held_ready(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// For a bench's header line: "idle cores held ready" or "idle cores may sleep".
+    pub(crate) fn describe(&self) -> &'static str {
+        if self.held_ready() {
+            "idle cores held ready"
+        } else {
+            "idle cores may sleep"
         }
     }
 }

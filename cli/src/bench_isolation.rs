@@ -432,12 +432,8 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
         "Calm app: {requests} GET / per phase at {rate} req/s over {connections} keep-alive connections, \
          {repeats} baseline/attack pairs per attack; \
          hostile app on one eco dyno (10 requests at once, 64 MiB), {HOSTILE_TIMEOUT}; attack clients at nice {nice}; \
-         idle cores {}; load average at start {}",
-        if awake.is_some() {
-            "held ready"
-        } else {
-            "may sleep"
-        },
+         {}; load average at start {}",
+        awake.describe(),
         loadavg()
     );
     let attacks: Vec<Attack> = Attack::all()
@@ -509,7 +505,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
         rows.push(serde_json::json!({
             "attack": attack.name(),
             "pairs": repeats,
-            "idle_cores_held_ready": awake.is_some(),
+            "idle_cores_held_ready": awake.held_ready(),
             "calm_requests_per_phase": requests,
             "baseline_p50_ms": median.base_p50,
             "baseline_p99_ms": median.base_p99,

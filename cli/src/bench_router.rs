@@ -53,13 +53,9 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
 
     let awake = crate::bench::hold_cores_ready(args.cores_may_sleep);
     println!(
-        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of a {}-byte static answer on 127.0.0.1; idle cores {}",
+        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of a {}-byte static answer on 127.0.0.1; {}",
         BODY.len(),
-        if awake.is_some() {
-            "held ready"
-        } else {
-            "may sleep"
-        }
+        awake.describe()
     );
     let direct = measure(upstream, "bench.localhost", connections, duration)?;
     let routed = measure(listen, "bench.localhost", connections, duration)?;

@@ -33,6 +33,10 @@ pub(crate) struct ServeBenchArgs {
     /// Requests per instance for the instance-reuse rows (2 or more).
     #[arg(long, default_value_t = 16)]
     reuse: u32,
+    /// Let idle cores sleep as this machine is set up to, instead of holding them ready to run
+    /// (which needs write access to /dev/cpu_dma_latency).
+    #[arg(long)]
+    cores_may_sleep: bool,
 }
 
 struct Quiet;
@@ -144,9 +148,11 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
         }],
     );
 
+    let awake = crate::bench::hold_cores_ready(args.cores_may_sleep);
     println!(
-        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of {} on 127.0.0.1; peer: {version}",
-        component.display()
+        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of {} on 127.0.0.1; peer: {version}; {}",
+        component.display(),
+        awake.describe()
     );
     let mut rows: Vec<(String, Stats)> = Vec::new();
     {
