@@ -1083,6 +1083,17 @@ mod tests {
         access_log: Option<Arc<dyn AccessLog>>,
         client_recv_buffer: Option<usize>,
     ) -> (SocketAddr, RouterHandle, std::path::PathBuf) {
+        let (listen, handle, run_dir) = spawn_for_test(table, access_log, client_recv_buffer);
+        wait_listening(listen);
+        (listen, handle, run_dir)
+    }
+
+    /// A router on a free port, just spawned: Pingora may not listen yet.
+    fn spawn_for_test(
+        table: &Arc<RouteTable>,
+        access_log: Option<Arc<dyn AccessLog>>,
+        client_recv_buffer: Option<usize>,
+    ) -> (SocketAddr, RouterHandle, std::path::PathBuf) {
         let listen = free_addr();
         let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
         std::fs::create_dir_all(&run_dir).expect("run dir");
@@ -1098,9 +1109,13 @@ mod tests {
             table.clone(),
         )
         .expect("router");
+        (listen, handle, run_dir)
+    }
+
+    fn wait_listening(listen: SocketAddr) {
         for _ in 0..200 {
             if TcpStream::connect(listen).is_ok() {
-                return (listen, handle, run_dir);
+                return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -1120,32 +1135,13 @@ mod tests {
                 addr: serve_ok(),
             }],
         );
-        let listen = free_addr();
-        let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
-        std::fs::create_dir_all(&run_dir).expect("run dir");
-        let handle = spawn_router(
-            RouterConfig {
-                listen,
-                https_listen: None,
-                threads: 1,
-                run_dir: run_dir.clone(),
-                access_log: None,
-                client_recv_buffer: None,
-            },
-            table,
-        )
-        .expect("router");
+        let (listen, handle, run_dir) = spawn_for_test(&table, None, None);
         let other = tokio::net::TcpSocket::new_v4().expect("socket");
         other.set_reuseaddr(true).expect("reuseaddr");
         assert!(other.bind(listen).is_err(), "another program took the port");
         assert!(std::net::TcpListener::bind(listen).is_err());
         drop(other);
-        for _ in 0..200 {
-            if TcpStream::connect(listen).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        wait_listening(listen);
         assert_eq!(get(listen.port(), "held-port-0123456789").0, 200);
         handle.shutdown();
         let _ = std::fs::remove_dir_all(run_dir);
