@@ -240,6 +240,19 @@ fn cpu_budget_stops_a_request() -> Result<()> {
     Ok(())
 }
 
+/// Bytes of the longest block an earlier request left in memory, as `/residue` finds it, over
+/// `n` sequential requests.
+fn residues(s: &Skiff, host: &str, n: usize) -> Result<Vec<usize>> {
+    (0..n)
+        .map(|_| {
+            let (status, body) = s.request(host, "GET", "/residue", None)?;
+            anyhow::ensure!(status == 200, "{status} {body}");
+            let found = body.trim().strip_prefix("residue ").unwrap_or_default();
+            Ok(found.parse::<usize>()?)
+        })
+        .collect()
+}
+
 /// Counts from `/count` over `n` sequential requests.
 fn counts(s: &Skiff, host: &str, n: usize) -> Result<Vec<u64>> {
     (0..n)
@@ -264,6 +277,11 @@ fn instance_reuse_is_opt_in_and_bounded() -> Result<()> {
     // By default every request meets a fresh instance.
     assert_eq!(counts(&s, &h, 5)?, vec![1; 5]);
 
+    // ...and a fresh instance finds nothing of what earlier ones left in memory, although its
+    // pool slot is likely the last one's, kept resident with only the dirtied pages reset.
+    let clean = residues(&s, &h, 6)?;
+    assert!(clean.iter().all(|&n| n < 1 << 20), "{clean:?}");
+
     // Opted in, an instance serves up to 3 requests. The next request can arrive before the
     // previous instance is handed back, so some requests may still start fresh: the bound is
     // what must hold, and that reuse happens at all.
@@ -273,6 +291,12 @@ fn instance_reuse_is_opt_in_and_bounded() -> Result<()> {
     assert!(
         seen.iter().any(|&n| n > 1),
         "no instance was reused: {seen:?}"
+    );
+    // The residue probe does see a block when it is there: in a reused instance.
+    let reused = residues(&s, &h, 12)?;
+    assert!(
+        reused.iter().any(|&n| n >= 16 << 20),
+        "the probe never found the block its instance left: {reused:?}"
     );
 
     // A trap retires the instance it happened on; the dyno goes on serving.

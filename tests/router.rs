@@ -689,11 +689,14 @@ fn bench_serve_compares_with_wasmtime_serve() -> Result<()> {
     let text = stdout(&out);
     ensure!(out.status.success(), "{text}{}", stderr(&out));
     for part in [
+        "Freed instance slots: ",
         "wasmtime serve",
+        "wasmtime serve, tuned",
         "skiff dyno",
         "skiff router+dyno",
+        "skiff dyno, madvise",
         "skiff reuse=16",
-        "Skiff / wasmtime serve",
+        "skiff router+dyno / wasmtime serve, tuned",
     ] {
         ensure!(text.contains(part), "{part} missing:\n{text}");
     }

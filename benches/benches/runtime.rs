@@ -22,6 +22,7 @@ fn runtime(pooled: bool, cache: &std::path::Path) -> Runtime {
     let config = RuntimeConfig {
         pool_instances: pooled.then_some(1000),
         max_memory_bytes: 256 << 20,
+        keep_resident_bytes: skiff_runtime::DEFAULT_KEEP_RESIDENT_BYTES,
         ..RuntimeConfig::new(cache.to_owned())
     };
     match Runtime::new(config) {

@@ -58,6 +58,10 @@ enum BenchWhat {
         /// Allocate instances on demand instead of from the pool.
         #[arg(long)]
         on_demand: bool,
+        /// MiB of each freed pool slot kept resident, as `skiff up --keep-resident-mib` (0:
+        /// every freed slot goes back to the kernel).
+        #[arg(long, default_value_t = skiff_runtime::DEFAULT_KEEP_RESIDENT_BYTES >> 20)]
+        keep_resident_mib: usize,
         /// Also print one JSON object per step.
         #[arg(long)]
         json: bool,
@@ -88,6 +92,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             component,
             requests,
             on_demand,
+            keep_resident_mib,
             json,
         } => {
             let component = match component {
@@ -97,7 +102,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(density(&component, &steps, requests, on_demand, json))
+            let allocator = if on_demand {
+                Allocator::OnDemand
+            } else {
+                Allocator::Pooled {
+                    keep_resident_bytes: keep_resident_mib.min(1 << 12) << 20,
+                }
+            };
+            runtime.block_on(density(&component, &steps, requests, allocator, json))
         }
     }
 }
@@ -212,18 +224,33 @@ async fn get(addr: std::net::SocketAddr) -> Result<u16> {
         .context("no HTTP status")
 }
 
+/// Where the density bench's instances come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Allocator {
+    OnDemand,
+    Pooled { keep_resident_bytes: usize },
+}
+
 async fn density(
     component: &Path,
     steps: &[usize],
     requests: usize,
-    on_demand: bool,
+    allocator: Allocator,
     json: bool,
 ) -> Result<()> {
+    let on_demand = allocator == Allocator::OnDemand;
+    let keep_resident_bytes = match allocator {
+        Allocator::Pooled {
+            keep_resident_bytes,
+        } => keep_resident_bytes,
+        Allocator::OnDemand => 0,
+    };
     let biggest = steps.iter().copied().max().unwrap_or(100);
     let cache = tempfile::tempdir()?;
     let runtime = Runtime::new(RuntimeConfig {
         pool_instances: (!on_demand).then_some((biggest as u32).clamp(100, 20_000)),
         max_memory_bytes: 256 << 20,
+        keep_resident_bytes,
         ..RuntimeConfig::new(cache.path().to_owned())
     })?;
     let loaded = runtime
@@ -238,6 +265,17 @@ async fn density(
     }
     inst.sort();
 
+    println!(
+        "Instances: {}",
+        match allocator {
+            Allocator::OnDemand => "allocated on demand".to_owned(),
+            Allocator::Pooled { .. } if runtime.resets_slots_in_place() => format!(
+                "pooled; a freed slot keeps up to {} MiB resident, its dirty pages reset in place",
+                keep_resident_bytes >> 20
+            ),
+            Allocator::Pooled { .. } => "pooled; a freed slot goes back to the kernel".to_owned(),
+        }
+    );
     println!(
         "{:>8} {:>10} {:>12} {:>10} {:>10} {:>12} {:>12} {:>10}",
         "dynos",
@@ -336,6 +374,7 @@ async fn density(
             "first_request_p99_us": percentile(&first, 0.99).as_micros() as u64,
             "req_per_s": rps.round() as u64,
             "allocator": if on_demand { "on-demand" } else { "pooling" },
+            "keep_resident_bytes": keep_resident_bytes,
         }));
         for d in &dynos {
             d.stop();

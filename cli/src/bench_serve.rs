@@ -1,9 +1,10 @@
 //! `skiff bench serve`: Skiff's runtime against `wasmtime serve` on the same component, in
 //! the same run, with the same load generator (the one `skiff bench router` uses).
 //!
-//! Rows: `wasmtime serve` (a fresh instance per request, its default for wasi:http 0.2), a
-//! Skiff dyno alone, the router in front of that dyno (what an app's client meets), and both
-//! runtimes with instance reuse. Ratios are against `wasmtime serve`.
+//! Rows: `wasmtime serve` (a fresh instance per request, its default for wasi:http 0.2) as it
+//! comes and tuned to reset its pool slots the way Skiff does, a Skiff dyno alone, the router
+//! in front of that dyno (what an app's client meets), a dyno whose freed slots go back to the
+//! kernel whole (Skiff before it kept them resident), and both runtimes with instance reuse.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -59,10 +60,23 @@ fn wasmtime_serve(
     wasmtime: &PathBuf,
     component: &PathBuf,
     reuse: u32,
+    tuned: bool,
 ) -> Result<(Peer, std::net::SocketAddr)> {
     let addr = free_addr()?;
-    let child = Command::new(wasmtime)
-        .arg("serve")
+    let mut command = Command::new(wasmtime);
+    command.arg("serve");
+    if tuned {
+        // The peer given what Skiff's pool does by default, so the rows compare runtimes
+        // and not one setting.
+        let keep = skiff_runtime::DEFAULT_KEEP_RESIDENT_BYTES;
+        command.args([
+            "-Opooling-allocator=y".to_owned(),
+            "-Opooling-pagemap-scan=auto".to_owned(),
+            format!("-Opooling-memory-keep-resident={keep}"),
+            format!("-Opooling-table-keep-resident={keep}"),
+        ]);
+    }
+    let child = command
         .arg("--addr")
         .arg(addr.to_string())
         // The sample reads its environment and writes a log line per request: wasi:cli.
@@ -111,19 +125,30 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
         .build()?;
     let cache = tempfile::tempdir()?;
     let app_dir = tempfile::tempdir()?;
-    let runtime = Runtime::new(RuntimeConfig {
-        pool_instances: Some(1000),
-        max_memory_bytes: 256 << 20,
-        ..RuntimeConfig::new(cache.path().to_owned())
-    })?;
+    let pooled = |keep_resident_bytes| {
+        Runtime::new(RuntimeConfig {
+            pool_instances: Some(1000),
+            max_memory_bytes: 256 << 20,
+            keep_resident_bytes,
+            ..RuntimeConfig::new(cache.path().to_owned())
+        })
+    };
+    // As `skiff up` sets it up, and a peer that hands every freed slot back to the kernel.
+    let runtime = pooled(skiff_runtime::DEFAULT_KEEP_RESIDENT_BYTES)?;
+    let decommitting = pooled(0)?;
     let loaded = runtime
         .load("bench", &component)
         .context("loading the component")?;
-    let spec = |name: &str, env: Vec<(String, String)>| DynoSpec {
+    let loaded_decommitting = decommitting
+        .load("bench", &component)
+        .context("loading the component")?;
+    let spec = |name: &str,
+                component: &skiff_runtime::LoadedComponent,
+                env: Vec<(String, String)>| DynoSpec {
         app: "bench".into(),
         name: name.into(),
         release: 1,
-        component: loaded.clone(),
+        component: component.clone(),
         env,
         args: Vec::new(),
         app_dir: app_dir.path().to_owned(),
@@ -135,10 +160,16 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
         outbound: Arc::new(OutboundPolicy::Closed),
         log: Arc::new(Quiet),
     };
-    let fresh = tokio.block_on(runtime.start_web_dyno(spec("web.1", Vec::new())))?;
+    let fresh = tokio.block_on(runtime.start_web_dyno(spec("web.1", &loaded, Vec::new())))?;
     let reusing = tokio.block_on(runtime.start_web_dyno(spec(
         "web.2",
+        &loaded,
         vec![("SKIFF_INSTANCE_REUSE".into(), reuse.to_string())],
+    )))?;
+    let fresh_decommitting = tokio.block_on(decommitting.start_web_dyno(spec(
+        "web.3",
+        &loaded_decommitting,
+        Vec::new(),
     )))?;
     table.set_app(
         "bench",
@@ -154,11 +185,30 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
         component.display(),
         awake.describe()
     );
+    println!(
+        "Freed instance slots: {}",
+        if runtime.resets_slots_in_place() {
+            format!(
+                "dirty pages reset in place, up to {} MiB kept (PAGEMAP_SCAN); `madvise` row: handed back to the kernel",
+                skiff_runtime::DEFAULT_KEEP_RESIDENT_BYTES >> 20
+            )
+        } else {
+            "handed back to the kernel in both Skiff rows (this kernel lacks PAGEMAP_SCAN)"
+                .to_owned()
+        }
+    );
     let mut rows: Vec<(String, Stats)> = Vec::new();
     {
-        let (_peer, addr) = wasmtime_serve(&args.wasmtime, &component, 1)?;
+        let (_peer, addr) = wasmtime_serve(&args.wasmtime, &component, 1, false)?;
         rows.push((
             "wasmtime serve".into(),
+            measure(addr, "bench", connections, duration)?,
+        ));
+    }
+    {
+        let (_peer, addr) = wasmtime_serve(&args.wasmtime, &component, 1, true)?;
+        rows.push((
+            "wasmtime serve, tuned".into(),
             measure(addr, "bench", connections, duration)?,
         ));
     }
@@ -170,8 +220,17 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
         "skiff router+dyno".into(),
         measure(listen, "bench.localhost", connections, duration)?,
     ));
+    rows.push((
+        "skiff dyno, madvise".into(),
+        measure(
+            fresh_decommitting.addr,
+            "bench.localhost",
+            connections,
+            duration,
+        )?,
+    ));
     {
-        let (_peer, addr) = wasmtime_serve(&args.wasmtime, &component, reuse)?;
+        let (_peer, addr) = wasmtime_serve(&args.wasmtime, &component, reuse, false)?;
         rows.push((
             format!("wasmtime reuse={reuse}"),
             measure(addr, "bench", connections, duration)?,
@@ -183,17 +242,18 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
     ));
     fresh.stop();
     reusing.stop();
+    fresh_decommitting.stop();
     router.shutdown();
     let _ = std::fs::remove_dir_all(&run_dir);
 
     println!();
     println!(
-        "{:<20} {:>10} {:>10} {:>10} {:>8}",
+        "{:<22} {:>10} {:>10} {:>10} {:>8}",
         "target", "req/s", "p50", "p99", "errors"
     );
     for (name, s) in &rows {
         println!(
-            "{:<20} {:>10.0} {:>10} {:>10} {:>8}",
+            "{:<22} {:>10.0} {:>10} {:>10} {:>8}",
             name,
             s.rate(),
             ms(s.percentile(50)),
@@ -202,17 +262,14 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
         );
     }
     println!();
-    println!(
-        "{:<36} {:>9} {:>9}",
-        "ratio (Skiff / wasmtime serve)", "req/s", "p99"
-    );
-    let pairs = [(1, 0), (2, 0), (4, 3)];
+    println!("{:<48} {:>9} {:>9}", "ratio (Skiff / peer)", "req/s", "p99");
+    let pairs = [(2, 0), (2, 1), (3, 0), (3, 1), (4, 0), (6, 5)];
     for (ours, peer) in pairs {
         let (name, s) = &rows[ours];
-        let (_, p) = &rows[peer];
+        let (peer_name, p) = &rows[peer];
         println!(
-            "{:<36} {:>8.2}x {:>8.2}x",
-            name,
+            "{:<48} {:>8.2}x {:>8.2}x",
+            format!("{name} / {peer_name}"),
             ratio(s.rate(), p.rate()),
             ratio(secs(s.percentile(99)), secs(p.percentile(99))),
         );

@@ -52,6 +52,11 @@ pub(crate) struct UpArgs {
     /// Instance slots of the pooling allocator (0: allocate instances on demand).
     #[arg(long, default_value_t = 1000)]
     pool_instances: u32,
+    /// MiB of each instance slot kept resident between requests, where only the pages a
+    /// request dirtied are reset (Linux 6.7 or later; 0: every freed slot goes back to the
+    /// kernel).
+    #[arg(long, default_value_t = skiff_runtime::DEFAULT_KEEP_RESIDENT_BYTES >> 20)]
+    keep_resident_mib: usize,
     /// Meter fuel per request: enables CPU budgets (SKIFF_REQUEST_FUEL) and `fuel=` log lines.
     #[arg(long)]
     fuel: bool,
@@ -87,6 +92,7 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     config.http_port = args.http_port;
     config.domain = args.domain.clone();
     config.pool_instances = (args.pool_instances > 0).then_some(args.pool_instances);
+    config.keep_resident_bytes = args.keep_resident_mib.min(1 << 12) << 20;
     config.fuel = args.fuel;
     config.postgres_admin_url = args.postgres_admin_url.clone();
     config.postgres_bin_dir = args.postgres_bin_dir.clone();

@@ -102,6 +102,9 @@ pub struct PlatformConfig {
     pub max_slug_bytes: u64,
     /// Instance slots of the pooling allocator (`None`: allocate on demand).
     pub pool_instances: Option<u32>,
+    /// Bytes of each instance slot kept resident between requests, only dirty pages reset
+    /// (see `skiff_runtime::RuntimeConfig::keep_resident_bytes`).
+    pub keep_resident_bytes: usize,
     /// Meter fuel per request (CPU budgets via `SKIFF_REQUEST_FUEL`, `fuel=` in logs).
     pub fuel: bool,
     /// Per-machine toolchain cache given to buildpacks as `SKIFF_TOOLCHAINS`: what one app's
@@ -127,6 +130,7 @@ impl PlatformConfig {
             build_timeout: Duration::from_secs(15 * 60),
             max_slug_bytes: 300 << 20,
             pool_instances: Some(1000),
+            keep_resident_bytes: skiff_runtime::DEFAULT_KEEP_RESIDENT_BYTES,
             fuel: false,
             postgres_admin_url: None,
             postgres_bin_dir: None,
@@ -327,6 +331,7 @@ pub async fn run(
         pool_instances: config.pool_instances,
         max_memory_bytes: skiff_core::sizes::largest_memory_bytes(),
         fuel: config.fuel,
+        keep_resident_bytes: config.keep_resident_bytes,
     })?;
     let addons = addons::Addons::new(&addons::ProviderContext {
         data_dir: data.clone(),

@@ -21,7 +21,9 @@ pub mod outbound;
 pub use addons::{KvBackend, KvStore};
 pub use command::{CommandSpec, Exit, Output};
 pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
-pub use engine::{LoadedCommand, LoadedComponent, Runtime, RuntimeConfig};
+pub use engine::{
+    DEFAULT_KEEP_RESIDENT_BYTES, LoadedCommand, LoadedComponent, Runtime, RuntimeConfig,
+};
 pub use limits::Failure;
 pub use outbound::OutboundPolicy;
 
