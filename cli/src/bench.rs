@@ -102,14 +102,15 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let allocator = if on_demand {
-                Allocator::OnDemand
-            } else {
-                Allocator::Pooled {
-                    keep_resident_bytes: keep_resident_mib.min(1 << 12) << 20,
-                }
-            };
-            runtime.block_on(density(&component, &steps, requests, allocator, json))
+            let keep_resident_bytes = crate::up::keep_resident_bytes(keep_resident_mib);
+            runtime.block_on(density(
+                &component,
+                &steps,
+                requests,
+                on_demand,
+                keep_resident_bytes,
+                json,
+            ))
         }
     }
 }
@@ -224,27 +225,14 @@ async fn get(addr: std::net::SocketAddr) -> Result<u16> {
         .context("no HTTP status")
 }
 
-/// Where the density bench's instances come from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Allocator {
-    OnDemand,
-    Pooled { keep_resident_bytes: usize },
-}
-
 async fn density(
     component: &Path,
     steps: &[usize],
     requests: usize,
-    allocator: Allocator,
+    on_demand: bool,
+    keep_resident_bytes: usize,
     json: bool,
 ) -> Result<()> {
-    let on_demand = allocator == Allocator::OnDemand;
-    let keep_resident_bytes = match allocator {
-        Allocator::Pooled {
-            keep_resident_bytes,
-        } => keep_resident_bytes,
-        Allocator::OnDemand => 0,
-    };
     let biggest = steps.iter().copied().max().unwrap_or(100);
     let cache = tempfile::tempdir()?;
     let runtime = Runtime::new(RuntimeConfig {
@@ -267,13 +255,15 @@ async fn density(
 
     println!(
         "Instances: {}",
-        match allocator {
-            Allocator::OnDemand => "allocated on demand".to_owned(),
-            Allocator::Pooled { .. } if runtime.resets_slots_in_place() => format!(
+        if on_demand {
+            "allocated on demand".to_owned()
+        } else if runtime.resets_slots_in_place() {
+            format!(
                 "pooled; a freed slot keeps up to {} MiB resident, its dirty pages reset in place",
                 keep_resident_bytes >> 20
-            ),
-            Allocator::Pooled { .. } => "pooled; a freed slot goes back to the kernel".to_owned(),
+            )
+        } else {
+            "pooled; a freed slot goes back to the kernel".to_owned()
         }
     );
     println!(
@@ -374,7 +364,7 @@ async fn density(
             "first_request_p99_us": percentile(&first, 0.99).as_micros() as u64,
             "req_per_s": rps.round() as u64,
             "allocator": if on_demand { "on-demand" } else { "pooling" },
-            "keep_resident_bytes": keep_resident_bytes,
+            "keep_resident_bytes": if on_demand { 0 } else { keep_resident_bytes },
         }));
         for d in &dynos {
             d.stop();

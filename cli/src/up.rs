@@ -81,6 +81,12 @@ pub(crate) struct UpArgs {
     demo: bool,
 }
 
+/// `--keep-resident-mib` in bytes; capped at 4 GiB, past any slot's memory, so the shift cannot
+/// overflow.
+pub(crate) fn keep_resident_bytes(mib: usize) -> usize {
+    mib.min(1 << 12) << 20
+}
+
 pub(crate) fn run(args: UpArgs) -> Result<()> {
     init_logging();
     std::fs::create_dir_all(&args.data_dir)
@@ -92,7 +98,7 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     config.http_port = args.http_port;
     config.domain = args.domain.clone();
     config.pool_instances = (args.pool_instances > 0).then_some(args.pool_instances);
-    config.keep_resident_bytes = args.keep_resident_mib.min(1 << 12) << 20;
+    config.keep_resident_bytes = keep_resident_bytes(args.keep_resident_mib);
     config.fuel = args.fuel;
     config.postgres_admin_url = args.postgres_admin_url.clone();
     config.postgres_bin_dir = args.postgres_bin_dir.clone();
