@@ -442,3 +442,71 @@ fn full_disk_during_slug_write_keeps_the_running_release() -> Result<()> {
     s.kill9()?;
     Ok(())
 }
+
+/// The scheduler slice a `/proc/.../sched` file shows (kernels built with scheduler debugging
+/// show it; others do not).
+fn slice_in(sched_file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(sched_file).ok()?;
+    let line = text.lines().find(|l| l.starts_with("se.slice"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// The router's and the runtime's threads ask for 100 µs scheduler slices (`skiff up
+/// --sched-slice-us`), so a request's wake-ups take a core from longer-sliced work at once;
+/// the build processes Skiff starts keep the kernel's slice, behind requests.
+#[test]
+fn serving_threads_get_short_slices_and_builds_keep_the_default() -> Result<()> {
+    let Some(default) = slice_in(Path::new("/proc/thread-self/sched")) else {
+        eprintln!("this kernel does not show scheduler slices; nothing to check");
+        return Ok(());
+    };
+    let s = Skiff::start()?;
+    if s.logs().contains("keeps its own scheduler slices") {
+        eprintln!("this kernel keeps its own scheduler slices; nothing to check");
+        return Ok(());
+    }
+    let pid = s.pid().context("the platform's pid")?;
+    let mut serving = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm"))?;
+        let comm = comm.trim();
+        // The tokio runtime's threads (and the main thread) are "skiff", the router's
+        // "skiff-router", and Pingora's own listener thread "Server".
+        if ["skiff", "skiff-router", "Server"].contains(&comm) {
+            serving.push((comm.to_owned(), slice_in(&task.path().join("sched"))));
+        }
+    }
+    ensure!(
+        serving.iter().any(|(c, _)| c == "skiff-router")
+            && serving.iter().any(|(c, _)| c == "skiff"),
+        "{serving:?}"
+    );
+    ensure!(
+        serving.iter().all(|(_, slice)| *slice == Some(100_000)),
+        "every serving thread has a 100 µs slice: {serving:?}"
+    );
+
+    let work = tempfile::tempdir()?;
+    let repo = example_repo(&s, work.path(), "c-hello")?;
+    ok(s.cli(&repo, &["apps:create", "sliced"])?)?;
+    slow_makefile(&repo, 316)?;
+    ok(s.git(&repo, &["add", "--all"])?)?;
+    ok(s.git(&repo, &["commit", "--quiet", "-m", "slow"])?)?;
+    let (mut push, _output) = push_until(&s, &repo, "chaos-build-started")?;
+    let sleeper = wait_for_process(&["sleep", "316"])?;
+    let compile = ancestor_running(sleeper, "bin/compile").context("the buildpack's process")?;
+    let build: Vec<_> = [compile, sleeper]
+        .iter()
+        .map(|p| slice_in(Path::new(&format!("/proc/{p}/sched"))))
+        .collect();
+    ok(Command::new("kill")
+        .args(["-KILL", &sleeper.to_string()])
+        .output()?)?;
+    let pushed = wait_with_deadline(&mut push, Duration::from_secs(60))?;
+    ensure!(!pushed, "the cut-off build must not deploy");
+    ensure!(
+        build.iter().all(|slice| *slice == Some(default)),
+        "the build's processes keep the kernel's {default} ns slice: {build:?}"
+    );
+    Ok(())
+}

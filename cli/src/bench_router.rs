@@ -27,6 +27,11 @@ pub(crate) struct RouterBenchArgs {
     /// (which needs write access to /dev/cpu_dma_latency).
     #[arg(long)]
     cores_may_sleep: bool,
+    /// Microseconds of scheduler slice for the router's (and the dynos') threads, as `skiff
+    /// up --sched-slice-us` sets it (0: the kernel's default). The load generator and the
+    /// peers keep the kernel's default.
+    #[arg(long, env = "SKIFF_SCHED_SLICE_US", default_value_t = 100)]
+    sched_slice_us: u64,
 }
 
 const BODY: &[u8] = b"Hello, bench\n";
@@ -49,7 +54,10 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
             addr: upstream,
         }],
     );
+    let serving = crate::sched::Serving::new(args.sched_slice_us);
+    serving.before_router();
     let (router, listen, run_dir) = start_router(table)?;
+    serving.after_router();
 
     let awake = crate::bench::hold_cores_ready(args.cores_may_sleep);
     println!(

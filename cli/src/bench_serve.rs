@@ -38,6 +38,11 @@ pub(crate) struct ServeBenchArgs {
     /// (which needs write access to /dev/cpu_dma_latency).
     #[arg(long)]
     cores_may_sleep: bool,
+    /// Microseconds of scheduler slice for the router's (and the dynos') threads, as `skiff
+    /// up --sched-slice-us` sets it (0: the kernel's default). The load generator and the
+    /// peers keep the kernel's default.
+    #[arg(long, env = "SKIFF_SCHED_SLICE_US", default_value_t = 100)]
+    sched_slice_us: u64,
 }
 
 struct Quiet;
@@ -118,10 +123,14 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
 
     // The router owns its runtimes, so it starts before the dynos' tokio runtime.
     let table = Arc::new(RouteTable::new("localhost"));
+    let serving = crate::sched::Serving::new(args.sched_slice_us);
+    serving.before_router();
     let (router, listen, run_dir) = start_router(table.clone())?;
+    serving.after_router();
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || serving.on_thread_start())
         .build()?;
     let cache = tempfile::tempdir()?;
     let app_dir = tempfile::tempdir()?;

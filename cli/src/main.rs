@@ -14,6 +14,7 @@ mod hook;
 mod logs;
 mod routing;
 mod run;
+mod sched;
 mod up;
 
 use std::process::ExitCode;
