@@ -74,6 +74,11 @@ impl Host {
 
     /// The last `n` warnings and errors of the platform's own log (its folder goes away with
     /// it; the request lines would bury them).
+    /// Whether the platform's log holds `needle` so far.
+    pub(crate) fn logged(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|text| text.contains(needle))
+    }
+
     pub(crate) fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text

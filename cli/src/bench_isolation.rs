@@ -52,6 +52,11 @@ pub(crate) struct IsolationBenchArgs {
     /// (which needs write access to /dev/cpu_dma_latency).
     #[arg(long)]
     cores_may_sleep: bool,
+    /// Microseconds of scheduler slice the private `skiff up` asks for on its router's and
+    /// runtime's threads (`skiff up --sched-slice-us`; 0: the kernel's). The bench's own
+    /// clients keep the kernel's.
+    #[arg(long, env = "SKIFF_SCHED_SLICE_US", default_value_t = 100)]
+    sched_slice_us: u64,
 }
 
 /// The hostile app's request deadline: long enough that its loops hold cores for a while.
@@ -403,7 +408,14 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     let calm_wasm = build_guest("examples/rust-hello", "rust-hello")?;
     let hostile_wasm = build_guest("tests/fixtures/hostile", "hostile")?;
 
-    let host = Host::start(&[])?;
+    let host = Host::start(&["--sched-slice-us", &args.sched_slice_us.to_string()])?;
+    let slices = if args.sched_slice_us == 0 {
+        "the kernel's".to_owned()
+    } else if host.logged("serving threads run with") {
+        format!("{} µs", args.sched_slice_us.clamp(100, 100_000))
+    } else {
+        "the kernel's (it keeps its own)".to_owned()
+    };
     let calm_repo = host.prebuilt_repo("calm", &calm_wasm)?;
     host.create_and_push(&calm_repo, "calm", &[])?;
     let hostile_repo = host.prebuilt_repo("hostile", &hostile_wasm)?;
@@ -432,7 +444,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
         "Calm app: {requests} GET / per phase at {rate} req/s over {connections} keep-alive connections, \
          {repeats} baseline/attack pairs per attack; \
          hostile app on one eco dyno (10 requests at once, 64 MiB), {HOSTILE_TIMEOUT}; attack clients at nice {nice}; \
-         {}; load average at start {}",
+         Skiff's threads at {slices} scheduler slices; {}; load average at start {}",
         awake.describe(),
         loadavg()
     );

@@ -55,13 +55,13 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
         }],
     );
     let serving = crate::sched::Serving::new(args.sched_slice_us);
-    serving.before_router();
+    let slices = serving.before_router();
     let (router, listen, run_dir) = start_router(table)?;
     serving.after_router();
 
     let awake = crate::bench::hold_cores_ready(args.cores_may_sleep);
     println!(
-        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of a {}-byte static answer on 127.0.0.1; {}",
+        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of a {}-byte static answer on 127.0.0.1; {}; the router at {slices}",
         BODY.len(),
         awake.describe()
     );

@@ -124,7 +124,7 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
     // The router owns its runtimes, so it starts before the dynos' tokio runtime.
     let table = Arc::new(RouteTable::new("localhost"));
     let serving = crate::sched::Serving::new(args.sched_slice_us);
-    serving.before_router();
+    let slices = serving.before_router();
     let (router, listen, run_dir) = start_router(table.clone())?;
     serving.after_router();
 
@@ -190,7 +190,7 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
 
     let awake = crate::bench::hold_cores_ready(args.cores_may_sleep);
     println!(
-        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of {} on 127.0.0.1; peer: {version}; {}",
+        "Load: {connections} keep-alive connections, {seconds}s per target, GET / of {} on 127.0.0.1; peer: {version}; {}; Skiff's router and dynos at {slices}",
         component.display(),
         awake.describe()
     );

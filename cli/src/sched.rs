@@ -69,15 +69,18 @@ impl Serving {
         }
     }
 
-    /// Call on the thread about to start the router; logs what the kernel made of it.
-    pub(crate) fn before_router(&self) {
+    /// Call on the thread about to start the router; logs what the kernel made of it and
+    /// says it in a few words, for the benches' headers.
+    pub(crate) fn before_router(&self) -> String {
+        let kernels = "the kernel's scheduler slice".to_owned();
         let Some(slice) = self.slice else {
-            return;
+            return kernels;
         };
         let us = slice.as_micros();
         match request(slice, Inherit::Threads, None) {
             Ok(Outcome::Applied) => {
                 tracing::info!("serving threads run with {us} µs scheduler slices");
+                return format!("{us} µs scheduler slices");
             }
             Ok(Outcome::OtherPolicy) => tracing::info!(
                 "not asking for {us} µs scheduler slices: Skiff runs under a scheduling \
@@ -89,6 +92,7 @@ impl Serving {
             ),
             Err(e) => tracing::warn!("asking for {us} µs scheduler slices failed: {e}"),
         }
+        kernels
     }
 
     /// Call on the same thread once the router runs: what it starts from here on (load
