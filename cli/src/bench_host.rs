@@ -72,13 +72,13 @@ impl Host {
         private_env(cmd, &self.dir.path().join("home"), self.api_port);
     }
 
-    /// The last `n` warnings and errors of the platform's own log (its folder goes away with
-    /// it; the request lines would bury them).
     /// Whether the platform's log holds `needle` so far.
     pub(crate) fn logged(&self, needle: &str) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|text| text.contains(needle))
     }
 
+    /// The last `n` warnings and errors of the platform's own log (its folder goes away with
+    /// it; the request lines would bury them).
     pub(crate) fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text

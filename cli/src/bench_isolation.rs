@@ -414,7 +414,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     } else if host.logged("serving threads run with") {
         format!("{} µs", args.sched_slice_us.clamp(100, 100_000))
     } else {
-        "the kernel's (it keeps its own)".to_owned()
+        "the kernel's (the platform's log says why)".to_owned()
     };
     let calm_repo = host.prebuilt_repo("calm", &calm_wasm)?;
     host.create_and_push(&calm_repo, "calm", &[])?;

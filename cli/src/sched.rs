@@ -61,10 +61,11 @@ pub(crate) struct Serving {
 }
 
 impl Serving {
-    /// `micros` of 0 leaves every thread with the kernel's slice.
+    /// `micros` of 0 leaves every thread with the kernel's slice; others are held to what the
+    /// kernel takes (100 µs to 100 ms), so the logs say what is in force.
     pub(crate) fn new(micros: u64) -> Self {
         Self {
-            slice: (micros > 0).then(|| Duration::from_micros(micros)),
+            slice: (micros > 0).then(|| Duration::from_micros(micros.clamp(100, 100_000))),
             nice: nice().ok(),
         }
     }
