@@ -409,12 +409,10 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     let hostile_wasm = build_guest("tests/fixtures/hostile", "hostile")?;
 
     let host = Host::start(&["--sched-slice-us", &args.sched_slice_us.to_string()])?;
-    let slices = if args.sched_slice_us == 0 {
-        "the kernel's".to_owned()
-    } else if host.logged("serving threads run with") {
-        format!("{} µs", args.sched_slice_us.clamp(100, 100_000))
-    } else {
-        "the kernel's (the platform's log says why)".to_owned()
+    let slices = match crate::sched::in_force_us(args.sched_slice_us) {
+        None => "the kernel's".to_owned(),
+        Some(us) if host.logged(crate::sched::APPLIED) => format!("{us} µs"),
+        Some(_) => "the kernel's (the platform's log says why)".to_owned(),
     };
     let calm_repo = host.prebuilt_repo("calm", &calm_wasm)?;
     host.create_and_push(&calm_repo, "calm", &[])?;

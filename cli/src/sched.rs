@@ -1,10 +1,10 @@
 //! Short scheduler slices for the threads that serve requests.
 //!
 //! Linux's EEVDF scheduler lets a running thread keep its core for the rest of its slice
-//! (0.7 ms to 3 ms, growing with the core count) before a thread that just woke gets it. A
-//! request wakes several of Skiff's threads in turn (router, dyno, router again), so on a busy
-//! host each wake-up can wait behind some other process's slice, and those waits are the
-//! tail of the latency. Since Linux 6.12 a thread may ask for a shorter slice
+//! (1.4 ms on a 2-core machine; it grows with the core count) before a thread that just woke
+//! gets it. A request wakes several of Skiff's threads in turn (router, dyno, router again),
+//! so on a busy host each wake-up can wait behind some other process's slice, and those waits
+//! are the tail of the latency. Since Linux 6.12 a thread may ask for a shorter slice
 //! (`sched_attr.sched_runtime` under `SCHED_OTHER`, no privilege needed), and a waking thread
 //! whose slice is shorter than the running one's takes the core at once. The slice changes
 //! when a thread runs, not how much: its share of the cores still follows its nice value.
@@ -27,6 +27,18 @@ struct SchedAttr {
 }
 
 const SCHED_OTHER: u32 = 0;
+
+/// The slices the kernel accepts, in microseconds; it holds a request to this range.
+const SLICE_RANGE_US: (u64, u64) = (100, 100_000);
+
+/// What `before_router` logs when the kernel took the slice; the isolation bench looks for it
+/// in its platform's log.
+pub(crate) const APPLIED: &str = "serving threads run with";
+
+/// The slice in force, in microseconds, for `--sched-slice-us micros` (0: the kernel's).
+pub(crate) fn in_force_us(micros: u64) -> Option<u64> {
+    (micros > 0).then(|| micros.clamp(SLICE_RANGE_US.0, SLICE_RANGE_US.1))
+}
 /// Threads and processes this thread starts begin with the kernel's defaults.
 const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
 
@@ -62,10 +74,10 @@ pub(crate) struct Serving {
 
 impl Serving {
     /// `micros` of 0 leaves every thread with the kernel's slice; others are held to what the
-    /// kernel takes (100 µs to 100 ms), so the logs say what is in force.
+    /// kernel takes, so the logs say what is in force.
     pub(crate) fn new(micros: u64) -> Self {
         Self {
-            slice: (micros > 0).then(|| Duration::from_micros(micros.clamp(100, 100_000))),
+            slice: in_force_us(micros).map(Duration::from_micros),
             nice: nice().ok(),
         }
     }
@@ -80,7 +92,7 @@ impl Serving {
         let us = slice.as_micros();
         match request(slice, Inherit::Threads, None) {
             Ok(Outcome::Applied) => {
-                tracing::info!("serving threads run with {us} µs scheduler slices");
+                tracing::info!("{APPLIED} {us} µs scheduler slices");
                 return format!("{us} µs scheduler slices");
             }
             Ok(Outcome::OtherPolicy) => tracing::info!(
@@ -138,9 +150,10 @@ fn request(slice: Duration, inherit: Inherit, nice: Option<i32>) -> io::Result<O
         attr.nice = own_nice;
         set(&attr)?;
     }
-    // The kernel clamps a slice to 0.1 ms..100 ms and, before 6.12, ignores it under
-    // SCHED_OTHER (and reports 0); reading back tells which.
-    Ok(if get()?.runtime == want.clamp(100_000, 100_000_000) {
+    // The kernel holds a slice to its range and, before 6.12, ignores it under SCHED_OTHER
+    // (and reports 0); reading back tells which.
+    let in_force = want.clamp(SLICE_RANGE_US.0 * 1000, SLICE_RANGE_US.1 * 1000);
+    Ok(if get()?.runtime == in_force {
         Outcome::Applied
     } else {
         Outcome::Unsupported

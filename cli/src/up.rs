@@ -61,8 +61,8 @@ pub(crate) struct UpArgs {
     #[arg(long, default_value_t = skiff_runtime::DEFAULT_KEEP_RESIDENT_BYTES >> 20)]
     keep_resident_mib: usize,
     /// Microseconds of scheduler slice that the router's and the runtime's threads ask the
-    /// kernel for (Linux 6.12 or later; clamped to 100..100000; 0: the kernel's default, about
-    /// 0.7 ms to 3 ms). A waking thread with a shorter slice than the running one takes its
+    /// kernel for (Linux 6.12 or later; held to 100..100000; 0: the kernel's default, 1.4 ms
+    /// on a 2-core machine). A waking thread with a shorter slice than the running one takes its
     /// core at once, so a request's wake-ups do not wait out other processes' slices. Builds,
     /// git and add-on servers that Skiff starts keep the kernel's default.
     #[arg(long, env = "SKIFF_SCHED_SLICE_US", default_value_t = 100)]
