@@ -471,14 +471,16 @@ fn serving_threads_get_short_slices_and_builds_keep_the_default() -> Result<()> 
         let comm = std::fs::read_to_string(task.path().join("comm"))?;
         let comm = comm.trim();
         // The tokio runtime's threads (and the main thread) are "skiff", the router's
-        // "skiff-router", and Pingora's own listener thread "Server".
-        if ["skiff", "skiff-router", "Server"].contains(&comm) {
+        // "skiff-router", Pingora's own listener thread "Server", and the thread whose ticks
+        // make busy guests yield "skiff-epoch".
+        if ["skiff", "skiff-router", "Server", "skiff-epoch"].contains(&comm) {
             serving.push((comm.to_owned(), slice_in(&task.path().join("sched"))));
         }
     }
     ensure!(
-        serving.iter().any(|(c, _)| c == "skiff-router")
-            && serving.iter().any(|(c, _)| c == "skiff"),
+        ["skiff", "skiff-router", "skiff-epoch"]
+            .iter()
+            .all(|name| serving.iter().any(|(c, _)| c == name)),
         "{serving:?}"
     );
     ensure!(

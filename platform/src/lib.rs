@@ -115,6 +115,9 @@ pub struct PlatformConfig {
     pub postgres_admin_url: Option<String>,
     /// Where `initdb` and `pg_ctl` are (default: on PATH, else `/usr/lib/postgresql/*/bin`).
     pub postgres_bin_dir: Option<PathBuf>,
+    /// Run first on the threads the runtime starts for itself (see
+    /// `skiff_runtime::RuntimeConfig::thread_start`).
+    pub runtime_thread_start: Option<skiff_runtime::ThreadStart>,
 }
 
 impl PlatformConfig {
@@ -134,6 +137,7 @@ impl PlatformConfig {
             fuel: false,
             postgres_admin_url: None,
             postgres_bin_dir: None,
+            runtime_thread_start: None,
         }
     }
 
@@ -332,6 +336,7 @@ pub async fn run(
         max_memory_bytes: skiff_core::sizes::largest_memory_bytes(),
         fuel: config.fuel,
         keep_resident_bytes: config.keep_resident_bytes,
+        thread_start: config.runtime_thread_start.clone(),
     })?;
     let addons = addons::Addons::new(&addons::ProviderContext {
         data_dir: data.clone(),

@@ -34,6 +34,26 @@ pub struct RuntimeConfig {
     /// Linux's `PAGEMAP_SCAN`; where the kernel lacks it (before 6.7) this is ignored and a
     /// freed slot goes back to the kernel whole, as with 0.
     pub keep_resident_bytes: usize,
+    /// Run first on the thread that advances the epoch, as the caller's own runtime threads
+    /// run theirs: its ticks decide when a busy guest yields its core, so it should be
+    /// scheduled like the threads that serve requests, not like background work.
+    pub thread_start: Option<ThreadStart>,
+}
+
+/// A hook a thread the runtime starts runs before anything else.
+#[derive(Clone)]
+pub struct ThreadStart(Arc<dyn Fn() + Send + Sync>);
+
+impl ThreadStart {
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for ThreadStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadStart")
+    }
 }
 
 /// What the platform keeps resident per pool slot: more than a small guest dirties per
@@ -49,6 +69,7 @@ impl RuntimeConfig {
             max_memory_bytes: 2 << 30,
             fuel: false,
             keep_resident_bytes: 0,
+            thread_start: None,
         }
     }
 }
@@ -162,9 +183,13 @@ impl Runtime {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let stop = ticker_stop.clone();
+        let thread_start = rc.thread_start.clone();
         std::thread::Builder::new()
             .name("skiff-epoch".into())
             .spawn(move || {
+                if let Some(ThreadStart(start)) = thread_start {
+                    start();
+                }
                 // Holding a weak handle lets the engine drop while this thread sleeps.
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);

@@ -23,6 +23,7 @@ pub use command::{CommandSpec, Exit, Output};
 pub use dyno::{DynoHandle, DynoSpec, Limits, LogSink};
 pub use engine::{
     DEFAULT_KEEP_RESIDENT_BYTES, LoadedCommand, LoadedComponent, Runtime, RuntimeConfig,
+    ThreadStart,
 };
 pub use limits::Failure;
 pub use outbound::OutboundPolicy;
