@@ -139,9 +139,7 @@ pub(crate) fn run(args: ServeBenchArgs) -> Result<()> {
             pool_instances: Some(1000),
             max_memory_bytes: 256 << 20,
             keep_resident_bytes,
-            thread_start: Some(skiff_runtime::ThreadStart::new(move || {
-                serving.on_thread_start()
-            })),
+            thread_start: Some(serving.runtime_thread_start()),
             ..RuntimeConfig::new(cache.path().to_owned())
         })
     };

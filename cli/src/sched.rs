@@ -114,6 +114,11 @@ impl Serving {
         self.on_thread_start();
     }
 
+    /// The same ask for the threads the Wasm runtime starts for itself.
+    pub(crate) fn runtime_thread_start(self) -> skiff_runtime::ThreadStart {
+        skiff_runtime::ThreadStart::new(move || self.on_thread_start())
+    }
+
     /// For tokio's `on_thread_start`: the runtime's threads run guests and the API.
     pub(crate) fn on_thread_start(&self) {
         if let Some(slice) = self.slice {

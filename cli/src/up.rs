@@ -158,9 +158,7 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     )?;
 
     serving.after_router();
-    config.runtime_thread_start = Some(skiff_runtime::ThreadStart::new(move || {
-        serving.on_thread_start()
-    }));
+    config.runtime_thread_start = Some(serving.runtime_thread_start());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("skiff")
