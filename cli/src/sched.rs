@@ -28,6 +28,9 @@ struct SchedAttr {
 
 const SCHED_OTHER: u32 = 0;
 
+/// Threads and processes this thread starts begin with the kernel's defaults.
+const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
+
 /// The slices the kernel accepts, in microseconds; it holds a request to this range.
 const SLICE_RANGE_US: (u64, u64) = (100, 100_000);
 
@@ -39,8 +42,6 @@ pub(crate) const APPLIED: &str = "serving threads run with";
 pub(crate) fn in_force_us(micros: u64) -> Option<u64> {
     (micros > 0).then(|| micros.clamp(SLICE_RANGE_US.0, SLICE_RANGE_US.1))
 }
-/// Threads and processes this thread starts begin with the kernel's defaults.
-const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
 
 /// What asking for a slice came to.
 #[derive(Debug, PartialEq, Eq)]
