@@ -417,6 +417,30 @@ fn exchange(
     );
     conn.get_mut().write_all(head.as_bytes())?;
     conn.get_mut().write_all(body)?;
+    let response = read_response(&mut conn, 4096)?;
+    let mut code = response.code;
+    if code.is_none() && response.status >= 400 {
+        code = page_code(&response.kept);
+    }
+    let outcome = Outcome::Answer(response.status, code);
+    Ok((outcome, (!response.close).then_some(conn)))
+}
+
+/// One response as the benches' clients see it.
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    /// The router's `skiff-error` code, upper-cased.
+    pub(crate) code: Option<String>,
+    /// The server closes the connection after this response.
+    pub(crate) close: bool,
+    /// The start of the body, as much as the caller asked to keep.
+    pub(crate) kept: Vec<u8>,
+}
+
+/// Reads one HTTP/1.1 response whole (a body by length or in chunks, so the connection can
+/// carry the next request), keeping the first `keep` bytes of its body. The body is read in
+/// pieces, so a huge one costs no memory here, and a small one no large buffer.
+pub(crate) fn read_response(conn: &mut BufReader<TcpStream>, keep: usize) -> Result<Response> {
     let mut line = String::new();
     if conn.read_line(&mut line)? == 0 {
         bail!("closed before the status line");
@@ -449,45 +473,63 @@ fn exchange(
             chunked = true;
         }
     }
-    let mut kept = Vec::new();
+    let mut body = Body {
+        buf: Vec::new(),
+        kept: Vec::new(),
+        keep,
+    };
     if chunked {
+        // wasi:http guests stream their bodies: size lines, data, and a last chunk of 0.
         loop {
             line.clear();
             conn.read_line(&mut line)?;
             let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)
                 .context("chunk size")?;
             if size == 0 {
+                // The last chunk (no trailers expected) ends with one more CRLF.
                 conn.read_line(&mut line)?;
                 break;
             }
-            let mut chunk = vec![0u8; size + 2];
-            conn.read_exact(&mut chunk)?;
-            if kept.len() < 4096 {
-                kept.extend_from_slice(&chunk[..size]);
-            }
+            body.read(conn, size)?;
+            let mut crlf = [0u8; 2];
+            conn.read_exact(&mut crlf)?;
         }
     } else {
-        // Read in pieces so a huge body costs no memory here either.
-        let mut left = length;
-        let mut buf = vec![0u8; 64 << 10];
+        body.read(conn, length)?;
+    }
+    Ok(Response {
+        status,
+        code,
+        close,
+        kept: body.kept,
+    })
+}
+
+/// A response body being read: a buffer reused across pieces, and the start kept.
+struct Body {
+    buf: Vec<u8>,
+    kept: Vec<u8>,
+    keep: usize,
+}
+
+impl Body {
+    fn read(&mut self, conn: &mut BufReader<TcpStream>, mut left: usize) -> Result<()> {
+        if self.buf.len() < left.min(64 << 10) {
+            self.buf.resize(left.min(64 << 10), 0);
+        }
         while left > 0 {
-            let n = left.min(buf.len());
-            conn.read_exact(&mut buf[..n])?;
-            if kept.len() < 4096 {
-                kept.extend_from_slice(&buf[..n]);
-            }
+            let n = left.min(self.buf.len());
+            conn.read_exact(&mut self.buf[..n])?;
+            let room = self.keep.saturating_sub(self.kept.len()).min(n);
+            self.kept.extend_from_slice(&self.buf[..room]);
             left -= n;
         }
+        Ok(())
     }
-    if code.is_none() && status >= 400 {
-        code = page_code(&kept);
-    }
-    let outcome = Outcome::Answer(status, code);
-    Ok((outcome, (!close).then_some(conn)))
 }
 
 /// The `(H12)` a router page names.
-fn page_code(body: &[u8]) -> Option<String> {
+pub(crate) fn page_code(body: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(body);
     let at = text.find("(H")?;
     let code = text.get(at + 1..at + 4)?;
@@ -515,6 +557,39 @@ pub(crate) fn loadavg() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two answers on one connection, one in chunks and one by length, then one that closes:
+    /// each is read whole, so the next starts where it should.
+    #[test]
+    fn reads_answers_whole_in_either_framing() -> Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5\r\nHello\r\n7;x=1\r\n, world\r\n0\r\n\r\n\
+                  HTTP/1.1 503 Service Unavailable\r\nSkiff-Error: h12\r\n\
+                  Content-Length: 9\r\n\r\ntoo slow.\
+                  HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            )
+        });
+        let mut conn = BufReader::new(TcpStream::connect(addr)?);
+        let first = read_response(&mut conn, 8)?;
+        assert_eq!((first.status, first.code, first.close), (200, None, false));
+        assert_eq!(first.kept, b"Hello, w");
+        let second = read_response(&mut conn, 4096)?;
+        assert_eq!(second.status, 503);
+        assert_eq!(second.code.as_deref(), Some("H12"));
+        assert_eq!(second.kept, b"too slow.");
+        let third = read_response(&mut conn, 4096)?;
+        assert_eq!((third.status, third.close), (404, true));
+        assert!(third.kept.is_empty());
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("server panicked"))??;
+        Ok(())
+    }
 
     #[test]
     fn reads_codes_from_router_pages() {

@@ -296,10 +296,7 @@ fn read_status(conn: TcpStream) -> Result<Outcome> {
                 .strip_prefix("skiff-error:")
                 .map(|c| c.trim().to_ascii_uppercase())
         })
-        .or_else(|| {
-            let at = text.find("(H")?;
-            text.get(at + 1..at + 4).map(str::to_owned)
-        });
+        .or_else(|| crate::bench_host::page_code(&rest));
     Ok(Outcome::Answer(
         status,
         if status >= 400 { code } else { None },

@@ -5,14 +5,14 @@
 //! the same bounded keep-alive load generator; the table shows req/s, p50 and p99 and the
 //! ratios.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use skiff_router::{AppSettings, Backend, RouteTable, RouterConfig};
 
 #[derive(clap::Args, Debug)]
@@ -279,53 +279,11 @@ fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// One request and its response on a keep-alive connection; returns the connection for reuse.
 fn exchange(mut conn: BufReader<TcpStream>, request: &[u8]) -> Result<BufReader<TcpStream>> {
     conn.get_mut().write_all(request)?;
-    let mut line = String::new();
-    conn.read_line(&mut line)?;
-    if !line.starts_with("HTTP/1.1 200") {
-        bail!("unexpected answer: {line:?}");
+    let response = crate::bench_host::read_response(&mut conn, 0)?;
+    if response.status != 200 {
+        bail!("unexpected answer: {}", response.status);
     }
-    let mut length = 0usize;
-    let mut chunked = false;
-    let mut close = false;
-    loop {
-        line.clear();
-        if conn.read_line(&mut line)? == 0 {
-            bail!("connection closed in the headers");
-        }
-        let l = line.trim_end().to_ascii_lowercase();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(v) = l.strip_prefix("content-length:") {
-            length = v.trim().parse().context("content-length")?;
-        }
-        if l.starts_with("connection:") && l.contains("close") {
-            close = true;
-        }
-        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
-            chunked = true;
-        }
-    }
-    if chunked {
-        // wasi:http guests stream their bodies: size lines, data, and a last chunk of 0.
-        loop {
-            line.clear();
-            conn.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)
-                .context("chunk size")?;
-            if size == 0 {
-                // The last chunk (no trailers expected) ends with one more CRLF.
-                conn.read_line(&mut line)?;
-                break;
-            }
-            let mut chunk = vec![0u8; size + 2];
-            conn.read_exact(&mut chunk)?;
-        }
-    } else {
-        let mut body = vec![0u8; length];
-        conn.read_exact(&mut body)?;
-    }
-    if close {
+    if response.close {
         bail!("the server closed the connection");
     }
     Ok(conn)
