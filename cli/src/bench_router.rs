@@ -27,11 +27,8 @@ pub(crate) struct RouterBenchArgs {
     /// (which needs write access to /dev/cpu_dma_latency).
     #[arg(long)]
     cores_may_sleep: bool,
-    /// Microseconds of scheduler slice for the router's (and the dynos') threads, as `skiff
-    /// up --sched-slice-us` sets it (0: the kernel's default). The load generator and the
-    /// peers keep the kernel's default.
-    #[arg(long, env = "SKIFF_SCHED_SLICE_US", default_value_t = 100)]
-    sched_slice_us: u64,
+    #[command(flatten)]
+    slice: crate::sched::BenchSlice,
 }
 
 const BODY: &[u8] = b"Hello, bench\n";
@@ -54,7 +51,7 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
             addr: upstream,
         }],
     );
-    let serving = crate::sched::Serving::new(args.sched_slice_us);
+    let serving = crate::sched::Serving::new(args.slice.micros);
     let slices = serving.before_router();
     let (router, listen, run_dir) = start_router(table)?;
     serving.after_router();

@@ -43,6 +43,20 @@ pub(crate) fn in_force_us(micros: u64) -> Option<u64> {
     (micros > 0).then(|| micros.clamp(SLICE_RANGE_US.0, SLICE_RANGE_US.1))
 }
 
+/// `--sched-slice-us` of the benches that run a router (and dynos) in their own process.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub(crate) struct BenchSlice {
+    /// Microseconds of scheduler slice for the router's (and the dynos') threads, as `skiff
+    /// up --sched-slice-us` sets it (0: the kernel's default). The load generator and the
+    /// peers keep the kernel's default.
+    #[arg(
+        long = "sched-slice-us",
+        env = "SKIFF_SCHED_SLICE_US",
+        default_value_t = 100
+    )]
+    pub(crate) micros: u64,
+}
+
 /// What asking for a slice came to.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
