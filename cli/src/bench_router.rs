@@ -161,7 +161,7 @@ pub(crate) fn start_router(
         },
         table,
     )?;
-    wait_for(listen)?;
+    router.wait_listening(Duration::from_secs(10))?;
     Ok((router, listen, run_dir))
 }
 

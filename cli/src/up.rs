@@ -156,7 +156,7 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
         },
         routes.clone(),
     )?;
-
+    router.wait_listening(Duration::from_secs(10))?;
     serving.after_router();
     config.runtime_thread_start = Some(serving.runtime_thread_start());
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -26,4 +26,18 @@ pub enum RouterError {
     /// The router thread could not be started.
     #[error("router thread could not start")]
     Thread(#[source] std::io::Error),
+    /// Pingora did not accept connections on an address in time (its log says why).
+    #[error("router did not start listening on {addr} within {timeout:?}")]
+    NotListening {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// How long the platform waited.
+        timeout: std::time::Duration,
+    },
+    /// The router's thread ended before it listened on an address (its log says why).
+    #[error("router stopped before it listened on {addr}")]
+    Stopped {
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
 }

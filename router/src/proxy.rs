@@ -1,7 +1,7 @@
 //! The Pingora service: Host -> app -> dyno, Heroku's forwarding headers, and the router's own
 //! error pages.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -71,9 +71,32 @@ pub struct RouterHandle {
     thread: Option<std::thread::JoinHandle<()>>,
     /// The listen ports' reservations (see [`spawn_router`]), released after the router stops.
     _reserved: Vec<tokio::net::TcpSocket>,
+    /// The addresses the router listens on, HTTP first.
+    addrs: Vec<SocketAddr>,
 }
 
 impl RouterHandle {
+    /// Waits until the router accepts connections on each of its addresses. Pingora binds on
+    /// its own thread and reports a listener that fails to start (an HTTPS listener without
+    /// TLS settings, a bind error other than a taken port) only in its log, while the process
+    /// runs on without it: a platform that calls this first fails with the address instead.
+    pub fn wait_listening(&self, timeout: Duration) -> Result<(), RouterError> {
+        let deadline = Instant::now() + timeout;
+        for &addr in &self.addrs {
+            // The reservation never listens, so a listening socket on the port is Pingora's.
+            while !listens_on(addr.port()) {
+                if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                    return Err(RouterError::Stopped { addr });
+                }
+                if Instant::now() >= deadline {
+                    return Err(RouterError::NotListening { addr, timeout });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+
     /// Stops the router and joins its thread.
     pub fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -103,6 +126,7 @@ pub fn spawn_router(
         std::net::TcpListener::bind(addr).map_err(taken)?;
         reserved.push(reserve(addr).map_err(taken)?);
     }
+    let config_addrs = (config.listen, config.https_listen);
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("skiff-router".into())
@@ -112,7 +136,46 @@ pub fn spawn_router(
         stop,
         thread: Some(thread),
         _reserved: reserved,
+        addrs: std::iter::once(config_addrs.0)
+            .chain(config_addrs.1)
+            .collect(),
     })
+}
+
+/// Whether a TCP socket (IPv4 or IPv6) listens on `port`, from the kernel's socket tables.
+/// Unlike a probe connection, looking leaves nothing in the router's log, where an HTTPS
+/// listener reports every handshake that ends early. Where the tables cannot be read, a
+/// connection to loopback tells.
+fn listens_on(port: u16) -> bool {
+    /// `st` of a listening socket in /proc/net/tcp.
+    const LISTEN: &str = "0A";
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        let listening = text.lines().skip(1).any(|line| {
+            // sl, local_address, rem_address, st, ...
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1);
+            let state = fields.nth(1);
+            let local_port = local
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            state == Some(LISTEN) && local_port == Some(port)
+        });
+        if listening {
+            return true;
+        }
+    }
+    !read_any
+        && [
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+        ]
+        .iter()
+        .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok())
 }
 
 /// A socket bound to `addr` with SO_REUSEPORT, not listening: connections go to the
@@ -1084,7 +1147,9 @@ mod tests {
         client_recv_buffer: Option<usize>,
     ) -> (SocketAddr, RouterHandle, std::path::PathBuf) {
         let (listen, handle, run_dir) = spawn_for_test(table, access_log, client_recv_buffer);
-        wait_listening(listen);
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
         (listen, handle, run_dir)
     }
 
@@ -1112,16 +1177,6 @@ mod tests {
         (listen, handle, run_dir)
     }
 
-    fn wait_listening(listen: SocketAddr) {
-        for _ in 0..200 {
-            if TcpStream::connect(listen).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("router did not start");
-    }
-
     /// From the moment `spawn_router` returns, before Pingora has bound anything, no other
     /// program can take the router's port (tokio's listeners, like most, bind with
     /// SO_REUSEADDR); the router then serves on it.
@@ -1141,10 +1196,50 @@ mod tests {
         assert!(other.bind(listen).is_err(), "another program took the port");
         assert!(std::net::TcpListener::bind(listen).is_err());
         drop(other);
-        wait_listening(listen);
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
         assert_eq!(get(listen.port(), "held-port-0123456789").0, 200);
         handle.shutdown();
         let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    /// A router whose Pingora never listens is an error naming the address, at once when its
+    /// thread has ended and after the timeout while it runs.
+    #[test]
+    fn waiting_for_a_router_that_does_not_listen_names_the_address() {
+        let addr = free_addr();
+        let handle = |thread| RouterHandle {
+            stop: watch::channel(false).0,
+            thread: Some(thread),
+            _reserved: vec![reserve(addr).expect("reserve")],
+            addrs: vec![addr],
+        };
+        let ended = handle(std::thread::spawn(|| ()));
+        while !ended.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let err = ended
+            .wait_listening(Duration::from_secs(30))
+            .expect_err("ended");
+        assert_eq!(
+            err.to_string(),
+            format!("router stopped before it listened on {addr}")
+        );
+        drop(ended);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let running = handle(std::thread::spawn(move || {
+            let _ = rx.recv();
+        }));
+        let err = running
+            .wait_listening(Duration::from_millis(50))
+            .expect_err("never listens");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("router did not start listening on {addr} within")),
+            "{err}"
+        );
+        drop(tx);
     }
 
     /// A dyno stand-in that reads each request's body whole and answers with its length.
