@@ -636,6 +636,26 @@ fn bench_router_prints_its_table() -> Result<()> {
         "the nginx comparison is run or said to be skipped:\n{text}"
     );
     ensure!(text.contains("idle cores "), "{text}");
+    // The paced phase: every target that ran carries the same rate without a failure.
+    let paced = text
+        .split_once("Paced: 2000 req/s")
+        .with_context(|| format!("no paced table:\n{text}"))?
+        .1;
+    ensure!(paced.contains("added p99"), "{text}");
+    let rows: Vec<&str> = paced
+        .lines()
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.contains("µs"))
+        .collect();
+    ensure!(
+        rows.first().is_some_and(|r| r.starts_with("direct"))
+            && rows.iter().any(|r| r.starts_with("skiff router")),
+        "{text}"
+    );
+    for row in rows {
+        ensure!(row.ends_with(" 0"), "a paced phase had errors:\n{text}");
+    }
     if !text.contains("nginx: not installed") {
         // Both nginx set-ups are measured, and a keep-alive connection nginx closes after its
         // default 1000 requests would show up as errors here.

@@ -537,6 +537,64 @@ pub(crate) fn page_code(body: &[u8]) -> Option<String> {
         .then(|| code.to_owned())
 }
 
+/// One paced phase's latencies (sorted) and failures.
+pub(crate) struct Paced {
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) failures: Counts,
+}
+
+/// Paced (open-loop) load: `requests` GET / in all over `connections` keep-alive
+/// connections, sent on a schedule of `rate` per second whatever the answers take. Each
+/// latency runs from sending to the whole answer.
+pub(crate) fn paced_load(
+    addr: SocketAddr,
+    host: &str,
+    requests: usize,
+    rate: u64,
+    connections: usize,
+) -> Paced {
+    let per = requests.div_ceil(connections);
+    let interval = Duration::from_secs_f64(connections as f64 / rate.max(1) as f64);
+    let threads: Vec<_> = (0..connections)
+        .map(|c| {
+            let host = host.to_owned();
+            std::thread::spawn(move || {
+                // Spread the connections' schedules over one interval.
+                let start = Instant::now() + interval.mul_f64(c as f64 / connections as f64);
+                let mut client = Client::new(addr, Duration::from_secs(30));
+                let mut latencies = Vec::with_capacity(per);
+                let mut failures = Counts::new();
+                for i in 0..per {
+                    let due = start + interval.mul_f64(i as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let sent = Instant::now();
+                    let outcome = client.send(&host, "GET", "/", b"");
+                    if outcome.ok() {
+                        latencies.push(sent.elapsed());
+                    } else {
+                        *failures.entry(outcome).or_default() += 1;
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut paced = Paced {
+        latencies: Vec::new(),
+        failures: Counts::new(),
+    };
+    for t in threads {
+        if let Ok((l, f)) = t.join() {
+            paced.latencies.extend(l);
+            add_counts(&mut paced.failures, &f);
+        }
+    }
+    paced.latencies.sort_unstable();
+    paced
+}
+
 /// Latency percentiles of sorted samples, in milliseconds.
 pub(crate) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::bench_host::{
-    Client, Counts, Host, Outcome, add_counts, build_guest, describe_counts, loadavg, percentile_ms,
+    Client, Counts, Host, Outcome, Paced, add_counts, build_guest, describe_counts, loadavg,
+    paced_load, percentile_ms,
 };
 
 #[derive(clap::Args, Debug)]
@@ -303,12 +304,6 @@ fn read_status(conn: TcpStream) -> Result<Outcome> {
     ))
 }
 
-/// One phase's calm latencies and failures.
-struct Calm {
-    latencies: Vec<Duration>,
-    failures: Counts,
-}
-
 /// One baseline/attack pair's percentiles, in milliseconds.
 struct Pair {
     base_p50: f64,
@@ -319,7 +314,7 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(base: &Calm, calm: &Calm) -> Pair {
+    fn new(base: &Paced, calm: &Paced) -> Pair {
         let base_p99 = percentile_ms(&base.latencies, 0.99);
         let p99 = percentile_ms(&calm.latencies, 0.99);
         Pair {
@@ -330,56 +325,6 @@ impl Pair {
             ratio: if base_p99 > 0.0 { p99 / base_p99 } else { 0.0 },
         }
     }
-}
-
-/// Paced load on the calm app: `requests` in all over `connections`, at `rate` per second.
-fn calm_load(
-    router: SocketAddr,
-    host: &str,
-    requests: usize,
-    rate: u64,
-    connections: usize,
-) -> Calm {
-    let per = requests.div_ceil(connections);
-    let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
-    let threads: Vec<_> = (0..connections)
-        .map(|c| {
-            let host = host.to_owned();
-            std::thread::spawn(move || {
-                // Spread the connections' schedules over one interval.
-                let start = Instant::now() + interval.mul_f64(c as f64 / connections as f64);
-                let mut client = Client::new(router, Duration::from_secs(30));
-                let mut latencies = Vec::with_capacity(per);
-                let mut failures = Counts::new();
-                for i in 0..per {
-                    let due = start + interval * i as u32;
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    let sent = Instant::now();
-                    let outcome = client.send(&host, "GET", "/", b"");
-                    if outcome.ok() {
-                        latencies.push(sent.elapsed());
-                    } else {
-                        *failures.entry(outcome).or_default() += 1;
-                    }
-                }
-                (latencies, failures)
-            })
-        })
-        .collect();
-    let mut calm = Calm {
-        latencies: Vec::new(),
-        failures: Counts::new(),
-    };
-    for t in threads {
-        if let Ok((l, f)) = t.join() {
-            calm.latencies.extend(l);
-            add_counts(&mut calm.failures, &f);
-        }
-    }
-    calm.latencies.sort_unstable();
-    calm
 }
 
 /// Asks the hostile app for `/ok` every 100 ms: what its well-behaved clients get meanwhile.
@@ -433,7 +378,7 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
     }
     let awake = crate::bench::hold_cores_ready(args.cores_may_sleep);
     // Warm both the calm dyno's path and the router's pools before measuring.
-    calm_load(router, &calm_host, 200.min(requests), rate, connections);
+    paced_load(router, &calm_host, 200.min(requests), rate, connections);
 
     println!(
         "Calm app: {requests} GET / per phase at {rate} req/s over {connections} keep-alive connections, \
@@ -465,14 +410,14 @@ pub(crate) fn run(args: IsolationBenchArgs) -> Result<()> {
         let mut failures = Counts::new();
         let (mut rss_before, mut rss_after) = (0, 0);
         for _ in 0..repeats {
-            let base = calm_load(router, &calm_host, requests, rate, connections);
+            let base = paced_load(router, &calm_host, requests, rate, connections);
             let stop = Arc::new(AtomicBool::new(false));
             let mut workers = attack.start(router, &hostile_host, &stop, nice);
             workers.push(probe(router, hostile_host.clone(), stop.clone()));
             // Let the attack reach the dyno before the calm app is measured.
             std::thread::sleep(Duration::from_millis(500));
             rss_before = rss_before.max(host.rss_bytes().unwrap_or(0));
-            let calm = calm_load(router, &calm_host, requests, rate, connections);
+            let calm = paced_load(router, &calm_host, requests, rate, connections);
             rss_after = rss_after.max(host.rss_bytes().unwrap_or(0));
             stop.store(true, Ordering::Relaxed);
             for w in workers {

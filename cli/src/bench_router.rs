@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use skiff_router::{AppSettings, Backend, RouteTable, RouterConfig};
 
+use crate::bench_host::{Paced, paced_load};
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct RouterBenchArgs {
     /// Seconds of load per target (1 to 60).
@@ -29,6 +31,10 @@ pub(crate) struct RouterBenchArgs {
     cores_may_sleep: bool,
     #[command(flatten)]
     slice: crate::sched::BenchSlice,
+    /// Requests per second of a paced phase after each target's full-speed one, for the
+    /// latency each adds at a load they all carry (0 skips it; at most 20000).
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
 }
 
 const BODY: &[u8] = b"Hello, bench\n";
@@ -62,9 +68,20 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
         BODY.len(),
         awake.describe()
     );
-    let direct = measure(upstream, "bench.localhost", connections, duration)?;
-    let routed = measure(listen, "bench.localhost", connections, duration)?;
-    let routed_rate = routed.rate();
+    let rate = args.rate.min(20_000);
+    // Full speed measures what a target can carry; at full speed its latency is mostly
+    // queueing, so what it adds to each request is measured at a paced rate all carry.
+    let both = |addr| -> Result<Measured> {
+        let full = measure(addr, "bench.localhost", connections, duration)?;
+        let paced = (rate > 0).then(|| {
+            let requests = usize::try_from(rate.saturating_mul(seconds)).unwrap_or(usize::MAX);
+            paced_load(addr, "bench.localhost", requests, rate, connections)
+        });
+        Ok(Measured { full, paced })
+    };
+    let direct = both(upstream)?;
+    let routed = both(listen)?;
+    let routed_rate = routed.full.rate();
     let mut rows = vec![("direct", direct), ("skiff router", routed)];
     // The peers run in processes of their own, started one at a time: each is measured, then
     // stopped.
@@ -77,8 +94,7 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
     for (name, start) in peers {
         match start(upstream, &run_dir) {
             Ok(Some((mut child, addr))) => {
-                let result = wait_for(addr)
-                    .and_then(|()| measure(addr, "bench.localhost", connections, duration));
+                let result = wait_for(addr).and_then(|()| both(addr));
                 // SIGINT is "shut down now" to both Pingora and nginx. A SIGKILL would reach
                 // nginx's master alone: its workers lived on, holding their sockets and cores
                 // through every later measurement and after the bench.
@@ -97,7 +113,7 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
         "{:<18} {:>10} {:>10} {:>10} {:>8}",
         "target", "req/s", "p50", "p99", "errors"
     );
-    for (name, s) in &rows {
+    for (name, Measured { full: s, .. }) in &rows {
         println!(
             "{:<18} {:>10.0} {:>10} {:>10} {:>8}",
             name,
@@ -107,8 +123,8 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
             s.errors
         );
     }
-    let (_, d) = &rows[0];
-    for (name, s) in rows.iter().skip(1) {
+    let (_, Measured { full: d, .. }) = &rows[0];
+    for (name, Measured { full: s, .. }) in rows.iter().skip(1) {
         let label = format!("{}/direct", name.split_whitespace().last().unwrap_or(name));
         println!(
             "{:<18} {:>9.2}x {:>9.2}x {:>9.2}x",
@@ -118,13 +134,14 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
             ratio(secs(s.percentile(99)), secs(d.percentile(99))),
         );
     }
-    for (name, s) in rows.iter().skip(2) {
+    for (name, Measured { full: s, .. }) in rows.iter().skip(2) {
         let label = format!("router/{}", name.split_whitespace().last().unwrap_or(name));
         println!(
             "{label:<18} {:>9.2}x  (req/s)",
             ratio(routed_rate, s.rate())
         );
     }
+    print_paced(&rows, rate, connections);
     if !rows.iter().any(|(name, _)| *name == "nginx") {
         println!("nginx: not installed; skipped the comparison");
     }
@@ -134,6 +151,63 @@ pub(crate) fn run(args: RouterBenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A target's full-speed phase and its paced one.
+struct Measured {
+    full: Stats,
+    paced: Option<Paced>,
+}
+
+/// The paced phases: each target's p50 and p99, and what it adds to the direct ones.
+fn print_paced(rows: &[(&str, Measured)], rate: u64, connections: usize) {
+    let Some((
+        _,
+        Measured {
+            paced: Some(direct),
+            ..
+        },
+    )) = rows.first()
+    else {
+        return;
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (d50, d99) = (
+        us(percentile(&direct.latencies, 50)),
+        us(percentile(&direct.latencies, 99)),
+    );
+    println!();
+    println!(
+        "Paced: {rate} req/s over {connections} connections (latency from send to the whole answer)"
+    );
+    println!(
+        "{:<18} {:>10} {:>10} {:>12} {:>12} {:>8}",
+        "target", "p50", "p99", "added p50", "added p99", "errors"
+    );
+    for (name, m) in rows {
+        let Some(p) = &m.paced else { continue };
+        let (p50, p99) = (
+            us(percentile(&p.latencies, 50)),
+            us(percentile(&p.latencies, 99)),
+        );
+        let failed: u64 = p.failures.values().sum();
+        println!(
+            "{name:<18} {:>8.0}µs {:>8.0}µs {:>10.0}µs {:>10.0}µs {failed:>8}",
+            p50,
+            p99,
+            p50 - d50,
+            p99 - d99,
+        );
+    }
+}
+
+/// The `p`th percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = (sorted.len() * p / 100).min(sorted.len() - 1);
+    sorted.get(i).copied().unwrap_or_default()
 }
 
 /// A private router on a free loopback port for the app `bench` of `table`, with no backlog
@@ -177,11 +251,7 @@ impl Stats {
     }
 
     pub(crate) fn percentile(&self, p: usize) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = (self.latencies.len() * p / 100).min(self.latencies.len() - 1);
-        self.latencies.get(i).copied().unwrap_or_default()
+        percentile(&self.latencies, p)
     }
 }
 
