@@ -3,7 +3,8 @@
 //! none of Skiff's routing: what the router's framework costs by itself) and through nginx when
 //! it is installed (as it comes, and configured to do the router's per-request work too), by
 //! the same bounded keep-alive load generator; the table shows req/s, p50 and p99 and the
-//! ratios.
+//! ratios. Each target then runs at a paced rate they all carry, and a second table shows
+//! the p50 and p99 each adds to the direct ones.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
