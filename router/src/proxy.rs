@@ -118,15 +118,17 @@ pub fn spawn_router(
     // error, and then stays reserved until Pingora listens on it: a socket bound with
     // SO_REUSEPORT that never listens, which Pingora's listeners join through the same flag,
     // and which a socket without it (every other program's) cannot bind beside.
+    let addrs: Vec<SocketAddr> = std::iter::once(config.listen)
+        .chain(config.https_listen)
+        .collect();
     let mut reserved = Vec::new();
-    for addr in std::iter::once(config.listen).chain(config.https_listen) {
+    for &addr in &addrs {
         let taken = |source| RouterError::Bind { addr, source };
         // A plain bind first: it fails on a port held by anyone, SO_REUSEPORT or not (another
         // router, say), which the reservation alone would share.
         std::net::TcpListener::bind(addr).map_err(taken)?;
         reserved.push(reserve(addr).map_err(taken)?);
     }
-    let config_addrs = (config.listen, config.https_listen);
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("skiff-router".into())
@@ -136,9 +138,7 @@ pub fn spawn_router(
         stop,
         thread: Some(thread),
         _reserved: reserved,
-        addrs: std::iter::once(config_addrs.0)
-            .chain(config_addrs.1)
-            .collect(),
+        addrs,
     })
 }
 
