@@ -1,7 +1,7 @@
 //! The Pingora service: Host -> app -> dyno, Heroku's forwarding headers, and the router's own
 //! error pages.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -84,7 +84,7 @@ impl RouterHandle {
         let deadline = Instant::now() + timeout;
         for &addr in &self.addrs {
             // The reservation never listens, so a listening socket on the port is Pingora's.
-            while !listens_on(addr.port()) {
+            while !listens_on(addr) {
                 if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
                     return Err(RouterError::Stopped { addr });
                 }
@@ -142,11 +142,12 @@ pub fn spawn_router(
     })
 }
 
-/// Whether a TCP socket (IPv4 or IPv6) listens on `port`, from the kernel's socket tables.
-/// Unlike a probe connection, looking leaves nothing in the router's log, where an HTTPS
-/// listener reports every handshake that ends early. Where the tables cannot be read, a
-/// connection to loopback tells.
-fn listens_on(port: u16) -> bool {
+/// Whether a TCP socket listens on `addr` (its address and port, so another program
+/// listening on the same port at another address does not count), from the kernel's socket
+/// tables. Unlike a probe connection, looking leaves nothing in the router's log, where an
+/// HTTPS listener reports every handshake that ends early. Where the tables cannot be read, a
+/// connection tells.
+fn listens_on(addr: SocketAddr) -> bool {
     /// `st` of a listening socket in /proc/net/tcp.
     const LISTEN: &str = "0A";
     let mut read_any = false;
@@ -160,22 +161,46 @@ fn listens_on(port: u16) -> bool {
             let mut fields = line.split_whitespace();
             let local = fields.nth(1);
             let state = fields.nth(1);
-            let local_port = local
-                .and_then(|l| l.rsplit(':').next())
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            state == Some(LISTEN) && local_port == Some(port)
+            state == Some(LISTEN)
+                && local
+                    .and_then(proc_socket_addr)
+                    .is_some_and(|a| a.ip() == addr.ip().to_canonical() && a.port() == addr.port())
         });
         if listening {
             return true;
         }
     }
-    !read_any
-        && [
-            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
-        ]
-        .iter()
-        .any(|a| std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok())
+    if read_any {
+        return false;
+    }
+    let probe = match addr.ip() {
+        ip if !ip.is_unspecified() => addr,
+        IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+    };
+    std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
+}
+
+/// A socket address as /proc/net/tcp{,6} prints it: the address as 32-bit words in hex, each
+/// in the machine's byte order (`0100007F` is 127.0.0.1 on x86), then `:` and the port in hex.
+fn proc_socket_addr(text: &str) -> Option<SocketAddr> {
+    let (ip_hex, port_hex) = text.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    if !ip_hex.is_ascii() || ip_hex.len() % 8 != 0 {
+        return None;
+    }
+    let mut octets = Vec::with_capacity(16);
+    for i in (0..ip_hex.len()).step_by(8) {
+        let word = u32::from_str_radix(&ip_hex[i..i + 8], 16).ok()?;
+        octets.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match octets.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(octets).ok()?),
+        // A v4-mapped address is the IPv4 one, as a dual-stack socket serves it.
+        16 => IpAddr::from(<[u8; 16]>::try_from(octets).ok()?).to_canonical(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// A socket bound to `addr` with SO_REUSEPORT, not listening: connections go to the
@@ -1240,6 +1265,43 @@ mod tests {
             "{err}"
         );
         drop(tx);
+    }
+
+    #[test]
+    fn reads_the_kernels_socket_addresses() {
+        let v4 = u32::from_ne_bytes([127, 0, 0, 1]);
+        assert_eq!(
+            proc_socket_addr(&format!("{v4:08X}:1F90")),
+            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)))
+        );
+        let words: String = Ipv6Addr::LOCALHOST
+            .octets()
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect();
+        assert_eq!(
+            proc_socket_addr(&format!("{words}:0050")),
+            Some(SocketAddr::from((Ipv6Addr::LOCALHOST, 80)))
+        );
+        for bad in [
+            "",
+            "0100007F",
+            "0100007F:",
+            "0100007:0050",
+            "0100007G:0050",
+            "é1000007F:0050",
+        ] {
+            assert_eq!(proc_socket_addr(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_listener_at_another_address_on_the_port_is_not_the_routers() {
+        let other = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+        let port = other.local_addr().expect("addr").port();
+        assert!(listens_on(SocketAddr::from(([127, 0, 0, 2], port))));
+        assert!(!listens_on(SocketAddr::from(([127, 0, 0, 1], port))));
+        assert!(!listens_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))));
     }
 
     /// A dyno stand-in that reads each request's body whole and answers with its length.
