@@ -343,6 +343,50 @@ fn instance_reuse_is_opt_in_and_bounded() -> Result<()> {
     Ok(())
 }
 
+/// Asks for `path` and reads the answer `step` bytes at a time with `pause` between reads, as
+/// a slow client does; returns the status and how many body bytes came.
+fn slow_download(
+    port: u16,
+    host: &str,
+    path: &str,
+    step: usize,
+    pause: Duration,
+) -> Result<(u16, usize)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut buf = vec![0u8; step];
+    let mut head = Vec::new();
+    let mut body = 0;
+    loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            // A cut-off answer ends the count; the caller compares it with the length.
+            Err(_) => break,
+        };
+        if head.ends_with(b"\r\n\r\n") {
+            body += n;
+        } else {
+            head.extend_from_slice(&buf[..n]);
+            if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                body += head.len() - end - 4;
+                head.truncate(end + 4);
+            }
+        }
+        std::thread::sleep(pause);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    Ok((status, body))
+}
+
 /// A huge response body streams through without the host holding it, a client that stops
 /// reading does not pin the dyno past the app's deadline, and a guest that ignores a large
 /// request body answers, with the upload cut off by the router (or refused at its limit).
@@ -353,6 +397,28 @@ fn huge_bodies(s: &Skiff, h: &str) -> Result<()> {
     // Read whole: every byte arrives.
     let r = http_full(port, h, "GET", "/huge?mib=4", None, &[])?;
     assert_eq!((r.status, r.body.len()), (200, 4 << 20));
+
+    // A download that outlasts the deadline streams to its end while its client keeps taking
+    // it: once the head is out, each chunk the client takes renews the app's 2 s, as Heroku's
+    // rolling window does. This client takes 32 MiB at about 4 MiB/s, some 8 s, more than
+    // socket buffers could hold for it early.
+    let (status, got) = slow_download(
+        port,
+        h,
+        "/huge?mib=32",
+        128 << 10,
+        Duration::from_millis(30),
+    )?;
+    assert_eq!(
+        (status, got),
+        (200, 32 << 20),
+        "{}",
+        s.logs()
+            .lines()
+            .filter(|l| l.contains("/huge"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // Clients ask for 256 MiB each and read nothing until the eco dyno's 10 slots are full
     // (the capacity answer), and the host holds no more than socket buffers' worth of their

@@ -138,14 +138,14 @@ pub(crate) async fn serve(
 
     tokio::spawn(feed_stdin(stdin, stdin_host));
 
+    let turn = guest.turn.clone();
     let task = {
         let spec = spec.clone();
         let stderr = stderr.clone();
-        let timeout = spec.limits.request_timeout;
+        let turn = turn.clone();
         tokio::spawn(async move {
             // The slot stays taken until the program has finished, body included.
             let _slot = slot;
-            let turn = guest.turn.clone();
             let store = &mut guest.store;
             let run = crate::limits::taking_turns(&turn, async {
                 let command = pre.instantiate_async(&mut *store).await?;
@@ -153,13 +153,13 @@ pub(crate) async fn serve(
             });
             // Epochs stop a program that computes too long; this also stops one that waits
             // forever on a host call (a request body that never comes).
-            let result = tokio::time::timeout(timeout, run).await;
+            let result = crate::limits::by_deadline(&turn, std::time::Duration::ZERO, run).await;
             guest.report_fuel(&spec);
             let end = match result {
-                Err(_) => GuestEnd::Failed(Failure::Timeout),
-                Ok(Ok(Ok(()))) => GuestEnd::Exited(0),
-                Ok(Ok(Err(()))) => GuestEnd::Exited(1),
-                Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                None => GuestEnd::Failed(Failure::Timeout),
+                Some(Ok(Ok(()))) => GuestEnd::Exited(0),
+                Some(Ok(Err(()))) => GuestEnd::Exited(1),
+                Some(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                     Some(exit) => GuestEnd::Exited(exit.0),
                     None => GuestEnd::Failed(guest.classify(&e)),
                 },
@@ -271,7 +271,9 @@ pub(crate) async fn serve(
         }
     });
 
-    let mut resp = hyper::Response::new(ChannelBody(rx).boxed_unsync());
+    turn.deadline.renew();
+    let mut resp =
+        hyper::Response::new(crate::limits::Renewing::new(ChannelBody(rx), turn).boxed_unsync());
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
     Ok(resp)

@@ -754,10 +754,10 @@ async fn run_guest(
         .new_response_outparam(sender)
         .map_err(|e| Failure::Crash(format!("{e:?}")))?;
     let spec = spec.clone();
-    // A second past the deadline: the router, whose timeout is the same by default, then
-    // answers a parked guest's client with its own H12 page, and this timer frees the slot.
-    let timeout = spec.limits.request_timeout + Duration::from_secs(1);
+    let turn = warm.guest.turn.clone();
+    let task_turn = turn.clone();
     let task = tokio::spawn(async move {
+        let turn = task_turn;
         // The slot stays taken while the guest runs, streaming included.
         let _slot = slot;
         let run = async {
@@ -774,13 +774,13 @@ async fn run_guest(
         };
         // The epoch deadline only fires while guest code runs. A guest parked on a host call
         // (writing to a client that stopped reading, waiting for a request body that never
-        // comes, sleeping) is stopped by this timer instead, so it cannot hold its slot.
-        let turn = warm.guest.turn.clone();
+        // comes, sleeping) is stopped by this timer instead, so it cannot hold its slot. A
+        // second past the deadline: the router, whose timeout is the same by default, then
+        // answers a parked guest's client with its own H12 page, and this timer frees the slot.
         let run = crate::limits::taking_turns(&turn, run);
-        let result = match tokio::time::timeout(timeout, run).await {
-            Ok(result) => result,
-            Err(_) => Err(wasmtime::Error::from(wasmtime::Trap::Interrupt)),
-        };
+        let result = crate::limits::by_deadline(&turn, Duration::from_secs(1), run)
+            .await
+            .unwrap_or_else(|| Err(wasmtime::Error::from(wasmtime::Trap::Interrupt)));
         // Everything after the call runs in one turn on the app's share of the cores: the
         // output (the guest may go on printing while its body streams, so it is read now, not
         // when the head is ready) and the store's teardown, whether the instance is dropped
@@ -812,7 +812,8 @@ async fn run_guest(
                     log_failure(&spec_for_log, &method, &path, &failure);
                 }
             });
-            Ok(resp)
+            turn.deadline.renew();
+            Ok(resp.map(|body| crate::limits::Renewing::new(body, turn).boxed_unsync()))
         }
         Ok(Err(code)) => Err(Failure::Crash(format!(
             "the app answered with an error: {code:?}"

@@ -219,18 +219,118 @@ fn app_share(app: &str) -> Option<Arc<AppShare>> {
     Some(shares.share(app, cores))
 }
 
-/// The shares a guest's code runs under.
+/// When a guest call must end. Until its response head is out, that is a fixed time after
+/// the call started (the request deadline). From then on each chunk of body the client takes
+/// renews it for as long again, as Heroku's router counts a rolling window after the first
+/// byte: a long download or stream lives as long as it moves, and one that stops moving (a
+/// guest that computes without writing, a client that stopped reading) still ends.
+pub(crate) struct Deadline {
+    /// Milliseconds since [`SINCE`].
+    at: AtomicU64,
+    window: Duration,
+}
+
+impl Deadline {
+    fn new(window: Duration) -> Self {
+        Self {
+            at: AtomicU64::new(Self::millis(Instant::now() + window)),
+            window,
+        }
+    }
+
+    fn millis(at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(*SINCE).as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// The deadline as it stands.
+    pub(crate) fn at(&self) -> Instant {
+        *SINCE + Duration::from_millis(self.at.load(Ordering::Relaxed))
+    }
+
+    fn passed(&self, now: Instant) -> bool {
+        Self::millis(now) >= self.at.load(Ordering::Relaxed)
+    }
+
+    /// The response moved on (its head went out, the client took a chunk): the call may run
+    /// one more window from now.
+    pub(crate) fn renew(&self) {
+        self.at.fetch_max(
+            Self::millis(Instant::now() + self.window),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Runs a guest call until it ends or until `grace` past its deadline, however often that
+/// moves meanwhile; `None` when the deadline came first.
+pub(crate) async fn by_deadline<F: Future>(
+    turn: &Turn,
+    grace: Duration,
+    call: F,
+) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    loop {
+        let until = turn.deadline.at() + grace;
+        match tokio::time::timeout_at(until.into(), call.as_mut()).await {
+            Ok(out) => return Some(out),
+            Err(_) if Instant::now() >= turn.deadline.at() + grace => return None,
+            // Renewed while the timer ran: wait for the new one.
+            Err(_) => {}
+        }
+    }
+}
+
+/// A response body that renews its guest's deadline with each chunk the client takes.
+pub(crate) struct Renewing<B> {
+    body: B,
+    turn: Arc<Turn>,
+}
+
+impl<B> Renewing<B> {
+    pub(crate) fn new(body: B, turn: Arc<Turn>) -> Self {
+        Self { body, turn }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Renewing<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.turn.deadline.renew();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The shares a guest's code runs under, and its deadline.
 pub(crate) struct Turn {
     /// Its app's share of the cores.
     app: Option<Arc<AppShare>>,
     /// Set by the epoch callback once the guest has run for [`LONG_RUNNING`]; from then on it
     /// also needs a turn on the long-running guests' share.
     long: AtomicBool,
+    pub(crate) deadline: Deadline,
 }
 
 /// Bounds a store's wall-clock time. At every epoch tick a running guest yields to the
 /// executor, so a guest that never returns cannot hold a runtime thread and starve other
-/// dynos; once `timeout` has passed it traps with `Trap::Interrupt`.
+/// dynos; once its [`Deadline`] (`timeout`, renewed as its response moves) has passed it
+/// traps with `Trap::Interrupt`. A guest parked on a host call sees no tick: run its calls in
+/// [`by_deadline`] too.
 ///
 /// The returned turn says which shares of the cores the guest's code runs under: its app's
 /// share always, the long-running guests' share once it has run for [`LONG_RUNNING`]. Run
@@ -241,16 +341,16 @@ pub(crate) fn fence_time<T: 'static>(
     app: &str,
 ) -> Arc<Turn> {
     let started = Instant::now();
-    let deadline = started + timeout;
     let turn = Arc::new(Turn {
         app: app_share(app),
         long: AtomicBool::new(false),
+        deadline: Deadline::new(timeout),
     });
     let mine = turn.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         let now = Instant::now();
-        if now >= deadline {
+        if mine.deadline.passed(now) {
             return Ok(UpdateDeadline::Interrupt);
         }
         if now.duration_since(started) >= LONG_RUNNING {
@@ -468,7 +568,43 @@ mod tests {
         Turn {
             app: Some(share.clone()),
             long: AtomicBool::new(false),
+            deadline: Deadline::new(Duration::from_secs(3600)),
         }
+    }
+
+    /// A turn whose deadline has passed, renewed for an hour at a time.
+    fn overdue() -> Arc<Turn> {
+        Arc::new(Turn {
+            app: None,
+            long: AtomicBool::new(false),
+            deadline: Deadline {
+                at: AtomicU64::new(0),
+                window: Duration::from_secs(3600),
+            },
+        })
+    }
+
+    /// Past its deadline a call that waits is stopped; each chunk of body the client takes
+    /// gives it a window more, which is how a long download lives on.
+    #[tokio::test]
+    async fn chunks_taken_renew_the_deadline() {
+        use http_body_util::BodyExt;
+        let turn = overdue();
+        assert!(turn.deadline.passed(Instant::now()));
+        let stopped = by_deadline(&turn, Duration::ZERO, std::future::pending::<()>()).await;
+        assert_eq!(stopped, None);
+
+        let body = Renewing::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"a chunk")),
+            turn.clone(),
+        );
+        let taken = body.collect().await.map(|b| b.to_bytes());
+        assert_eq!(taken.ok().as_deref(), Some(&b"a chunk"[..]));
+        assert!(!turn.deadline.passed(Instant::now()));
+        assert_eq!(
+            by_deadline(&turn, Duration::ZERO, async { 7 }).await,
+            Some(7)
+        );
     }
 
     /// A guest waiting on a host call (here, a channel) holds no turn while it waits, and
