@@ -20,15 +20,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::dyno::{
-    Conn, DynoSpec, DynoState, GuestStore, ResponseBody, emit_lines, guest_wasi, log_failure,
-    report_dropped,
+    ClientBody, Conn, DynoSpec, DynoState, GuestStore, ResponseBody, emit_lines, guest_wasi,
+    log_failure, report_dropped,
 };
 use crate::limits::Failure;
 use crate::logpipe::LogPipe;
@@ -58,7 +57,7 @@ enum GuestEnd {
 /// What goes to the program's stdin.
 enum Stdin {
     Empty,
-    Streamed(Incoming),
+    Streamed(ClientBody),
     Buffered(Bytes),
 }
 
@@ -86,7 +85,7 @@ pub(crate) async fn serve(
     addons: crate::addons::GuestAddons,
     conn: Conn,
     slot: OwnedSemaphorePermit,
-    req: hyper::Request<Incoming>,
+    req: hyper::Request<ClientBody>,
 ) -> Result<hyper::Response<ResponseBody>, Failure> {
     let (parts, body) = req.into_parts();
     let declared = parts

@@ -362,6 +362,11 @@ async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let broke = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| ClientBody {
+        body,
+        broke: broke.clone(),
+    });
     if !crashes.admits(started) {
         log_failure(&spec, &method, &path, &Failure::Crashed);
         return failure_response(&Failure::Crashed);
@@ -387,6 +392,15 @@ async fn handle(
             let addons = addons.for_instance();
             crate::cgi::serve(&spec, pre.clone(), fuel, addons, conn, slot, req).await
         }
+    };
+    // A guest that fails because its request body broke off (the client left mid-upload, or
+    // sent a malformed chunk) failed on the client's account: any client could otherwise put
+    // an app into the crashed state with a few broken uploads.
+    let result = match result {
+        Err(Failure::Crash(message)) if broke.load(Ordering::Relaxed) => {
+            Err(Failure::Interrupted(message))
+        }
+        other => other,
     };
     let change = match &result {
         Ok(_) => crashes.record(false, Instant::now()),
@@ -421,10 +435,41 @@ async fn handle(
     }
 }
 
+/// A request body that notes when it breaks, so that what the guest does about it is put
+/// down to the client.
+pub(crate) struct ClientBody {
+    body: Incoming,
+    broke: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            self.broke.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Reports a request the guest failed, to the operator's log and the app's.
 pub(crate) fn log_failure(spec: &DynoSpec, method: &http::Method, path: &str, failure: &Failure) {
     let detail = match failure {
-        Failure::Crash(message) | Failure::BadResponse(message) => {
+        Failure::Crash(message) | Failure::BadResponse(message) | Failure::Interrupted(message) => {
             message.lines().next().unwrap_or_default().to_owned()
         }
         other => other.describe(),
@@ -698,7 +743,7 @@ async fn run_guest(
     spec: &Arc<DynoSpec>,
     guest: Guest<'_>,
     slot: OwnedSemaphorePermit,
-    req: hyper::Request<Incoming>,
+    req: hyper::Request<ClientBody>,
 ) -> Result<hyper::Response<ResponseBody>, Failure> {
     let Guest {
         pre,
@@ -743,11 +788,13 @@ async fn run_guest(
     let spec_for_log = spec.clone();
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    // The router only forwards requests it could parse; one that still cannot be handed to
+    // the app is the request's fault, not the app's.
     let incoming = store
         .data_mut()
         .http()
         .new_incoming_request(Scheme::Http, req)
-        .map_err(|e| Failure::Crash(format!("{e:?}")))?;
+        .map_err(|e| Failure::Interrupted(format!("{e:?}")))?;
     let out = store
         .data_mut()
         .http()

@@ -479,6 +479,10 @@ pub enum Failure {
     /// The app answered with something that is not a response (a CGI program's header block
     /// is malformed, or it exited without writing one).
     BadResponse(String),
+    /// The request failed on the client's side: its body broke off or was malformed, or it
+    /// could not be handed to the app at all. Not the app's crash, so it never counts toward
+    /// the crashed state, which a client could otherwise bring about at will.
+    Interrupted(String),
 }
 
 impl Failure {
@@ -511,6 +515,8 @@ impl Failure {
             Failure::Crash(_) | Failure::Crashed => "H10",
             // Heroku's code for a poorly formatted HTTP response.
             Failure::BadResponse(_) => "H17",
+            // Heroku's router code for a request whose client broke it off.
+            Failure::Interrupted(_) => "H18",
         }
     }
 
@@ -524,6 +530,7 @@ impl Failure {
             | Failure::PoolExhausted
             | Failure::Crashed => 503,
             Failure::BadResponse(_) => 502,
+            Failure::Interrupted(_) => 400,
         }
     }
 
@@ -545,6 +552,9 @@ impl Failure {
             }
             Failure::BadResponse(_) => {
                 "Bad response: the app's answer is not a well-formed CGI response".into()
+            }
+            Failure::Interrupted(_) => {
+                "Request interrupted: the client's request broke off or was malformed".into()
             }
         }
     }
