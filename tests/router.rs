@@ -273,7 +273,7 @@ fn router_end_to_end() -> Result<()> {
 
     // Hostile framing: every probe gets a 4xx of its own, and nothing reaches a dyno as a
     // second request.
-    hostile_clients(port, &host)?;
+    hostile_clients(&s, port, &host)?;
 
     // Limits from config vars: body size (413), client read timeout, concurrency (H11),
     // request timeout (H12). One release for all but the timeout.
@@ -420,7 +420,7 @@ fn router_end_to_end() -> Result<()> {
 /// that started on the old dynos finish. The load starts once the push has compiled, so it
 /// straddles the switch of routes rather than the (long) build.
 /// Request smuggling and malformed heads, sent on raw sockets.
-fn hostile_clients(port: u16, host: &str) -> Result<()> {
+fn hostile_clients(s: &Skiff, port: u16, host: &str) -> Result<()> {
     let refused = |request: String, want: u16, why: &str| -> Result<()> {
         let r = raw_exchange(port, request.as_bytes(), Duration::from_secs(30))?;
         assert_eq!(r.status, want, "{why}: {r:?}");
@@ -476,6 +476,34 @@ fn hostile_clients(port: u16, host: &str) -> Result<()> {
         431,
         "headers over 64 KiB in all",
     )?;
+    refused(
+        format!("GET json HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        400,
+        "a target that is neither a path nor a URL",
+    )?;
+    refused(
+        format!("GET other.localhost HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        400,
+        "an authority-form target",
+    )?;
+    refused(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\nhello\r\n0\r\n\r\n"
+        ),
+        400,
+        "a chunk size that is not a number",
+    )?;
+    refused(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close, X-Forwarded-For\r\n\r\n"),
+        400,
+        "a Connection header naming a header the router sets",
+    )?;
+    let many: String = (0..120).map(|i| format!("X-Many-{i}: x\r\n")).collect();
+    refused(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\n{many}\r\n"),
+        431,
+        "more header lines than a dyno reads",
+    )?;
     let bad_host = b"GET / HTTP/1.1\r\nHost: hel\xff\xfelo.localhost\r\n\r\n";
     let r = raw_exchange(port, bad_host, Duration::from_secs(30))?;
     assert_eq!(r.status, 404, "invalid UTF-8 in Host names no app: {r:?}");
@@ -496,6 +524,68 @@ fn hostile_clients(port: u16, host: &str) -> Result<()> {
     let responses = answer.matches("HTTP/1.1 ").count();
     assert_eq!(responses, 1, "one request, one response: {answer}");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Uploads broken off midway fail on the client's account (H18), never as the app's
+    // crashes: enough of those in a row would put every dyno in the crashed state (H10) for
+    // every client. Fifteen, more than the crashes in a row that take a dyno down, whichever
+    // dynos they reach; then the app still answers.
+    let failed_in_app = || {
+        s.logs()
+            .lines()
+            .filter(|l| l.contains("request failed in the app") && l.contains("/echo"))
+            .count()
+    };
+    let before = failed_in_app();
+    for _ in 0..15 {
+        let mut conn = TcpStream::connect(("127.0.0.1", port))?;
+        conn.write_all(
+            format!("POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\nabc")
+                .as_bytes(),
+        )?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = Instant::now();
+    while failed_in_app() < before + 15 && waited.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines: Vec<String> = s
+        .logs()
+        .lines()
+        .filter(|l| l.contains("request failed in the app") && l.contains("/echo"))
+        .skip(before)
+        .map(str::to_owned)
+        .collect();
+    assert!(lines.len() >= 6, "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("H18")), "{lines:#?}");
+    let r = http_full(port, host, "GET", "/", None, &[])?;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "Hello from Skiff!\n"),
+        "{r:?}"
+    );
+
+    // An absolute-form target names the app without a Host header (HTTP/1.0).
+    let r = raw_exchange(
+        port,
+        format!("GET http://{host}/ HTTP/1.0\r\n\r\n").as_bytes(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "Hello from Skiff!\n"),
+        "{r:?}"
+    );
+
+    // An HTTP/1.0 client gets no chunks: the body comes unframed and the connection closes.
+    let r = raw_exchange(
+        port,
+        format!("GET /json HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("transfer-encoding").is_none(), "{r:?}");
+    let json: serde_json::Value = serde_json::from_str(&r.body).context("a JSON body, unframed")?;
+    assert!(json.is_object(), "{r:?}");
 
     // Hundreds of idle connections hold nothing the next client needs.
     let idle: Vec<TcpStream> = (0..300)

@@ -406,17 +406,25 @@ impl ProxyHttp for Router {
             respond(session, status, page("Bad request", why), &ctx.request_id).await?;
             return Ok(true);
         }
-        // An absolute-form target names the host itself, and then wins over `Host`.
-        ctx.host = req
-            .uri
-            .host()
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("")
-            .to_owned();
+        // An absolute-form target names the host itself, and then wins over `Host` (Pingora
+        // has refused one whose `Host` disagrees). It keeps such a target whole in the raw
+        // path, so this parses it only for requests that have one.
+        let target = req.raw_path();
+        let absolute = (target.len() > 8 && target[..7].eq_ignore_ascii_case(b"http://"))
+            || (target.len() > 9 && target[..8].eq_ignore_ascii_case(b"https://"));
+        let target_host = absolute
+            .then(|| http::Uri::try_from(target).ok())
+            .flatten()
+            .and_then(|u| u.host().map(str::to_owned));
+        ctx.host = match target_host {
+            Some(host) => host,
+            None => req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+        };
         ctx.websocket = is_websocket(req);
         let declared_len = req
             .headers
@@ -620,13 +628,23 @@ impl ProxyHttp for Router {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let upgraded = ctx.websocket && upstream_response.status.as_u16() == 101;
         for name in hop_by_hop(&upstream_response.headers, upgraded) {
             upstream_response.remove_header(&name);
+        }
+        // An HTTP/1.0 client knows no chunks (RFC 9112 section 6.1): a body of unknown length
+        // goes to it unframed, and the connection's end marks the body's.
+        if session.req_header().version == http::Version::HTTP_10
+            && upstream_response
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
         }
         if upgraded {
             upstream_response.insert_header("connection", "upgrade")?;
@@ -674,7 +692,13 @@ impl ProxyHttp for Router {
             }
             Failure::Code(code) => (503, Some(code.page())),
             Failure::NoApp => (404, None),
-            Failure::Malformed => (400, None),
+            Failure::Malformed => (
+                400,
+                Some(page(
+                    "Bad request",
+                    "The request is malformed (its body's framing, or a header the router must keep).",
+                )),
+            ),
         };
         ctx.status = status;
         // The connection is not reused after a failure; saying so lets the client know
@@ -773,6 +797,10 @@ fn too_large_page(route: &AppRoute) -> String {
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Longest single header line.
 const MAX_HEADER_LINE: usize = 8 * 1024;
+/// Most header lines a request may carry. A dyno reads up to 100, and the router adds six of
+/// its own (`X-Forwarded-*`, `X-Request-Start`, `X-Request-Id`, `Via`): past this the app
+/// would refuse the request with a bare answer instead of the router with its page.
+const MAX_HEADER_COUNT: usize = 90;
 
 /// Why a request must not be proxied, as the status and sentence its page gets. Requests that
 /// two HTTP parsers could frame differently are refused, so a dyno's server can never read a
@@ -795,6 +823,25 @@ fn malformed(req: &RequestHeader) -> Option<(u16, &'static str)> {
             ));
         }
     }
+    // A path (origin form), a whole URL (absolute form) or `OPTIONS *`: anything else (`GET
+    // json`, an authority alone) no app can be asked about.
+    // Pingora keeps a target that is not a path as it came, for the wire.
+    let target = req.raw_path();
+    let absolute = |scheme: &[u8]| {
+        target
+            .get(..scheme.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(scheme))
+    };
+    let target_ok = target.first() == Some(&b'/')
+        || (target == b"*" && req.method == http::Method::OPTIONS)
+        || absolute(b"http://")
+        || absolute(b"https://");
+    if !target_ok {
+        return Some((
+            400,
+            "The request target must be a path (`/...`) or an absolute URL.",
+        ));
+    }
     if req.version == http::Version::HTTP_11
         && req.uri.host().is_none()
         && headers.get_all(http::header::HOST).iter().count() != 1
@@ -814,6 +861,9 @@ fn malformed(req: &RequestHeader) -> Option<(u16, &'static str)> {
     if total > MAX_HEADER_BYTES {
         return Some((431, "The request's headers are larger than 64 KiB."));
     }
+    if headers.len() > MAX_HEADER_COUNT {
+        return Some((431, "A request may carry at most 90 header lines."));
+    }
     None
 }
 
@@ -823,6 +873,14 @@ fn classify(e: &Error) -> Failure {
     match e.etype() {
         HTTPStatus(413) => return Failure::TooLarge,
         ConnectNoRoute => return Failure::Code(Code::H10),
+        // What Pingora refuses in the client's request past its head (a chunk that is not
+        // one, a `Connection` header naming what routing needs) is a bad request, not a
+        // client that left.
+        InvalidHTTPHeader | Custom("InvalidChunk" | "InvalidTrailerEnd")
+            if e.esource() == &ErrorSource::Downstream =>
+        {
+            return Failure::Malformed;
+        }
         _ => {}
     }
     match e.esource() {
