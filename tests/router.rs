@@ -330,6 +330,53 @@ fn router_end_to_end() -> Result<()> {
             );
         }
     }
+    // A kept-alive connection that goes quiet after its answer is closed after the same
+    // client timeout, however long its Keep-Alive header asks to be kept.
+    let mut idle = TcpStream::connect(("127.0.0.1", port))?;
+    idle.set_read_timeout(Some(Duration::from_secs(20)))?;
+    idle.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nKeep-Alive: timeout=3600\r\n\r\n").as_bytes(),
+    )?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Whole once the body is: by its length, or by the last chunk.
+    let whole = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got).to_ascii_lowercase();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        match head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+        {
+            Some(n) => body.len() >= n,
+            None => body.ends_with("0\r\n\r\n"),
+        }
+    };
+    while !whole(&got) {
+        let n = idle.read(&mut buf)?;
+        ensure!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("Hello from Skiff!\n"));
+    assert!(
+        !String::from_utf8_lossy(&got)
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "kept alive: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(
+        idle.read(&mut buf).map_err(|e| e.kind()),
+        Ok(0),
+        "the idle connection is closed"
+    );
+
     // H11: one request in flight per dyno; a second one is refused while the first runs.
     let slow_request = {
         let host = host.clone();

@@ -472,6 +472,12 @@ impl ProxyHttp for Router {
         session.set_read_timeout(Some(route.settings.client_timeout));
         // Nor one that stops reading its response: each write to it must progress in time.
         session.set_write_timeout(Some(route.settings.client_timeout));
+        // Nor one that keeps its connection open and sends nothing more: Pingora would wait
+        // for its next request forever (or as long as its `Keep-Alive: timeout` asks).
+        let idle = route.settings.client_timeout.as_secs().max(1);
+        if session.get_keepalive().is_some_and(|t| t == 0 || t > idle) {
+            session.set_keepalive(Some(idle));
+        }
         if route.settings.session_affinity {
             ctx.pinned = cookie(session.req_header(), AFFINITY_COOKIE);
         }
