@@ -683,7 +683,17 @@ impl ProxyHttp for Router {
         let failure = classify(e);
         ctx.failure = Some(failure);
         if let Some(route) = &ctx.route {
-            tracing::warn!(target: "skiff::router", app = %route.app, dyno = ctx.dyno.as_deref().unwrap_or(""), error = %e, "request failed");
+            let dyno = ctx.dyno.as_deref().unwrap_or("");
+            // A client that hangs up or sends a bad body is routine; the app's router line
+            // records it either way.
+            if matches!(
+                failure,
+                Failure::Code(Code::H18) | Failure::Malformed | Failure::TooLarge
+            ) {
+                tracing::debug!(target: "skiff::router", app = %route.app, dyno, error = %e, "request failed on the client's side");
+            } else {
+                tracing::warn!(target: "skiff::router", app = %route.app, dyno, error = %e, "request failed");
+            }
         }
         let (status, body) = match failure {
             Failure::TooLarge => (413, ctx.route.as_ref().map(|r| too_large_page(r))),
@@ -719,6 +729,23 @@ impl ProxyHttp for Router {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Pingora logs every failed request at ERROR. A request of a known app was logged by
+    /// `fail_to_proxy` already, and one the client broke off or got wrong is the client's
+    /// business, which the app's router line records: logging those again at ERROR would bury
+    /// the platform's real errors under every client that hangs up.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+        ctx.route.is_some()
+            || matches!(
+                ctx.failure,
+                Some(
+                    Failure::Code(Code::H18)
+                        | Failure::Malformed
+                        | Failure::TooLarge
+                        | Failure::NoApp
+                )
+            )
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
