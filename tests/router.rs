@@ -63,6 +63,7 @@ fn router_end_to_end() -> Result<()> {
     let r = get("/", &[("X-Request-Id", &rid("h14", 0))])?;
     assert_eq!(r.status, 503);
     assert!(r.body.contains("H14"), "{}", r.body);
+    assert_eq!(r.header("skiff-error"), Some("H14"), "{r:?}");
     let line = router_line(&s, &repo, &rid("h14", 0))?;
     assert!(
         line.contains("at=error code=H14 desc=\"No web processes running\""),
@@ -219,6 +220,7 @@ fn router_end_to_end() -> Result<()> {
     assert_eq!(stdout(&ok(s.cli(&repo, &["maintenance"])?)?).trim(), "on");
     let r = get("/json", &[("X-Request-Id", &rid("h80", 0))])?;
     assert_eq!(r.status, 503);
+    assert_eq!(r.header("skiff-error"), Some("H80"), "{r:?}");
     assert!(
         r.body.contains("maintenance") && r.body.contains("H80"),
         "{}",

@@ -403,7 +403,7 @@ impl ProxyHttp for Router {
             ctx.failure = Some(Failure::Malformed);
             // What follows a request the router could not frame cannot be trusted either.
             session.set_keepalive(None);
-            respond(session, status, page("Bad request", why), &ctx.request_id).await?;
+            respond(session, status, page("Bad request", why), ctx).await?;
             return Ok(true);
         }
         // An absolute-form target names the host itself, and then wins over `Host` (Pingora
@@ -437,7 +437,7 @@ impl ProxyHttp for Router {
                 "There is no app at this address. Check the URL, or create the app with `skiff apps:create`.",
             );
             ctx.failure = Some(Failure::NoApp);
-            respond(session, 404, body, &ctx.request_id).await?;
+            respond(session, 404, body, ctx).await?;
             return Ok(true);
         };
         ctx.route = Some(route.clone());
@@ -461,7 +461,7 @@ impl ProxyHttp for Router {
         }
         if declared_len.is_some_and(|n| n > route.settings.max_body_bytes) {
             ctx.failure = Some(Failure::TooLarge);
-            respond(session, 413, too_large_page(&route), &ctx.request_id).await?;
+            respond(session, 413, too_large_page(&route), ctx).await?;
             return Ok(true);
         }
         let Some(admitted) = route.admit() else {
@@ -723,7 +723,7 @@ impl ProxyHttp for Router {
         if let Some(body) = body
             && session.response_written().is_none()
         {
-            let _ = respond(session, status, body, &ctx.request_id).await;
+            let _ = respond(session, status, body, ctx).await;
         }
         FailToProxy {
             error_code: status,
@@ -811,7 +811,7 @@ async fn refuse(session: &mut Session, ctx: &mut RequestCtx, code: Code) -> Resu
         tracing::warn!(target: "skiff::router", app = %route.app, code = code.as_str(), "{}", code.desc());
     }
     ctx.failure = Some(Failure::Code(code));
-    respond(session, 503, code.page(), &ctx.request_id).await?;
+    respond(session, 503, code.page(), ctx).await?;
     Ok(true)
 }
 
@@ -1107,19 +1107,20 @@ fn new_request_id() -> String {
     id
 }
 
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    body: String,
-    request_id: &HeaderValue,
-) -> Result<()> {
+/// Answers with one of the router's own pages; a page for an error code names the code in
+/// `skiff-error` too, as a dyno's own error answers do, so clients can tell them apart from
+/// the app's.
+async fn respond(session: &mut Session, status: u16, body: String, ctx: &RequestCtx) -> Result<()> {
     let body = Bytes::from(body);
-    let mut header = ResponseHeader::build(status, Some(5))?;
+    let mut header = ResponseHeader::build(status, Some(6))?;
     header.insert_header("content-type", "text/html; charset=utf-8")?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-cache, no-store")?;
-    header.insert_header("x-request-id", request_id.clone())?;
+    header.insert_header("x-request-id", ctx.request_id.clone())?;
     header.insert_header("via", VIA)?;
+    if let Some(Failure::Code(code)) = ctx.failure {
+        header.insert_header("skiff-error", code.as_str())?;
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;
