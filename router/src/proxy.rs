@@ -399,13 +399,6 @@ impl ProxyHttp for Router {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = request_id(req);
-        if let Some((status, why)) = malformed(req) {
-            ctx.failure = Some(Failure::Malformed);
-            // What follows a request the router could not frame cannot be trusted either.
-            session.set_keepalive(None);
-            respond(session, status, page("Bad request", why), ctx).await?;
-            return Ok(true);
-        }
         // An absolute-form target names the host itself, and then wins over `Host` (Pingora
         // has refused one whose `Host` disagrees). It keeps such a target whole in the raw
         // path, so this parses it only for requests that have one.
@@ -425,6 +418,13 @@ impl ProxyHttp for Router {
                 .unwrap_or("")
                 .to_owned(),
         };
+        if let Some((status, why)) = malformed(req) {
+            ctx.failure = Some(Failure::Malformed);
+            // What follows a request the router could not frame cannot be trusted either.
+            session.set_keepalive(None);
+            respond(session, status, page("Bad request", why), ctx).await?;
+            return Ok(true);
+        }
         ctx.websocket = is_websocket(req);
         let declared_len = req
             .headers
