@@ -828,6 +828,9 @@ async fn run_guest(
         let result = crate::limits::by_deadline(&turn, Duration::from_secs(1), run)
             .await
             .unwrap_or_else(|| Err(wasmtime::Error::from(wasmtime::Trap::Interrupt)));
+        if result.is_err() {
+            turn.stopped.store(true, Ordering::Release);
+        }
         // Everything after the call runs in one turn on the app's share of the cores: the
         // output (the guest may go on printing while its body streams, so it is read now, not
         // when the head is ready) and the store's teardown, whether the instance is dropped

@@ -280,7 +280,8 @@ pub(crate) async fn by_deadline<F: Future>(
     }
 }
 
-/// A response body that renews its guest's deadline with each chunk the client takes.
+/// A response body that renews its guest's deadline with each chunk the client takes, and
+/// ends in an error rather than quietly when the guest was stopped before finishing it.
 pub(crate) struct Renewing<B> {
     body: B,
     turn: Arc<Turn>,
@@ -292,7 +293,10 @@ impl<B> Renewing<B> {
     }
 }
 
-impl<B: http_body::Body + Unpin> http_body::Body for Renewing<B> {
+impl<B> http_body::Body for Renewing<B>
+where
+    B: http_body::Body<Error = wasmtime_wasi_http::Error> + Unpin,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -301,8 +305,23 @@ impl<B: http_body::Body + Unpin> http_body::Body for Renewing<B> {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &polled {
-            self.turn.deadline.renew();
+        match &polled {
+            // An empty chunk is no progress: hyper asks for the next one at once, whether or
+            // not the client reads, so renewing on it would let a guest writing nothing run on.
+            Poll::Ready(Some(Ok(frame)))
+                if frame.data_ref().is_none_or(bytes::Buf::has_remaining) =>
+            {
+                self.turn.deadline.renew();
+            }
+            // A stopped guest's store is dropped with its body unfinished, which wasi:http
+            // reads as the body's end: for a chunked answer the client would take a cut-off
+            // body for a whole one.
+            Poll::Ready(None) if self.turn.stopped.load(Ordering::Acquire) => {
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the app was stopped before it finished its response".into(),
+                )))));
+            }
+            _ => {}
         }
         polled
     }
@@ -324,6 +343,8 @@ pub(crate) struct Turn {
     /// also needs a turn on the long-running guests' share.
     long: AtomicBool,
     pub(crate) deadline: Deadline,
+    /// Set when the guest call failed or was stopped, before its store goes.
+    pub(crate) stopped: AtomicBool,
 }
 
 /// Bounds a store's wall-clock time. At every epoch tick a running guest yields to the
@@ -345,6 +366,7 @@ pub(crate) fn fence_time<T: 'static>(
         app: app_share(app),
         long: AtomicBool::new(false),
         deadline: Deadline::new(timeout),
+        stopped: AtomicBool::new(false),
     });
     let mine = turn.clone();
     store.set_epoch_deadline(1);
@@ -579,6 +601,7 @@ mod tests {
             app: Some(share.clone()),
             long: AtomicBool::new(false),
             deadline: Deadline::new(Duration::from_secs(3600)),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -591,6 +614,7 @@ mod tests {
                 at: AtomicU64::new(0),
                 window: Duration::from_secs(3600),
             },
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -604,17 +628,44 @@ mod tests {
         let stopped = by_deadline(&turn, Duration::ZERO, std::future::pending::<()>()).await;
         assert_eq!(stopped, None);
 
-        let body = Renewing::new(
-            http_body_util::Full::new(bytes::Bytes::from_static(b"a chunk")),
-            turn.clone(),
+        let chunk = || {
+            http_body_util::Full::new(bytes::Bytes::from_static(b"a chunk"))
+                .map_err(|never| match never {})
+        };
+        let taken = Renewing::new(chunk(), turn.clone()).collect().await;
+        assert_eq!(
+            taken.ok().map(|b| b.to_bytes()).as_deref(),
+            Some(&b"a chunk"[..])
         );
-        let taken = body.collect().await.map(|b| b.to_bytes());
-        assert_eq!(taken.ok().as_deref(), Some(&b"a chunk"[..]));
         assert!(!turn.deadline.passed(Instant::now()));
         assert_eq!(
             by_deadline(&turn, Duration::ZERO, async { 7 }).await,
             Some(7)
         );
+
+        // An empty chunk is no progress.
+        struct OneEmptyChunk(bool);
+        impl http_body::Body for OneEmptyChunk {
+            type Data = bytes::Bytes;
+            type Error = wasmtime_wasi_http::Error;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+                let first = !std::mem::replace(&mut self.0, true);
+                Poll::Ready(first.then(|| Ok(http_body::Frame::data(bytes::Bytes::new()))))
+            }
+        }
+        let idle = overdue();
+        let taken = Renewing::new(OneEmptyChunk(false), idle.clone())
+            .collect()
+            .await;
+        assert!(taken.is_ok());
+        assert!(idle.deadline.passed(Instant::now()));
+
+        // The body of a guest stopped before it finished ends in an error, not quietly.
+        turn.stopped.store(true, Ordering::Release);
+        assert!(Renewing::new(chunk(), turn).collect().await.is_err());
     }
 
     /// A guest waiting on a host call (here, a channel) holds no turn while it waits, and
