@@ -333,7 +333,7 @@ fn router_end_to_end() -> Result<()> {
         }
     }
     // A kept-alive connection that goes quiet after its answer is closed after the same
-    // client timeout, however long its Keep-Alive header asks to be kept.
+    // client timeout (a Keep-Alive header asking for longer changes nothing).
     let mut idle = TcpStream::connect(("127.0.0.1", port))?;
     idle.set_read_timeout(Some(Duration::from_secs(20)))?;
     idle.write_all(

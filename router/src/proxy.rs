@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::RouterError;
 use crate::pages::{Code, page};
-use crate::table::{AppRoute, InFlight, RouteTable, normalize};
+use crate::table::{AppRoute, AppSettings, InFlight, RouteTable, normalize};
 use crate::tls::SniResolver;
 
 /// Receives one Heroku-style router line per routed request. Called on the router's threads
@@ -83,7 +83,7 @@ impl RouterHandle {
     pub fn wait_listening(&self, timeout: Duration) -> Result<(), RouterError> {
         let deadline = Instant::now() + timeout;
         for &addr in &self.addrs {
-            // The reservation never listens, so a listening socket on the port is Pingora's.
+            // The reservation never listens, so a listening socket at the address is Pingora's.
             while !listens_on(addr) {
                 if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
                     return Err(RouterError::Stopped { addr });
@@ -397,27 +397,30 @@ impl ProxyHttp for Router {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Pingora waits for a kept-alive connection's next request forever: idle clients would
+        // pile up, each holding a file descriptor the API, git and dynos share. The default
+        // client timeout bounds the wait until the app's own is known, and for requests that
+        // never reach an app (an unknown host, a refusal).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(AppSettings::default().client_timeout.as_secs()));
+        }
         let req = session.req_header();
         ctx.request_id = request_id(req);
-        // An absolute-form target names the host itself, and then wins over `Host` (Pingora
-        // has refused one whose `Host` disagrees). It keeps such a target whole in the raw
-        // path, so this parses it only for requests that have one.
-        let target = req.raw_path();
-        let absolute = (target.len() > 8 && target[..7].eq_ignore_ascii_case(b"http://"))
-            || (target.len() > 9 && target[..8].eq_ignore_ascii_case(b"https://"));
-        let target_host = absolute
-            .then(|| http::Uri::try_from(target).ok())
-            .flatten()
-            .and_then(|u| u.host().map(str::to_owned));
-        ctx.host = match target_host {
-            Some(host) => host,
-            None => req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
-        };
+        // HTTP/2 names the host in `:authority`, which Pingora puts in the URI. An HTTP/1
+        // absolute-form target names it too, and wins over `Host` (Pingora has refused one
+        // whose `Host` disagrees), but Pingora keeps that only in the raw target.
+        ctx.host = req
+            .uri
+            .host()
+            .map(str::to_owned)
+            .or_else(|| absolute_authority(req.raw_path()).map(str::to_owned))
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
         if let Some((status, why)) = malformed(req) {
             ctx.failure = Some(Failure::Malformed);
             // What follows a request the router could not frame cannot be trusted either.
@@ -472,11 +475,10 @@ impl ProxyHttp for Router {
         session.set_read_timeout(Some(route.settings.client_timeout));
         // Nor one that stops reading its response: each write to it must progress in time.
         session.set_write_timeout(Some(route.settings.client_timeout));
-        // Nor one that keeps its connection open and sends nothing more: Pingora would wait
-        // for its next request forever (or as long as its `Keep-Alive: timeout` asks).
-        let idle = route.settings.client_timeout.as_secs().max(1);
-        if session.get_keepalive().is_some_and(|t| t == 0 || t > idle) {
-            session.set_keepalive(Some(idle));
+        // Nor one that keeps its connection open and sends nothing more (see the default set
+        // at the top): the app's own client timeout.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(route.settings.client_timeout.as_secs().max(1)));
         }
         if route.settings.session_affinity {
             ctx.pinned = cookie(session.req_header(), AFFINITY_COOKIE);
@@ -644,7 +646,10 @@ impl ProxyHttp for Router {
         }
         // An HTTP/1.0 client knows no chunks (RFC 9112 section 6.1): a body of unknown length
         // goes to it unframed, and the connection's end marks the body's.
+        let bodiless = session.req_header().method == http::Method::HEAD
+            || matches!(upstream_response.status.as_u16(), 204 | 304);
         if session.req_header().version == http::Version::HTTP_10
+            && !bodiless
             && upstream_response
                 .headers
                 .contains_key(http::header::TRANSFER_ENCODING)
@@ -736,7 +741,8 @@ impl ProxyHttp for Router {
     /// business, which the app's router line records: logging those again at ERROR would bury
     /// the platform's real errors under every client that hangs up.
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
-        ctx.route.is_some()
+        // The router's own failures (H99) stay at ERROR.
+        (ctx.route.is_some() && ctx.failure != Some(Failure::Code(Code::H99)))
             || matches!(
                 ctx.failure,
                 Some(
@@ -860,15 +866,9 @@ fn malformed(req: &RequestHeader) -> Option<(u16, &'static str)> {
     // json`, an authority alone) no app can be asked about.
     // Pingora keeps a target that is not a path as it came, for the wire.
     let target = req.raw_path();
-    let absolute = |scheme: &[u8]| {
-        target
-            .get(..scheme.len())
-            .is_some_and(|t| t.eq_ignore_ascii_case(scheme))
-    };
     let target_ok = target.first() == Some(&b'/')
         || (target == b"*" && req.method == http::Method::OPTIONS)
-        || absolute(b"http://")
-        || absolute(b"https://");
+        || absolute_authority(target).is_some();
     if !target_ok {
         return Some((
             400,
@@ -898,6 +898,19 @@ fn malformed(req: &RequestHeader) -> Option<(u16, &'static str)> {
         return Some((431, "A request may carry at most 90 header lines."));
     }
     None
+}
+
+/// The authority of an `http://` or `https://` absolute-form target, by the same reading
+/// Pingora checks `Host` against.
+fn absolute_authority(target: &[u8]) -> Option<&str> {
+    match pingora_http::authority::raw_target_authority(target) {
+        pingora_http::authority::RawTargetAuthority::Absolute {
+            scheme, authority, ..
+        } if scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https") => {
+            std::str::from_utf8(authority).ok()
+        }
+        _ => None,
+    }
 }
 
 /// Maps a proxying error to Heroku's codes.
@@ -1389,8 +1402,17 @@ mod tests {
 
     #[test]
     fn a_listener_at_another_address_on_the_port_is_not_the_routers() {
-        let other = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
-        let port = other.local_addr().expect("addr").port();
+        // The port is held at 127.0.0.1 too, bound but not listening, so that nothing else
+        // running meanwhile can listen there.
+        let (_other, _held, port) = loop {
+            let other = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+            let port = other.local_addr().expect("addr").port();
+            let held = tokio::net::TcpSocket::new_v4()
+                .and_then(|s| s.bind(SocketAddr::from(([127, 0, 0, 1], port))).map(|()| s));
+            if let Ok(held) = held {
+                break (other, held, port);
+            }
+        };
         assert!(listens_on(SocketAddr::from(([127, 0, 0, 2], port))));
         assert!(!listens_on(SocketAddr::from(([127, 0, 0, 1], port))));
         assert!(!listens_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))));
