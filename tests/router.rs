@@ -578,13 +578,14 @@ fn hostile_clients(s: &Skiff, port: u16, host: &str) -> Result<()> {
     // crashes: enough of those in a row would put every dyno in the crashed state (H10) for
     // every client. Fifteen, more than the crashes in a row that take a dyno down, whichever
     // dynos they reach; then the app still answers.
-    let failed_in_app = || {
+    let failed_in_app = || -> Vec<String> {
         s.logs()
             .lines()
             .filter(|l| l.contains("request failed in the app") && l.contains("/echo"))
-            .count()
+            .map(str::to_owned)
+            .collect()
     };
-    let before = failed_in_app();
+    let before = failed_in_app().len();
     for _ in 0..15 {
         let mut conn = TcpStream::connect(("127.0.0.1", port))?;
         conn.write_all(
@@ -594,36 +595,27 @@ fn hostile_clients(s: &Skiff, port: u16, host: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let waited = Instant::now();
-    while failed_in_app() < before + 15 && waited.elapsed() < Duration::from_secs(30) {
+    while failed_in_app().len() < before + 15 && waited.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let lines: Vec<String> = s
-        .logs()
-        .lines()
-        .filter(|l| l.contains("request failed in the app") && l.contains("/echo"))
-        .skip(before)
-        .map(str::to_owned)
-        .collect();
+    let lines = failed_in_app().split_off(before);
     assert!(lines.len() >= 6, "{lines:#?}");
     assert!(lines.iter().all(|l| l.contains("H18")), "{lines:#?}");
-    let r = http_full(port, host, "GET", "/", None, &[])?;
-    assert_eq!(
-        (r.status, r.body.as_str()),
-        (200, "Hello from Skiff!\n"),
-        "{r:?}"
-    );
+    let hello = |r: &Response| {
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "Hello from Skiff!\n"),
+            "{r:?}"
+        )
+    };
+    hello(&http_full(port, host, "GET", "/", None, &[])?);
 
     // An absolute-form target names the app without a Host header (HTTP/1.0).
-    let r = raw_exchange(
+    hello(&raw_exchange(
         port,
         format!("GET http://{host}/ HTTP/1.0\r\n\r\n").as_bytes(),
         Duration::from_secs(30),
-    )?;
-    assert_eq!(
-        (r.status, r.body.as_str()),
-        (200, "Hello from Skiff!\n"),
-        "{r:?}"
-    );
+    )?);
 
     // An HTTP/1.0 client gets no chunks: the body comes unframed and the connection closes.
     let r = raw_exchange(
