@@ -233,6 +233,8 @@ pub(crate) fn start_router(
             run_dir: run_dir.clone(),
             access_log: None,
             client_recv_buffer: None,
+            head_timeout: skiff_router::DEFAULT_HEAD_TIMEOUT,
+            max_connections: None,
         },
         table,
     )?;

@@ -52,6 +52,15 @@ pub(crate) struct UpArgs {
     /// round trip.
     #[arg(long, env = "SKIFF_CLIENT_RECV_BUFFER_KIB", default_value_t = 128)]
     client_recv_buffer_kib: usize,
+    /// Seconds a client has to send a request's head once its first byte arrives; then it
+    /// gets a 408 and is disconnected (slow loris).
+    #[arg(long, env = "SKIFF_HEAD_TIMEOUT_SECS", default_value_t = skiff_router::DEFAULT_HEAD_TIMEOUT.as_secs())]
+    head_timeout_secs: u64,
+    /// The most client connections the router holds open at once; beyond it, new ones get a
+    /// 503 and are closed (default: half the process's file descriptor limit, leaving the
+    /// rest to the API, git and dynos).
+    #[arg(long, env = "SKIFF_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Instance slots of the pooling allocator (0: allocate instances on demand).
     #[arg(long, default_value_t = 1000)]
     pool_instances: u32,
@@ -95,6 +104,14 @@ pub(crate) struct UpArgs {
 /// overflow.
 pub(crate) fn keep_resident_bytes(mib: usize) -> usize {
     mib.min(1 << 12) << 20
+}
+
+/// Half the soft limit on open files: the router's clients may take that many, and the API,
+/// git, dynos and add-ons keep the rest.
+fn default_max_connections() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let limit = limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    (limit / 2).max(64)
 }
 
 pub(crate) fn run(args: UpArgs) -> Result<()> {
@@ -153,6 +170,8 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
             access_log: Some(logs.access_log()),
             client_recv_buffer: (args.client_recv_buffer_kib > 0)
                 .then(|| args.client_recv_buffer_kib.saturating_mul(1024)),
+            head_timeout: Duration::from_secs(args.head_timeout_secs.max(1)),
+            max_connections: Some(args.max_connections.unwrap_or_else(default_max_connections)),
         },
         routes.clone(),
     )?;

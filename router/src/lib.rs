@@ -2,12 +2,13 @@
 //! an app through a [`RouteTable`] that the platform updates in place (no restart, no lock on
 //! the request path), and forwards to the app's web dynos over loopback HTTP.
 
+mod guard;
 mod pages;
 mod proxy;
 mod table;
 mod tls;
 
-pub use proxy::{AccessLog, RouterConfig, RouterHandle, spawn_router};
+pub use proxy::{AccessLog, DEFAULT_HEAD_TIMEOUT, RouterConfig, RouterHandle, spawn_router};
 pub use table::{AppSettings, Backend, RouteTable};
 pub use tls::{CertError, CertStore, Certificate};
 

@@ -14,6 +14,7 @@ use pingora_core::listeners::{TcpSocketOptions, TlsAccept};
 use pingora_core::protocols::Digest;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -21,6 +22,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::watch;
 
 use crate::RouterError;
+use crate::guard::{Guarded, HeadWatch};
 use crate::pages::{Code, page};
 use crate::table::{AppRoute, AppSettings, InFlight, RouteTable, normalize};
 use crate::tls::SniResolver;
@@ -50,7 +52,17 @@ pub struct RouterConfig {
     /// nobody reads: an app that answers before reading its upload leaves the router's kernel
     /// to receive and free it all.
     pub client_recv_buffer: Option<usize>,
+    /// How long a client has to send a request's head, from its first byte
+    /// ([`DEFAULT_HEAD_TIMEOUT`]). Pingora alone only bounds the silence between two reads.
+    pub head_timeout: Duration,
+    /// The most client connections open at once (`None`: no cap but the process's file
+    /// descriptor limit). Beyond it, new connections get a 503 and are closed.
+    pub max_connections: Option<usize>,
 }
+
+/// A request head's time limit unless the platform says otherwise: a head is a few KiB, and
+/// Heroku's router gives the whole exchange 30 s to start answering.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for RouterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +73,8 @@ impl std::fmt::Debug for RouterConfig {
             .field("run_dir", &self.run_dir)
             .field("access_log", &self.access_log.is_some())
             .field("client_recv_buffer", &self.client_recv_buffer)
+            .field("head_timeout", &self.head_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -229,7 +243,7 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora_proxy::http_proxy_service_with_name(
+    let proxy = pingora_proxy::http_proxy(
         &server.configuration,
         Router {
             table: table.clone(),
@@ -237,7 +251,10 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
             https_port: config.https_listen.map(|a| a.port()),
             access_log: config.access_log.clone(),
         },
-        "skiff-router",
+    );
+    let mut service = Service::new(
+        "skiff-router".to_owned(),
+        Guarded::new(proxy, config.head_timeout, config.max_connections),
     );
     let mut socket = TcpSocketOptions::default();
     socket.tcp_recv_buf = config.client_recv_buffer;
@@ -253,7 +270,13 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
         }
     }
     server.add_service(service);
-    tracing::info!(listen = %config.listen, https = ?config.https_listen, "router up");
+    tracing::info!(
+        listen = %config.listen,
+        https = ?config.https_listen,
+        head_timeout = ?config.head_timeout,
+        max_connections = ?config.max_connections,
+        "router up"
+    );
     server.run(RunArgs {
         shutdown_signal: Box::new(StopWatch(stop)),
     });
@@ -403,6 +426,9 @@ impl ProxyHttp for Router {
         // never reach an app (an unknown host, a refusal).
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(AppSettings::default().client_timeout.as_secs()));
+        }
+        if let Some(watch) = session.stream().and_then(HeadWatch::of) {
+            watch.head_read();
         }
         let req = session.req_header();
         ctx.request_id = request_id(req);
@@ -758,6 +784,9 @@ impl ProxyHttp for Router {
         // Held until here so the request counts against its app and dyno until it is done.
         ctx.on_dyno = None;
         ctx.admitted = None;
+        if let Some(watch) = session.stream().and_then(HeadWatch::of) {
+            watch.request_done();
+        }
         let req = session.req_header();
         let status = match session.response_written() {
             Some(r) if ctx.status == 0 || r.status.as_u16() == ctx.status => r.status.as_u16(),
@@ -1289,22 +1318,216 @@ mod tests {
         access_log: Option<Arc<dyn AccessLog>>,
         client_recv_buffer: Option<usize>,
     ) -> (SocketAddr, RouterHandle, std::path::PathBuf) {
+        spawn_configured(table, |c| {
+            c.access_log = access_log;
+            c.client_recv_buffer = client_recv_buffer;
+        })
+    }
+
+    /// A router on a free port with the test's settings, just spawned.
+    fn spawn_configured(
+        table: &Arc<RouteTable>,
+        configure: impl FnOnce(&mut RouterConfig),
+    ) -> (SocketAddr, RouterHandle, std::path::PathBuf) {
         let listen = free_addr();
         let run_dir = std::env::temp_dir().join(format!("skiff-router-test-{}", listen.port()));
         std::fs::create_dir_all(&run_dir).expect("run dir");
-        let handle = spawn_router(
-            RouterConfig {
-                listen,
-                https_listen: None,
-                threads: 1,
-                run_dir: run_dir.clone(),
-                access_log,
-                client_recv_buffer,
-            },
-            table.clone(),
-        )
-        .expect("router");
+        let mut config = RouterConfig {
+            listen,
+            https_listen: None,
+            threads: 1,
+            run_dir: run_dir.clone(),
+            access_log: None,
+            client_recv_buffer: None,
+            head_timeout: DEFAULT_HEAD_TIMEOUT,
+            max_connections: None,
+        };
+        configure(&mut config);
+        let handle = spawn_router(config, table.clone()).expect("router");
         (listen, handle, run_dir)
+    }
+
+    /// A table with app `a-app` on one dyno that answers `ok`.
+    fn table_with_ok_app() -> Arc<RouteTable> {
+        let table = Arc::new(RouteTable::new("localhost"));
+        table.set_app(
+            "a-app",
+            vec![Backend {
+                dyno: "web.1".into(),
+                addr: serve_ok(),
+            }],
+        );
+        table
+    }
+
+    /// One response on a kept-alive connection: its head (lowercased) and body.
+    fn read_response(s: &mut TcpStream) -> (String, String) {
+        let mut seen = read_head(s);
+        let head_end = seen
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(seen.len(), |at| at + 4);
+        let head = String::from_utf8_lossy(&seen[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut buf = [0u8; 1024];
+        while seen.len() < head_end + length {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = String::from_utf8_lossy(&seen[head_end..]).into_owned();
+        (head, body)
+    }
+
+    const KEEP_ALIVE_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a-app.localhost\r\n\r\n";
+
+    /// A client that sends its head a few bytes at a time, each well within Pingora's silence
+    /// limit, is cut off at the head's deadline with a 408 (slow loris).
+    #[test]
+    fn cuts_off_a_head_that_trickles_past_its_deadline() {
+        let table = table_with_ok_app();
+        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+            c.head_timeout = Duration::from_secs(1);
+        });
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
+        let mut s = TcpStream::connect(listen).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a-app.localhost\r\n")
+            .expect("write");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Up to 10 s of trickling (well past the 1 s limit): a header byte every 100 ms,
+        // until the router answers or closes.
+        for _ in 0..100 {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if !got.is_empty() {
+                        break;
+                    }
+                    if s.write_all(b"x").is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+        assert!(text.contains("did not arrive within 1 s"), "{text}");
+        // The router has closed its end: nothing more comes, and the connection ends.
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    /// A client that connects and sends nothing is let go at the head's deadline, without an
+    /// answer (browsers open connections ahead of need and expect just a close).
+    #[test]
+    fn lets_go_of_a_client_that_sends_nothing() {
+        let table = table_with_ok_app();
+        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+            c.head_timeout = Duration::from_secs(1);
+        });
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
+        let mut s = TcpStream::connect(listen).expect("connect");
+        // Far past the limit, yet well within Pingora's own 60 s.
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        assert!(matches!(s.read(&mut buf), Ok(0)), "closed without a word");
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    /// The head deadline counts from a head's first byte: a kept-alive connection may idle past
+    /// it between requests, and a head sent in pieces within it is served.
+    #[test]
+    fn the_head_deadline_spares_idle_time_and_heads_sent_in_time() {
+        let table = table_with_ok_app();
+        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+            c.head_timeout = Duration::from_secs(1);
+        });
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
+        let mut s = TcpStream::connect(listen).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(KEEP_ALIVE_GET).expect("write");
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, "ok");
+        std::thread::sleep(Duration::from_millis(1500));
+        let (first, rest) = KEEP_ALIVE_GET.split_at(20);
+        s.write_all(first).expect("write");
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(rest).expect("write");
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, "ok");
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    /// Beyond the cap of open connections, a new client gets a 503 at once; when one
+    /// closes, new clients are served again.
+    #[test]
+    fn refuses_connections_beyond_the_cap() {
+        let table = table_with_ok_app();
+        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+            c.max_connections = Some(2);
+        });
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
+        // Two kept-alive clients, each served once, so both are surely counted.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(listen).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            s.write_all(KEEP_ALIVE_GET).expect("write");
+            let (head, _) = read_response(&mut s);
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            held.push(s);
+        }
+        let (status, head, body) = get(listen.port(), "over-the-cap-0123456789");
+        assert_eq!(status, 503, "{head}");
+        assert!(head.contains("retry-after: 1"), "{head}");
+        assert!(body.contains("limit of open connections"), "{body}");
+        drop(held.pop());
+        // The router notices the close when its idle read ends: served again within a bounded
+        // number of tries.
+        let mut status = 0;
+        for _ in 0..100 {
+            status = get(listen.port(), "under-the-cap-0123456789").0;
+            if status == 200 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(status, 200);
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
     }
 
     /// From the moment `spawn_router` returns, before Pingora has bound anything, no other

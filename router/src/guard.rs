@@ -1,0 +1,399 @@
+//! Bounds that Pingora's listener and HTTP/1 reader leave to the application: a total deadline
+//! for each request head, and a cap on open client connections.
+//!
+//! Pingora bounds each read of a head (60 s of silence), not the head as a whole, so a client
+//! that sends one byte a minute holds its connection forever (slow loris). And it accepts every
+//! connection the kernel hands it, so enough idle clients take all the process's file
+//! descriptors, which the API, git and the dynos share.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    Stream, TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::pages::page;
+
+/// Pingora's proxy app behind the connection cap, with each HTTP/1 connection's reads watched
+/// for the head deadline.
+pub(crate) struct Guarded<A> {
+    app: Arc<A>,
+    head_timeout: Duration,
+    max_connections: Option<usize>,
+    open: Arc<AtomicUsize>,
+    /// Seconds since `since` when a refusal was last logged: one line a second at most, so a
+    /// flood of connections does not become a flood of log lines.
+    last_refusal_log: AtomicU64,
+    since: Instant,
+}
+
+impl<A> Guarded<A> {
+    pub(crate) fn new(app: A, head_timeout: Duration, max_connections: Option<usize>) -> Self {
+        Self {
+            app: Arc::new(app),
+            head_timeout,
+            max_connections,
+            open: Arc::new(AtomicUsize::new(0)),
+            last_refusal_log: AtomicU64::new(u64::MAX),
+            since: Instant::now(),
+        }
+    }
+
+    fn admit(&self) -> Option<OpenConnection> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let held = OpenConnection(self.open.clone());
+        match self.max_connections {
+            Some(max) if open > max => None,
+            _ => Some(held),
+        }
+    }
+
+    async fn refuse(&self, mut stream: Stream) {
+        let now = self.since.elapsed().as_secs();
+        if self.last_refusal_log.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(
+                target: "skiff::router",
+                max = self.max_connections.unwrap_or_default(),
+                "router at its cap of open connections: refusing new ones with 503"
+            );
+        }
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return;
+        }
+        let body = page(
+            "Too many connections",
+            "Skiff's router is at its limit of open connections. Try again in a moment.",
+        );
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/html; charset=utf-8\r\n\
+             content-length: {}\r\ncache-control: no-cache, no-store\r\nretry-after: 1\r\n\
+             via: 1.1 skiff\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        // The client may be sending its request meanwhile: closing with it unread would reset
+        // the connection and could lose the answer, so what comes before the client's close
+        // (or a short wait) is read and dropped.
+        let _ = tokio::time::timeout(REFUSAL_GRACE, async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.flush().await?;
+            Shutdown::shutdown(&mut *stream).await;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
+        })
+        .await;
+    }
+}
+
+/// How long a refused connection is given to take its 503.
+const REFUSAL_GRACE: Duration = Duration::from_millis(500);
+
+/// One admitted (or counted, then refused) connection; uncounted when dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for Guarded<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(_open) = self.admit() else {
+            self.refuse(stream).await;
+            return None;
+        };
+        // HTTP/2 frames its own heads and the h2 crate bounds them; the watch reads HTTP/1.
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            Box::new(HeadWatch::new(stream, self.head_timeout))
+        };
+        self.app.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
+
+/// A client's HTTP/1 stream whose request heads must each arrive within a time limit.
+///
+/// The limit runs from a head's first byte, so time a kept-alive connection spends idle counts
+/// against the idle limit, not this one; the first head's runs from the connection's start, so
+/// a client that connects and sends nothing is let go at the same limit (silently: browsers
+/// open connections ahead of need). The router says when it has a head
+/// ([`HeadWatch::head_read`]) and when the request is over ([`HeadWatch::request_done`]); the
+/// reads between are bodies, which the router bounds per read instead.
+pub(crate) struct HeadWatch {
+    inner: Stream,
+    limit: Duration,
+    in_request: AtomicBool,
+    /// A request ended since the last read: what comes next is a new head.
+    new_head: AtomicBool,
+    /// Bytes of the current head have arrived.
+    head_started: bool,
+    /// Armed when a head has to wait for more bytes (a connection's first head: from the
+    /// start), so a later head that arrives whole costs no timer.
+    deadline: Option<Pin<Box<Sleep>>>,
+    started_at: Option<Instant>,
+    expired: bool,
+}
+
+impl HeadWatch {
+    fn new(inner: Stream, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            in_request: AtomicBool::new(false),
+            new_head: AtomicBool::new(false),
+            head_started: false,
+            deadline: None,
+            started_at: Some(Instant::now()),
+            expired: false,
+        }
+    }
+
+    /// The watch on `stream`, if it has one (HTTP/1 connections do).
+    pub(crate) fn of(stream: &Stream) -> Option<&HeadWatch> {
+        (**stream).as_any().downcast_ref::<HeadWatch>()
+    }
+
+    /// The router has parsed a request's head: reads are its body until the request is done.
+    pub(crate) fn head_read(&self) {
+        self.in_request.store(true, Ordering::Relaxed);
+    }
+
+    /// The request is over: the next bytes begin another head.
+    pub(crate) fn request_done(&self) {
+        self.new_head.store(true, Ordering::Relaxed);
+        self.in_request.store(false, Ordering::Relaxed);
+    }
+
+    /// Tells a client that took too long why it is cut off. One attempt, never a wait: the
+    /// client may not be reading either.
+    fn tell_expired(&mut self, cx: &mut Context<'_>) {
+        let secs = self.limit.as_secs_f64();
+        let body = page(
+            "Request timeout",
+            &format!("The request's head did not arrive within {secs} s."),
+        );
+        let answer = format!(
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/html; charset=utf-8\r\n\
+             content-length: {}\r\ncache-control: no-cache, no-store\r\nvia: 1.1 skiff\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = Pin::new(&mut self.inner).poll_write(cx, answer.as_bytes());
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        let peer = self
+            .inner
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned());
+        tracing::info!(
+            target: "skiff::router",
+            peer = ?peer,
+            limit_s = secs,
+            "request head not complete in time: closed with 408"
+        );
+    }
+}
+
+impl fmt::Debug for HeadWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeadWatch")
+            .field("inner", &self.inner)
+            .field("limit", &self.limit)
+            .field("in_request", &self.in_request)
+            .field("head_started", &self.head_started)
+            .finish()
+    }
+}
+
+impl AsyncRead for HeadWatch {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.in_request.load(Ordering::Relaxed) {
+            this.head_started = false;
+            this.started_at = None;
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if this.expired {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        if this.new_head.load(Ordering::Relaxed) {
+            // The last request may have read nothing after its head (a GET): its head's
+            // start must not count for the next one, nor the idle time between.
+            this.new_head.store(false, Ordering::Relaxed);
+            this.head_started = false;
+            this.started_at = None;
+        }
+        if this.started_at.is_some() && this.poll_expired(cx) {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.head_started = true,
+            Poll::Pending if this.head_started && this.started_at.is_none() => {
+                // A head that has to wait for more bytes: from here it runs against the clock,
+                // counted from about its first byte (the parse between is microseconds).
+                this.started_at = Some(Instant::now());
+                if this.poll_expired(cx) {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+            }
+            _ => {}
+        }
+        read
+    }
+}
+
+impl HeadWatch {
+    /// Whether the current head's time is up; if not, the task wakes when it is.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(started) = self.started_at else {
+            return false;
+        };
+        let at = tokio::time::Instant::from_std(started + self.limit);
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if deadline.deadline() != at {
+            deadline.as_mut().reset(at);
+        }
+        if deadline.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.expired = true;
+        if self.head_started {
+            self.tell_expired(cx);
+        }
+        true
+    }
+}
+
+impl AsyncWrite for HeadWatch {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadWatch {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for HeadWatch {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadWatch {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadWatch {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadWatch {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for HeadWatch {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for HeadWatch {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
