@@ -510,7 +510,22 @@ fn router_end_to_end() -> Result<()> {
         ],
     )?)?;
     ok(s.cli(&repo, &["ps:scale", "web=2"])?)?;
-    deploy_under_load(&s, &repo, &host)
+    deploy_under_load(&s, &repo, &host)?;
+
+    // Ctrl-C lets a request in flight finish before the platform stops.
+    let slow = {
+        let host = host.clone();
+        std::thread::spawn(move || http_full(port, &host, "GET", "/sleep?ms=3000", None, &[]))
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    s.stop()?;
+    let r = slow
+        .join()
+        .map_err(|_| anyhow::anyhow!("the slow request's thread panicked"))??;
+    assert_eq!(r.status, 200, "the request in flight was cut off: {r:?}");
+    let logs = s.logs();
+    assert!(logs.contains("Letting 1 open connection finish"), "{logs}");
+    Ok(())
 }
 
 /// Requests keep flowing while a push replaces every dyno: none may fail, and slow requests

@@ -61,6 +61,10 @@ pub(crate) struct UpArgs {
     /// rest to the API, git and dynos).
     #[arg(long, env = "SKIFF_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Seconds that requests in flight get to finish when Skiff is told to stop (Ctrl-C or
+    /// SIGTERM): the router takes no new connections meanwhile. A second Ctrl-C stops at once.
+    #[arg(long, env = "SKIFF_DRAIN_SECS", default_value_t = 10)]
+    drain_secs: u64,
     /// Instance slots of the pooling allocator (0: allocate instances on demand).
     #[arg(long, default_value_t = 1000)]
     pool_instances: u32,
@@ -190,11 +194,57 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
         token,
         args.demo,
         args.https_port,
+        Drain {
+            router: &router,
+            limit: Duration::from_secs(args.drain_secs),
+        },
     ));
     runtime.shutdown_timeout(Duration::from_secs(5));
     router.shutdown();
     println!("Skiff stopped.");
     result
+}
+
+/// How `skiff up` lets requests in flight finish when it is told to stop.
+struct Drain<'a> {
+    router: &'a skiff_router::RouterHandle,
+    limit: Duration,
+}
+
+impl Drain<'_> {
+    /// The router takes no new connections and closes idle ones; the open ones get until the
+    /// limit (or a second Ctrl-C) to finish, while the dynos still serve them.
+    async fn run(&self, term: &mut tokio::signal::unix::Signal) {
+        self.router.drain();
+        let started = tokio::time::Instant::now();
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
+        let mut said = false;
+        loop {
+            let open = self.router.open_connections();
+            if open == 0 {
+                return;
+            }
+            let s = if open == 1 { "" } else { "s" };
+            // Idle kept-alive connections close at once: only lingering ones are news.
+            if !said && started.elapsed() >= Duration::from_millis(200) {
+                println!(
+                    "Letting {open} open connection{s} finish (up to {} s; Ctrl-C again stops now)...",
+                    self.limit.as_secs()
+                );
+                said = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + self.limit) => {
+                    println!("{open} connection{s} still open; closing.");
+                    return;
+                }
+                _ = &mut interrupt => return,
+                _ = term.recv() => return,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
 }
 
 async fn serve(
@@ -204,6 +254,7 @@ async fn serve(
     token: String,
     demo: bool,
     https_port: u16,
+    drain: Drain<'_>,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -271,6 +322,7 @@ async fn serve(
         }
     }
     println!("Stopping Skiff...");
+    drain.run(&mut term).await;
     let _ = stop_tx.send(true);
     match platform.await {
         Ok(Ok(())) => Ok(()),

@@ -43,12 +43,18 @@ pub(crate) struct Guarded<A> {
 }
 
 impl<A> Guarded<A> {
-    pub(crate) fn new(app: A, head_timeout: Duration, max_connections: Option<usize>) -> Self {
+    /// `open` counts the connections open at any moment.
+    pub(crate) fn new(
+        app: A,
+        head_timeout: Duration,
+        max_connections: Option<usize>,
+        open: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             app: Arc::new(app),
             head_timeout,
             max_connections,
-            open: Arc::new(AtomicUsize::new(0)),
+            open,
             last_refusal_log: AtomicU64::new(u64::MAX),
             since: Instant::now(),
         }

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -81,8 +82,10 @@ impl std::fmt::Debug for RouterConfig {
 
 /// A running router; [`RouterHandle::shutdown`] stops it and waits for its thread.
 pub struct RouterHandle {
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Client connections open now.
+    open: Arc<AtomicUsize>,
     /// The listen ports' reservations (see [`spawn_router`]), released after the router stops.
     _reserved: Vec<tokio::net::TcpSocket>,
     /// The addresses the router listens on, HTTP first.
@@ -111,10 +114,33 @@ impl RouterHandle {
         Ok(())
     }
 
-    /// Stops the router and joins its thread.
+    /// Stops taking connections and lets the open ones finish: the listeners close, idle
+    /// kept-alive connections are closed, and each request in flight gets its answer, after
+    /// which its connection closes. [`RouterHandle::open_connections`] tells when they are done.
+    pub fn drain(&self) {
+        self.stop.send_if_modified(|stop| {
+            let changed = *stop == Stop::Run;
+            if changed {
+                *stop = Stop::Drain;
+            }
+            changed
+        });
+    }
+
+    /// Client connections open now (idle kept-alive ones too).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Stops the router: at once, or after a [`RouterHandle::drain`], whatever is still open.
+    /// Joins its thread unless it was drained, when Pingora's thread sits out a fixed grace
+    /// period that the process need not wait for.
     pub fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
+        let drained = *self.stop.borrow() == Stop::Drain;
+        let _ = self.stop.send(Stop::Now);
+        if let Some(t) = self.thread.take()
+            && !drained
+        {
             let _ = t.join();
         }
     }
@@ -143,14 +169,17 @@ pub fn spawn_router(
         std::net::TcpListener::bind(addr).map_err(taken)?;
         reserved.push(reserve(addr).map_err(taken)?);
     }
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(Stop::Run);
+    let open = Arc::new(AtomicUsize::new(0));
+    let counted = open.clone();
     let thread = std::thread::Builder::new()
         .name("skiff-router".into())
-        .spawn(move || run(config, table, stop_rx))
+        .spawn(move || run(config, table, stop_rx, counted))
         .map_err(RouterError::Thread)?;
     Ok(RouterHandle {
         stop,
         thread: Some(thread),
+        open,
         _reserved: reserved,
         addrs,
     })
@@ -230,9 +259,18 @@ fn reserve(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     Ok(socket)
 }
 
-fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>) {
+fn run(
+    config: RouterConfig,
+    table: Arc<RouteTable>,
+    stop: watch::Receiver<Stop>,
+    open: Arc<AtomicUsize>,
+) {
     let conf = ServerConf {
         threads: config.threads.max(1),
+        // After a drain the platform decides when to stop (see `RouterHandle::drain`); the
+        // grace period just keeps Pingora from cutting off connections before then.
+        grace_period_seconds: Some(DRAIN_GRACE_SECS),
+        graceful_shutdown_timeout_seconds: Some(0),
         pid_file: config.run_dir.join("router.pid").display().to_string(),
         upgrade_sock: config
             .run_dir
@@ -254,7 +292,7 @@ fn run(config: RouterConfig, table: Arc<RouteTable>, stop: watch::Receiver<bool>
     );
     let mut service = Service::new(
         "skiff-router".to_owned(),
-        Guarded::new(proxy, config.head_timeout, config.max_connections),
+        Guarded::new(proxy, config.head_timeout, config.max_connections, open),
     );
     let mut socket = TcpSocketOptions::default();
     socket.tcp_recv_buf = config.client_recv_buffer;
@@ -296,15 +334,30 @@ struct NoCallbacks;
 
 impl TlsAccept for NoCallbacks {}
 
+/// What the platform has asked of the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Run,
+    /// Finish what is open, take nothing new.
+    Drain,
+    Now,
+}
+
+/// Longer than any drain the platform waits for: the process ends before Pingora's thread
+/// wakes.
+const DRAIN_GRACE_SECS: u64 = 24 * 3600;
+
 /// Lets the platform, not Unix signals, decide when the router stops.
-struct StopWatch(watch::Receiver<bool>);
+struct StopWatch(watch::Receiver<Stop>);
 
 #[async_trait]
 impl ShutdownSignalWatch for StopWatch {
     async fn recv(&self) -> ShutdownSignal {
         let mut rx = self.0.clone();
-        let _ = rx.wait_for(|stop| *stop).await;
-        ShutdownSignal::FastShutdown
+        match rx.wait_for(|stop| *stop != Stop::Run).await.map(|s| *s) {
+            Ok(Stop::Drain) => ShutdownSignal::GracefulTerminate,
+            _ => ShutdownSignal::FastShutdown,
+        }
     }
 }
 
@@ -1437,6 +1490,74 @@ mod tests {
         let _ = std::fs::remove_dir_all(run_dir);
     }
 
+    /// A drain closes the listener and idle connections at once, lets a request in flight
+    /// finish, and then counts no open connection.
+    #[test]
+    fn a_drain_lets_requests_in_flight_finish() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dyno = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                read_head(&mut stream);
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow");
+            }
+        });
+        let table = Arc::new(RouteTable::new("localhost"));
+        table.set_app(
+            "a-app",
+            vec![Backend {
+                dyno: "web.1".into(),
+                addr: dyno,
+            }],
+        );
+        let (listen, handle, run_dir) = start_router(&table, None, None);
+        let mut idle = TcpStream::connect(listen).expect("connect");
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut busy = TcpStream::connect(listen).expect("connect");
+        busy.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        busy.write_all(KEEP_ALIVE_GET).expect("write");
+        // Both counted before the drain begins.
+        for _ in 0..200 {
+            if handle.open_connections() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(handle.open_connections(), 2);
+        std::thread::sleep(Duration::from_millis(200));
+        handle.drain();
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(idle.read(&mut buf), Ok(0)),
+            "the idle one is closed"
+        );
+        let mut refused = false;
+        for _ in 0..100 {
+            if TcpStream::connect(listen).is_err() {
+                refused = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(refused, "new connections are refused while draining");
+        let (head, body) = read_response(&mut busy);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, "slow");
+        assert!(matches!(busy.read(&mut buf), Ok(0)), "then closed");
+        for _ in 0..200 {
+            if handle.open_connections() == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(handle.open_connections(), 0);
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
     /// A client that connects and sends nothing is let go at the head's deadline, without an
     /// answer (browsers open connections ahead of need and expect just a close).
     #[test]
@@ -1563,8 +1684,9 @@ mod tests {
     fn waiting_for_a_router_that_does_not_listen_names_the_address() {
         let addr = free_addr();
         let handle = |thread| RouterHandle {
-            stop: watch::channel(false).0,
+            stop: watch::channel(Stop::Run).0,
             thread: Some(thread),
+            open: Arc::default(),
             _reserved: vec![reserve(addr).expect("reserve")],
             addrs: vec![addr],
         };
