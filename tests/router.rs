@@ -549,6 +549,14 @@ fn hostile_clients(s: &Skiff, port: u16, host: &str) -> Result<()> {
         400,
         "two Content-Length values",
     )?;
+    let r = raw_exchange(
+        port,
+        format!("POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5, 5\r\n\r\nabcde")
+            .as_bytes(),
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(r.status, 400, "a Content-Length list: {r:?}");
+    assert!(r.body.contains("single number"), "the router's page: {r:?}");
     refused(
         format!(
             "POST /echo HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"

@@ -235,6 +235,7 @@ pub(crate) fn start_router(
             client_recv_buffer: None,
             head_timeout: skiff_router::DEFAULT_HEAD_TIMEOUT,
             max_connections: None,
+            max_connections_per_client: None,
         },
         table,
     )?;

@@ -58,9 +58,14 @@ pub(crate) struct UpArgs {
     head_timeout_secs: u64,
     /// The most client connections the router holds open at once; beyond it, new ones get a
     /// 503 and are closed (default: half the process's file descriptor limit, leaving the
-    /// rest to the API, git and dynos).
+    /// rest to the API, git and dynos; 0: no cap but that limit).
     #[arg(long, env = "SKIFF_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// The most connections one client address (an IPv6 /64) may hold open, so a single
+    /// client cannot fill the cap above (default: a tenth of it; 0: no such cap, for a router
+    /// behind a load balancer, where all clients share its address).
+    #[arg(long, env = "SKIFF_MAX_CONNECTIONS_PER_CLIENT")]
+    max_connections_per_client: Option<usize>,
     /// Seconds that requests in flight get to finish when Skiff is told to stop (Ctrl-C or
     /// SIGTERM): the router takes no new connections meanwhile. A second Ctrl-C stops at once.
     #[arg(long, env = "SKIFF_DRAIN_SECS", default_value_t = 10)]
@@ -110,12 +115,24 @@ pub(crate) fn keep_resident_bytes(mib: usize) -> usize {
     mib.min(1 << 12) << 20
 }
 
-/// Half the soft limit on open files: the router's clients may take that many, and the API,
-/// git, dynos and add-ons keep the rest.
-fn default_max_connections() -> usize {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    let limit = limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    (limit / 2).max(64)
+/// Raises the soft limit on open files to the hard one and returns it: a server's due, as the
+/// usual soft limit of 1024 is set for programs that use select(2).
+fn raise_open_file_limit() -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    // Linux refuses an unlimited open-file count; its usual ceiling (fs.nr_open) is 2^20.
+    let wanted = maximum.unwrap_or(1 << 20);
+    if current.is_some_and(|c| c < wanted) {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "the open-file limit stays as it is");
+        }
+    }
+    let limit = getrlimit(Resource::Nofile).current;
+    limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 pub(crate) fn run(args: UpArgs) -> Result<()> {
@@ -163,6 +180,10 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
     let https_listen =
         (args.https_port > 0).then(|| SocketAddr::from(([127, 0, 0, 1], args.https_port)));
     let logs = Logs::new();
+    // Half the open files for the router's clients; the API, git, dynos and add-ons keep the
+    // rest.
+    let open_files = raise_open_file_limit();
+    let max_connections = args.max_connections.unwrap_or((open_files / 2).max(64));
     let serving = sched::Serving::new(args.sched_slice_us);
     serving.before_router();
     let router = skiff_router::spawn_router(
@@ -175,7 +196,13 @@ pub(crate) fn run(args: UpArgs) -> Result<()> {
             client_recv_buffer: (args.client_recv_buffer_kib > 0)
                 .then(|| args.client_recv_buffer_kib.saturating_mul(1024)),
             head_timeout: Duration::from_secs(args.head_timeout_secs.max(1)),
-            max_connections: Some(args.max_connections.unwrap_or_else(default_max_connections)),
+            max_connections: (max_connections > 0).then_some(max_connections),
+            max_connections_per_client: match args.max_connections_per_client {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None if max_connections == 0 => None,
+                None => Some((max_connections / 10).max(16)),
+            },
         },
         routes.clone(),
     )?;
@@ -221,13 +248,13 @@ impl Drain<'_> {
         tokio::pin!(interrupt);
         let mut said = false;
         loop {
-            let open = self.router.open_connections();
-            if open == 0 {
+            if self.router.drained() {
                 return;
             }
+            let open = self.router.open_connections();
             let s = if open == 1 { "" } else { "s" };
             // Idle kept-alive connections close at once: only lingering ones are news.
-            if !said && started.elapsed() >= Duration::from_millis(200) {
+            if !said && open > 0 && started.elapsed() >= Duration::from_millis(200) {
                 println!(
                     "Letting {open} open connection{s} finish (up to {} s; Ctrl-C again stops now)...",
                     self.limit.as_secs()
@@ -236,7 +263,9 @@ impl Drain<'_> {
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(started + self.limit) => {
-                    println!("{open} connection{s} still open; closing.");
+                    if open > 0 {
+                        println!("{open} connection{s} still open; closing.");
+                    }
                     return;
                 }
                 _ = &mut interrupt => return,

@@ -6,12 +6,14 @@
 //! connection the kernel hands it, so enough idle clients take all the process's file
 //! descriptors, which the API, git and the dynos share.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,10 @@ pub(crate) struct Guarded<A> {
     head_timeout: Duration,
     max_connections: Option<usize>,
     open: Arc<AtomicUsize>,
+    /// Set once the listeners have closed (after a drain began): from then on, a count of no
+    /// open connections stays so.
+    closed: Arc<AtomicBool>,
+    per_client: Option<Arc<PerClient>>,
     /// Seconds since `since` when a refusal was last logged: one line a second at most, so a
     /// flood of connections does not become a flood of log lines.
     last_refusal_log: AtomicU64,
@@ -43,48 +49,90 @@ pub(crate) struct Guarded<A> {
 }
 
 impl<A> Guarded<A> {
-    /// `open` counts the connections open at any moment.
+    /// `open` counts the connections open at any moment; `closed` is set when the listeners
+    /// close.
     pub(crate) fn new(
         app: A,
-        head_timeout: Duration,
-        max_connections: Option<usize>,
+        limits: ConnectionLimits,
         open: Arc<AtomicUsize>,
+        closed: Arc<AtomicBool>,
     ) -> Self {
         Self {
             app: Arc::new(app),
-            head_timeout,
-            max_connections,
+            head_timeout: limits.head_timeout,
+            max_connections: limits.max_connections,
             open,
+            closed,
+            per_client: limits.max_per_client.map(|max| {
+                Arc::new(PerClient {
+                    max,
+                    open: Mutex::new(HashMap::new()),
+                })
+            }),
             last_refusal_log: AtomicU64::new(u64::MAX),
             since: Instant::now(),
         }
     }
 
-    fn admit(&self) -> Option<OpenConnection> {
+    /// The connection's place, or why it has none. A refused connection stays counted while
+    /// it is told so.
+    fn admit(&self, stream: &Stream) -> Result<Admitted, (Refusal, OpenConnection)> {
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         let held = OpenConnection(self.open.clone());
-        match self.max_connections {
-            Some(max) if open > max => None,
-            _ => Some(held),
+        if let Some(max) = self.max_connections
+            && open > max
+        {
+            // Refusals hold descriptors too: a flood past the cap's slack is closed unanswered.
+            let why = if open > max + REFUSAL_SLACK {
+                Refusal::Flood
+            } else {
+                Refusal::Router
+            };
+            return Err((why, held));
         }
+        let client = match (&self.per_client, client_key(stream)) {
+            (Some(per_client), Some(key)) => match per_client.admit(key) {
+                Some(client) => Some(client),
+                None => return Err((Refusal::Client(key), held)),
+            },
+            _ => None,
+        };
+        Ok(Admitted {
+            _open: held,
+            _client: client,
+        })
     }
 
-    async fn refuse(&self, mut stream: Stream) {
+    async fn refuse(&self, mut stream: Stream, why: Refusal) {
         let now = self.since.elapsed().as_secs();
         if self.last_refusal_log.swap(now, Ordering::Relaxed) != now {
-            tracing::warn!(
-                target: "skiff::router",
-                max = self.max_connections.unwrap_or_default(),
-                "router at its cap of open connections: refusing new ones with 503"
-            );
+            match why {
+                Refusal::Router | Refusal::Flood => tracing::warn!(
+                    target: "skiff::router",
+                    max = self.max_connections.unwrap_or_default(),
+                    "router at its cap of open connections: refusing new ones with 503"
+                ),
+                Refusal::Client(client) => tracing::warn!(
+                    target: "skiff::router",
+                    %client,
+                    max = self.per_client.as_ref().map(|p| p.max).unwrap_or_default(),
+                    "a client address at its cap of open connections: refusing its new ones with 503"
+                ),
+            }
         }
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        if matches!(why, Refusal::Flood) || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return;
         }
-        let body = page(
-            "Too many connections",
-            "Skiff's router is at its limit of open connections. Try again in a moment.",
-        );
+        let body = match why {
+            Refusal::Router | Refusal::Flood => page(
+                "Too many connections",
+                "Skiff's router is at its limit of open connections. Try again in a moment.",
+            ),
+            Refusal::Client(_) => page(
+                "Too many connections",
+                "Your address has as many connections open to Skiff's router as it allows. Close some, or try again in a moment.",
+            ),
+        };
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/html; charset=utf-8\r\n\
              content-length: {}\r\ncache-control: no-cache, no-store\r\nretry-after: 1\r\n\
@@ -109,7 +157,90 @@ impl<A> Guarded<A> {
 /// How long a refused connection is given to take its 503.
 const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
-/// One admitted (or counted, then refused) connection; uncounted when dropped.
+/// How many connections past the cap are answered with a 503 rather than closed at once.
+const REFUSAL_SLACK: usize = 64;
+
+/// The bounds on client connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    pub(crate) head_timeout: Duration,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_per_client: Option<usize>,
+}
+
+/// Why a connection is turned away.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The router is at its cap.
+    Router,
+    /// Far past the cap: closed without a word.
+    Flood,
+    /// The client's address is at its cap.
+    Client(IpAddr),
+}
+
+/// What an admitted connection holds until it closes.
+struct Admitted {
+    _open: OpenConnection,
+    _client: Option<ClientConnection>,
+}
+
+/// Open connections per client address.
+struct PerClient {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerClient {
+    fn admit(self: &Arc<Self>, key: IpAddr) -> Option<ClientConnection> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientConnection {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection of a client address; uncounted when dropped.
+struct ClientConnection {
+    table: Arc<PerClient>,
+    key: IpAddr,
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Who a connection counts against: its peer's address, or for IPv6 the /64 it is in, which is
+/// what one subscriber is handed (one address each would let a single host open a cap's worth
+/// from every one of its addresses).
+fn client_key(stream: &Stream) -> Option<IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    let ip = digest.peer_addr()?.as_inet()?.ip().to_canonical();
+    Some(match ip {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        v4 => v4,
+    })
+}
+
+/// One admitted connection; uncounted when dropped.
 struct OpenConnection(Arc<AtomicUsize>);
 
 impl Drop for OpenConnection {
@@ -128,9 +259,12 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let Some(_open) = self.admit() else {
-            self.refuse(stream).await;
-            return None;
+        let _admitted = match self.admit(&stream) {
+            Ok(admitted) => admitted,
+            Err((why, _counted)) => {
+                self.refuse(stream, why).await;
+                return None;
+            }
         };
         // HTTP/2 frames its own heads and the h2 crate bounds them; the watch reads HTTP/1.
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
@@ -141,10 +275,15 @@ where
         self.app.process_new(stream, shutdown).await
     }
 
+    /// Runs once the listeners have closed.
     async fn cleanup(&self) {
+        self.closed.store(true, Ordering::Release);
         self.app.cleanup().await;
     }
 }
+
+/// The second (of the Unix epoch) when a cut-off head was last logged.
+static LAST_EXPIRY_LOG: AtomicU64 = AtomicU64::new(0);
 
 /// A client's HTTP/1 stream whose request heads must each arrive within a time limit.
 ///
@@ -215,6 +354,14 @@ impl HeadWatch {
         );
         let _ = Pin::new(&mut self.inner).poll_write(cx, answer.as_bytes());
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        // One line a second at most: a slow-loris flood must not become a log flood (Pingora
+        // writes its own line for each anyway).
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if LAST_EXPIRY_LOG.swap(second, Ordering::Relaxed) == second {
+            return;
+        }
         let peer = self
             .inner
             .get_socket_digest()
@@ -247,8 +394,11 @@ impl AsyncRead for HeadWatch {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.in_request.load(Ordering::Relaxed) {
+            if this.started_at.take().is_some() {
+                // Its timer would wake the task once for nothing.
+                this.deadline = None;
+            }
             this.head_started = false;
-            this.started_at = None;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         if this.expired {
@@ -259,7 +409,9 @@ impl AsyncRead for HeadWatch {
             // start must not count for the next one, nor the idle time between.
             this.new_head.store(false, Ordering::Relaxed);
             this.head_started = false;
-            this.started_at = None;
+            if this.started_at.take().is_some() {
+                this.deadline = None;
+            }
         }
         if this.started_at.is_some() && this.poll_expired(cx) {
             return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -23,7 +23,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::watch;
 
 use crate::RouterError;
-use crate::guard::{Guarded, HeadWatch};
+use crate::guard::{ConnectionLimits, Guarded, HeadWatch};
 use crate::pages::{Code, page};
 use crate::table::{AppRoute, AppSettings, InFlight, RouteTable, normalize};
 use crate::tls::SniResolver;
@@ -59,6 +59,10 @@ pub struct RouterConfig {
     /// The most client connections open at once (`None`: no cap but the process's file
     /// descriptor limit). Beyond it, new connections get a 503 and are closed.
     pub max_connections: Option<usize>,
+    /// The most connections open at once from one client address (an IPv6 /64 counts as
+    /// one), so one client cannot take them all (`None`: no such cap, for a router behind a
+    /// load balancer, where every client has the balancer's address).
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// A request head's time limit unless the platform says otherwise: a head is a few KiB, and
@@ -76,6 +80,10 @@ impl std::fmt::Debug for RouterConfig {
             .field("client_recv_buffer", &self.client_recv_buffer)
             .field("head_timeout", &self.head_timeout)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
             .finish()
     }
 }
@@ -86,6 +94,8 @@ pub struct RouterHandle {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Client connections open now.
     open: Arc<AtomicUsize>,
+    /// Whether the listeners have closed (after a drain).
+    closed: Arc<AtomicBool>,
     /// The listen ports' reservations (see [`spawn_router`]), released after the router stops.
     _reserved: Vec<tokio::net::TcpSocket>,
     /// The addresses the router listens on, HTTP first.
@@ -132,6 +142,12 @@ impl RouterHandle {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Whether a [`RouterHandle::drain`] is over: the listeners have closed (so no connection
+    /// comes in any more) and every open connection has ended.
+    pub fn drained(&self) -> bool {
+        self.closed.load(Ordering::Acquire) && self.open_connections() == 0
+    }
+
     /// Stops the router: at once, or after a [`RouterHandle::drain`], whatever is still open.
     /// Joins its thread unless it was drained, when Pingora's thread sits out a fixed grace
     /// period that the process need not wait for.
@@ -171,15 +187,17 @@ pub fn spawn_router(
     }
     let (stop, stop_rx) = watch::channel(Stop::Run);
     let open = Arc::new(AtomicUsize::new(0));
-    let counted = open.clone();
+    let closed = Arc::new(AtomicBool::new(false));
+    let (counted, closing) = (open.clone(), closed.clone());
     let thread = std::thread::Builder::new()
         .name("skiff-router".into())
-        .spawn(move || run(config, table, stop_rx, counted))
+        .spawn(move || run(config, table, stop_rx, counted, closing))
         .map_err(RouterError::Thread)?;
     Ok(RouterHandle {
         stop,
         thread: Some(thread),
         open,
+        closed,
         _reserved: reserved,
         addrs,
     })
@@ -264,6 +282,7 @@ fn run(
     table: Arc<RouteTable>,
     stop: watch::Receiver<Stop>,
     open: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
 ) {
     let conf = ServerConf {
         threads: config.threads.max(1),
@@ -292,7 +311,16 @@ fn run(
     );
     let mut service = Service::new(
         "skiff-router".to_owned(),
-        Guarded::new(proxy, config.head_timeout, config.max_connections, open),
+        Guarded::new(
+            proxy,
+            ConnectionLimits {
+                head_timeout: config.head_timeout,
+                max_connections: config.max_connections,
+                max_per_client: config.max_connections_per_client,
+            },
+            open,
+            closed,
+        ),
     );
     let mut socket = TcpSocketOptions::default();
     socket.tcp_recv_buf = config.client_recv_buffer;
@@ -313,6 +341,7 @@ fn run(
         https = ?config.https_listen,
         head_timeout = ?config.head_timeout,
         max_connections = ?config.max_connections,
+        max_connections_per_client = ?config.max_connections_per_client,
         "router up"
     );
     server.run(RunArgs {
@@ -837,6 +866,11 @@ impl ProxyHttp for Router {
         // Held until here so the request counts against its app and dyno until it is done.
         ctx.on_dyno = None;
         ctx.admitted = None;
+        // Pingora reuses a connection after this, draining what is left of the request body
+        // first: those bytes would count as the next head's. Not reused then.
+        if !session.is_body_done() {
+            session.set_keepalive(None);
+        }
         if let Some(watch) = session.stream().and_then(HeadWatch::of) {
             watch.request_done();
         }
@@ -943,6 +977,15 @@ fn malformed(req: &RequestHeader) -> Option<(u16, &'static str)> {
                 "Transfer-Encoding other than a single `chunked` is not accepted.",
             ));
         }
+    }
+    // RFC 9110 lets a recipient take `5, 5` as 5, but the dyno's parser refuses it, and a
+    // list is how two framings hide in one header: one number or nothing.
+    if headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Some((400, "Content-Length must be a single number."));
     }
     // A path (origin form), a whole URL (absolute form) or `OPTIONS *`: anything else (`GET
     // json`, an authority alone) no app can be asked about.
@@ -1394,6 +1437,7 @@ mod tests {
             client_recv_buffer: None,
             head_timeout: DEFAULT_HEAD_TIMEOUT,
             max_connections: None,
+            max_connections_per_client: None,
         };
         configure(&mut config);
         let handle = spawn_router(config, table.clone()).expect("router");
@@ -1490,6 +1534,108 @@ mod tests {
         let _ = std::fs::remove_dir_all(run_dir);
     }
 
+    /// Refusals hold descriptors too: far past the cap, connections are closed unanswered.
+    #[test]
+    fn closes_a_flood_past_the_cap_unanswered() {
+        let table = table_with_ok_app();
+        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+            c.max_connections = Some(1);
+        });
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
+        let mut held = TcpStream::connect(listen).expect("connect");
+        held.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        held.write_all(KEEP_ALIVE_GET).expect("write");
+        let (head, _) = read_response(&mut held);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        // Each refusal waits up to half a second for its client to close, so these overlap
+        // once the router has taken them all in (a fraction of that).
+        let flood: Vec<TcpStream> = (0..100)
+            .map(|_| TcpStream::connect(listen).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(250));
+        let (mut answered, mut closed) = (0, 0);
+        for mut s in flood {
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            if got.starts_with(b"HTTP/1.1 503 ") {
+                answered += 1;
+            } else if got.is_empty() {
+                closed += 1;
+            }
+        }
+        assert!(
+            answered > 0 && closed > 0,
+            "{answered} answered, {closed} closed"
+        );
+        assert_eq!(answered + closed, 100);
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    /// A connection from `ip` (a loopback address) to `to`.
+    fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(SocketAddr::from((ip, 0)))
+                .expect("bind a loopback address");
+            let stream = socket.connect(to).await.expect("connect");
+            let stream = stream.into_std().expect("std stream");
+            stream.set_nonblocking(false).expect("blocking");
+            stream
+        })
+    }
+
+    /// One client address cannot hold more than its share of connections; another address
+    /// is served meanwhile.
+    #[test]
+    fn caps_connections_per_client_address() {
+        let table = table_with_ok_app();
+        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+            c.max_connections = Some(100);
+            c.max_connections_per_client = Some(2);
+        });
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = connect_from([127, 0, 0, 1], listen);
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            s.write_all(KEEP_ALIVE_GET).expect("write");
+            let (head, _) = read_response(&mut s);
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            held.push(s);
+        }
+        let mut third = connect_from([127, 0, 0, 1], listen);
+        third
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        third.write_all(KEEP_ALIVE_GET).expect("write");
+        let (head, body) = read_response(&mut third);
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+        assert!(body.contains("Your address"), "{body}");
+        let mut other = connect_from([127, 0, 0, 2], listen);
+        other
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        other.write_all(KEEP_ALIVE_GET).expect("write");
+        let (head, _) = read_response(&mut other);
+        assert!(head.starts_with("http/1.1 200"), "another address: {head}");
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
     /// A drain closes the listener and idle connections at once, lets a request in flight
     /// finish, and then counts no open connection.
     #[test]
@@ -1554,6 +1700,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(handle.open_connections(), 0);
+        assert!(handle.drained());
         handle.shutdown();
         let _ = std::fs::remove_dir_all(run_dir);
     }
@@ -1687,6 +1834,7 @@ mod tests {
             stop: watch::channel(Stop::Run).0,
             thread: Some(thread),
             open: Arc::default(),
+            closed: Arc::default(),
             _reserved: vec![reserve(addr).expect("reserve")],
             addrs: vec![addr],
         };
