@@ -470,8 +470,56 @@ fn init_logging() {
         )
     });
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(ClientHeadFailures)
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
         .try_init();
+}
+
+/// Drops Pingora's ERROR line for a request head that never arrived whole: a client that hung
+/// up or trickled past the head deadline (which the router logs itself, a line a second at
+/// most). Such lines are the client's doing, and a slow-loris flood would bury the platform's
+/// real errors under them.
+struct ClientHeadFailures;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientHeadFailures {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut seen = HeadFailure::default();
+        event.record(&mut seen);
+        !(seen.from_proxy && seen.reading_head)
+    }
+}
+
+/// What [`ClientHeadFailures`] looks for in an event's fields: Pingora logs through `log`,
+/// so its target arrives as the `log.target` field.
+#[derive(Default)]
+struct HeadFailure {
+    from_proxy: bool,
+    reading_head: bool,
+}
+
+impl tracing::field::Visit for HeadFailure {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.from_proxy = value.starts_with("pingora_proxy");
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let text = format!("{value:?}");
+            self.reading_head =
+                text.starts_with("Fail to proxy") && text.contains("while reading request headers");
+        }
+    }
 }
