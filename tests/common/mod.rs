@@ -36,6 +36,8 @@ pub struct Skiff {
     pub https_port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// Whether `skiff up` has come up once: until then its ports may still change.
+    booted: bool,
 }
 
 impl Skiff {
@@ -57,6 +59,7 @@ impl Skiff {
             http_port: free_port()?,
             https_port: free_port()?,
             child: None,
+            booted: false,
         })
     }
 
@@ -107,12 +110,17 @@ impl Skiff {
     /// answers on the port. Readiness is therefore this process's own "Skiff is up." line, not
     /// a port that accepts, and a first boot that loses a port tries again on fresh ones.
     pub fn boot_with(&mut self, extra: &[&str]) -> Result<()> {
-        let first_boot = !self.data_dir().exists();
+        // Before the first start (even with a data dir the test prepared) nothing has recorded
+        // the ports yet, so a lost one can be swapped for another.
+        let first_boot = !self.booted;
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.try_boot(extra)? {
-                true => return Ok(()),
+                true => {
+                    self.booted = true;
+                    return Ok(());
+                }
                 false if first_boot && attempt < 4 => {
                     self.api_port = free_port()?;
                     self.http_port = free_port()?;
