@@ -1444,6 +1444,35 @@ mod tests {
         (listen, handle, run_dir)
     }
 
+    /// A router on a free port with the test's settings, up.
+    fn start_configured(
+        table: &Arc<RouteTable>,
+        configure: impl FnOnce(&mut RouterConfig),
+    ) -> (SocketAddr, RouterHandle, std::path::PathBuf) {
+        let (listen, handle, run_dir) = spawn_configured(table, configure);
+        handle
+            .wait_listening(Duration::from_secs(5))
+            .expect("router listens");
+        (listen, handle, run_dir)
+    }
+
+    /// A client connection that waits up to 20 s for each read.
+    fn client(listen: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect(listen).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s
+    }
+
+    /// A kept-alive client served once (so the router surely counts it), still open.
+    fn served_once(listen: SocketAddr) -> TcpStream {
+        let mut s = client(listen);
+        s.write_all(KEEP_ALIVE_GET).expect("write");
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        s
+    }
+
     /// A table with app `a-app` on one dyno that answers `ok`.
     fn table_with_ok_app() -> Arc<RouteTable> {
         let table = Arc::new(RouteTable::new("localhost"));
@@ -1488,12 +1517,9 @@ mod tests {
     #[test]
     fn cuts_off_a_head_that_trickles_past_its_deadline() {
         let table = table_with_ok_app();
-        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+        let (listen, handle, run_dir) = start_configured(&table, |c| {
             c.head_timeout = Duration::from_secs(1);
         });
-        handle
-            .wait_listening(Duration::from_secs(5))
-            .expect("router listens");
         let mut s = TcpStream::connect(listen).expect("connect");
         s.write_all(b"GET / HTTP/1.1\r\nHost: a-app.localhost\r\n")
             .expect("write");
@@ -1538,18 +1564,10 @@ mod tests {
     #[test]
     fn closes_a_flood_past_the_cap_unanswered() {
         let table = table_with_ok_app();
-        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+        let (listen, handle, run_dir) = start_configured(&table, |c| {
             c.max_connections = Some(1);
         });
-        handle
-            .wait_listening(Duration::from_secs(5))
-            .expect("router listens");
-        let mut held = TcpStream::connect(listen).expect("connect");
-        held.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        held.write_all(KEEP_ALIVE_GET).expect("write");
-        let (head, _) = read_response(&mut held);
-        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let _held = served_once(listen);
         // Each refusal waits up to half a second for its client to close, so these overlap
         // once the router has taken them all in (a fraction of that).
         let flood: Vec<TcpStream> = (0..100)
@@ -1600,13 +1618,10 @@ mod tests {
     #[test]
     fn caps_connections_per_client_address() {
         let table = table_with_ok_app();
-        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+        let (listen, handle, run_dir) = start_configured(&table, |c| {
             c.max_connections = Some(100);
             c.max_connections_per_client = Some(2);
         });
-        handle
-            .wait_listening(Duration::from_secs(5))
-            .expect("router listens");
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut s = connect_from([127, 0, 0, 1], listen);
@@ -1658,12 +1673,8 @@ mod tests {
             }],
         );
         let (listen, handle, run_dir) = start_router(&table, None, None);
-        let mut idle = TcpStream::connect(listen).expect("connect");
-        idle.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut busy = TcpStream::connect(listen).expect("connect");
-        busy.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+        let mut idle = client(listen);
+        let mut busy = client(listen);
         busy.write_all(KEEP_ALIVE_GET).expect("write");
         // Both counted before the drain begins.
         for _ in 0..200 {
@@ -1710,16 +1721,11 @@ mod tests {
     #[test]
     fn lets_go_of_a_client_that_sends_nothing() {
         let table = table_with_ok_app();
-        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+        let (listen, handle, run_dir) = start_configured(&table, |c| {
             c.head_timeout = Duration::from_secs(1);
         });
-        handle
-            .wait_listening(Duration::from_secs(5))
-            .expect("router listens");
-        let mut s = TcpStream::connect(listen).expect("connect");
-        // Far past the limit, yet well within Pingora's own 60 s.
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
+        // Reads wait far past the limit, yet well within Pingora's own 60 s.
+        let mut s = client(listen);
         let mut buf = [0u8; 64];
         assert!(matches!(s.read(&mut buf), Ok(0)), "closed without a word");
         handle.shutdown();
@@ -1731,15 +1737,10 @@ mod tests {
     #[test]
     fn the_head_deadline_spares_idle_time_and_heads_sent_in_time() {
         let table = table_with_ok_app();
-        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+        let (listen, handle, run_dir) = start_configured(&table, |c| {
             c.head_timeout = Duration::from_secs(1);
         });
-        handle
-            .wait_listening(Duration::from_secs(5))
-            .expect("router listens");
-        let mut s = TcpStream::connect(listen).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
+        let mut s = client(listen);
         s.write_all(KEEP_ALIVE_GET).expect("write");
         let (head, body) = read_response(&mut s);
         assert!(head.starts_with("http/1.1 200"), "{head}");
@@ -1761,12 +1762,9 @@ mod tests {
     #[test]
     fn refuses_connections_beyond_the_cap() {
         let table = table_with_ok_app();
-        let (listen, handle, run_dir) = spawn_configured(&table, |c| {
+        let (listen, handle, run_dir) = start_configured(&table, |c| {
             c.max_connections = Some(2);
         });
-        handle
-            .wait_listening(Duration::from_secs(5))
-            .expect("router listens");
         // Two kept-alive clients, each served once, so both are surely counted.
         let mut held = Vec::new();
         for _ in 0..2 {
