@@ -473,19 +473,19 @@ fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let _ = tracing_subscriber::registry()
-        .with(ClientHeadFailures)
+        .with(ClientFailures)
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
         .try_init();
 }
 
-/// Drops Pingora's ERROR line for a request head that never arrived whole: a client that hung
-/// up or trickled past the head deadline (which the router logs itself, a line a second at
-/// most). Such lines are the client's doing, and a slow-loris flood would bury the platform's
-/// real errors under them.
-struct ClientHeadFailures;
+/// Drops Pingora's ERROR lines for what a client did: a request head that never arrived whole
+/// (it hung up, or trickled past the head deadline, which the router logs itself, a line a
+/// second at most), and an error answer it did not stay to read. A flood of such clients would
+/// bury the platform's real errors under them.
+struct ClientFailures;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientHeadFailures {
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientFailures {
     fn event_enabled(
         &self,
         event: &tracing::Event<'_>,
@@ -494,21 +494,21 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientHeadFailures
         if *event.metadata().level() != tracing::Level::ERROR {
             return true;
         }
-        let mut seen = HeadFailure::default();
+        let mut seen = ClientFailure::default();
         event.record(&mut seen);
-        !(seen.from_proxy && seen.reading_head)
+        !(seen.from_proxy && seen.clients_doing)
     }
 }
 
-/// What [`ClientHeadFailures`] looks for in an event's fields: Pingora logs through `log`,
-/// so its target arrives as the `log.target` field.
+/// What [`ClientFailures`] looks for in an event's fields: Pingora logs through `log`, so its
+/// target arrives as the `log.target` field.
 #[derive(Default)]
-struct HeadFailure {
+struct ClientFailure {
     from_proxy: bool,
-    reading_head: bool,
+    clients_doing: bool,
 }
 
-impl tracing::field::Visit for HeadFailure {
+impl tracing::field::Visit for ClientFailure {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if field.name() == "log.target" {
             self.from_proxy = value.starts_with("pingora_proxy");
@@ -518,8 +518,9 @@ impl tracing::field::Visit for HeadFailure {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
             let text = format!("{value:?}");
-            self.reading_head =
-                text.starts_with("Fail to proxy") && text.contains("while reading request headers");
+            self.clients_doing = (text.starts_with("Fail to proxy")
+                && text.contains("while reading request headers"))
+                || text.starts_with("failed to send error response to downstream");
         }
     }
 }

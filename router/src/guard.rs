@@ -74,29 +74,31 @@ impl<A> Guarded<A> {
         }
     }
 
-    /// The connection's place, or why it has none. A refused connection stays counted while
-    /// it is told so.
-    fn admit(&self, stream: &Stream) -> Result<Admitted, (Refusal, OpenConnection)> {
+    /// The connection's place, or why it has none, with what it holds while it is told so.
+    fn admit(&self, stream: &Stream) -> Result<Admitted, (Refusal, Option<Held>)> {
+        // The client's own cap first: its refusals are held apart from the router's places,
+        // so one client's flood of them cannot fill the router's cap.
+        let client = match (&self.per_client, client_key(stream)) {
+            (Some(per_client), Some(key)) => match per_client.admit(key) {
+                Ok(client) => Some(client),
+                Err(Some(refusing)) => {
+                    return Err((Refusal::Client(key), Some(Held::Client(refusing))));
+                }
+                Err(None) => return Err((Refusal::Flood, None)),
+            },
+            _ => None,
+        };
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
         let held = OpenConnection(self.open.clone());
         if let Some(max) = self.max_connections
             && open > max
         {
             // Refusals hold descriptors too: a flood past the cap's slack is closed unanswered.
-            let why = if open > max + REFUSAL_SLACK {
-                Refusal::Flood
-            } else {
-                Refusal::Router
-            };
-            return Err((why, held));
+            if open > max + REFUSAL_SLACK {
+                return Err((Refusal::Flood, None));
+            }
+            return Err((Refusal::Router, Some(Held::Router(held))));
         }
-        let client = match (&self.per_client, client_key(stream)) {
-            (Some(per_client), Some(key)) => match per_client.admit(key) {
-                Some(client) => Some(client),
-                None => return Err((Refusal::Client(key), held)),
-            },
-            _ => None,
-        };
         Ok(Admitted {
             _open: held,
             _client: client,
@@ -107,10 +109,14 @@ impl<A> Guarded<A> {
         let now = self.since.elapsed().as_secs();
         if self.last_refusal_log.swap(now, Ordering::Relaxed) != now {
             match why {
-                Refusal::Router | Refusal::Flood => tracing::warn!(
+                Refusal::Router => tracing::warn!(
                     target: "skiff::router",
                     max = self.max_connections.unwrap_or_default(),
                     "router at its cap of open connections: refusing new ones with 503"
+                ),
+                Refusal::Flood => tracing::warn!(
+                    target: "skiff::router",
+                    "connections far past a cap (the router's or one address's): closing new ones unanswered"
                 ),
                 Refusal::Client(client) => tracing::warn!(
                     target: "skiff::router",
@@ -157,7 +163,8 @@ impl<A> Guarded<A> {
 /// How long a refused connection is given to take its 503.
 const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
-/// How many connections past the cap are answered with a 503 rather than closed at once.
+/// How many connections past a cap (the router's, or one address's) are answered with a 503
+/// at once rather than closed.
 const REFUSAL_SLACK: usize = 64;
 
 /// The bounds on client connections.
@@ -173,10 +180,16 @@ pub(crate) struct ConnectionLimits {
 enum Refusal {
     /// The router is at its cap.
     Router,
-    /// Far past the cap: closed without a word.
+    /// Far past a cap: closed without a word.
     Flood,
     /// The client's address is at its cap.
     Client(IpAddr),
+}
+
+/// What a refused connection holds while it is told so.
+enum Held {
+    Router(#[allow(dead_code, reason = "held for its Drop")] OpenConnection),
+    Client(#[allow(dead_code, reason = "held for its Drop")] ClientConnection),
 }
 
 /// What an admitted connection holds until it closes.
@@ -188,21 +201,47 @@ struct Admitted {
 /// Open connections per client address.
 struct PerClient {
     max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Mutex<HashMap<IpAddr, Counts>>,
+}
+
+/// One client address's connections: admitted, and being told they are not.
+#[derive(Default)]
+struct Counts {
+    open: usize,
+    refusing: usize,
+}
+
+/// Which count a [`ClientConnection`] holds a place in.
+#[derive(Clone, Copy)]
+enum Place {
+    Open,
+    Refusing,
 }
 
 impl PerClient {
-    fn admit(self: &Arc<Self>, key: IpAddr) -> Option<ClientConnection> {
+    /// A place among the address's open connections; else, while few of its refusals are
+    /// pending, one among those (`Err(Some)`: answer it); else nothing (`Err(None)`: close it).
+    fn admit(self: &Arc<Self>, key: IpAddr) -> Result<ClientConnection, Option<ClientConnection>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(key).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(ClientConnection {
+        let counts = open.entry(key).or_default();
+        let place = if counts.open < self.max {
+            counts.open += 1;
+            Place::Open
+        } else if counts.refusing < REFUSAL_SLACK {
+            counts.refusing += 1;
+            Place::Refusing
+        } else {
+            return Err(None);
+        };
+        let held = ClientConnection {
             table: self.clone(),
             key,
-        })
+            place,
+        };
+        match place {
+            Place::Open => Ok(held),
+            Place::Refusing => Err(Some(held)),
+        }
     }
 }
 
@@ -210,14 +249,18 @@ impl PerClient {
 struct ClientConnection {
     table: Arc<PerClient>,
     key: IpAddr,
+    place: Place,
 }
 
 impl Drop for ClientConnection {
     fn drop(&mut self) {
         let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        if let Some(counts) = open.get_mut(&self.key) {
+            match self.place {
+                Place::Open => counts.open = counts.open.saturating_sub(1),
+                Place::Refusing => counts.refusing = counts.refusing.saturating_sub(1),
+            }
+            if counts.open == 0 && counts.refusing == 0 {
                 open.remove(&self.key);
             }
         }
@@ -261,7 +304,7 @@ where
     ) -> Option<Stream> {
         let _admitted = match self.admit(&stream) {
             Ok(admitted) => admitted,
-            Err((why, _counted)) => {
+            Err((why, _held)) => {
                 self.refuse(stream, why).await;
                 return None;
             }
@@ -419,7 +462,13 @@ impl AsyncRead for HeadWatch {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &read {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => this.head_started = true,
+            // Empty lines before a request line are to be ignored (RFC 9112 section 2.2): they
+            // begin no head, so a client's stray CRLF between requests starts no clock.
+            Poll::Ready(Ok(())) if !this.head_started => {
+                this.head_started = buf.filled()[before..]
+                    .iter()
+                    .any(|b| !matches!(b, b'\r' | b'\n'));
+            }
             Poll::Pending if this.head_started && this.started_at.is_none() => {
                 // A head that has to wait for more bytes: from here it runs against the clock,
                 // counted from about its first byte (the parse between is microseconds).

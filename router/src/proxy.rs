@@ -96,6 +96,8 @@ pub struct RouterHandle {
     open: Arc<AtomicUsize>,
     /// Whether the listeners have closed (after a drain).
     closed: Arc<AtomicBool>,
+    /// Set when a drain begins.
+    draining: Arc<AtomicBool>,
     /// The listen ports' reservations (see [`spawn_router`]), released after the router stops.
     _reserved: Vec<tokio::net::TcpSocket>,
     /// The addresses the router listens on, HTTP first.
@@ -128,6 +130,7 @@ impl RouterHandle {
     /// kept-alive connections are closed, and each request in flight gets its answer, after
     /// which its connection closes. [`RouterHandle::open_connections`] tells when they are done.
     pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
         self.stop.send_if_modified(|stop| {
             let changed = *stop == Stop::Run;
             if changed {
@@ -188,16 +191,22 @@ pub fn spawn_router(
     let (stop, stop_rx) = watch::channel(Stop::Run);
     let open = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicBool::new(false));
-    let (counted, closing) = (open.clone(), closed.clone());
+    let draining = Arc::new(AtomicBool::new(false));
+    let flags = Flags {
+        open: open.clone(),
+        closed: closed.clone(),
+        draining: draining.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name("skiff-router".into())
-        .spawn(move || run(config, table, stop_rx, counted, closing))
+        .spawn(move || run(config, table, stop_rx, flags))
         .map_err(RouterError::Thread)?;
     Ok(RouterHandle {
         stop,
         thread: Some(thread),
         open,
         closed,
+        draining,
         _reserved: reserved,
         addrs,
     })
@@ -281,8 +290,11 @@ fn run(
     config: RouterConfig,
     table: Arc<RouteTable>,
     stop: watch::Receiver<Stop>,
-    open: Arc<AtomicUsize>,
-    closed: Arc<AtomicBool>,
+    Flags {
+        open,
+        closed,
+        draining,
+    }: Flags,
 ) {
     let conf = ServerConf {
         threads: config.threads.max(1),
@@ -307,6 +319,7 @@ fn run(
             port: config.listen.port(),
             https_port: config.https_listen.map(|a| a.port()),
             access_log: config.access_log.clone(),
+            draining,
         },
     );
     let mut service = Service::new(
@@ -363,6 +376,16 @@ struct NoCallbacks;
 
 impl TlsAccept for NoCallbacks {}
 
+/// What the router's thread shares with its handle.
+struct Flags {
+    /// Client connections open now.
+    open: Arc<AtomicUsize>,
+    /// Set once the listeners have closed.
+    closed: Arc<AtomicBool>,
+    /// Set when a drain begins.
+    draining: Arc<AtomicBool>,
+}
+
 /// What the platform has asked of the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -395,6 +418,8 @@ struct Router {
     port: u16,
     https_port: Option<u16>,
     access_log: Option<Arc<dyn AccessLog>>,
+    /// Set when a drain begins: answers from then on close their connection.
+    draining: Arc<AtomicBool>,
 }
 
 /// The cookie that pins a client to a dyno when the app enables session affinity.
@@ -506,7 +531,9 @@ impl ProxyHttp for Router {
         // pile up, each holding a file descriptor the API, git and dynos share. The default
         // client timeout bounds the wait until the app's own is known, and for requests that
         // never reach an app (an unknown host, a refusal).
-        if session.get_keepalive().is_some() {
+        if self.draining.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
             session.set_keepalive(Some(AppSettings::default().client_timeout.as_secs()));
         }
         if let Some(watch) = session.stream().and_then(HeadWatch::of) {
@@ -748,6 +775,10 @@ impl ProxyHttp for Router {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.draining.load(Ordering::Relaxed) {
+            // Pingora would say `keep-alive` and then close anyway: say what happens.
+            session.set_keepalive(None);
+        }
         let upgraded = ctx.websocket && upstream_response.status.as_u16() == 101;
         for name in hop_by_hop(&upstream_response.headers, upgraded) {
             upstream_response.remove_header(&name);
@@ -1259,10 +1290,19 @@ async fn respond(session: &mut Session, status: u16, body: String, ctx: &Request
     if let Some(Failure::Code(code)) = ctx.failure {
         header.insert_header("skiff-error", code.as_str())?;
     }
+    // Writing fails only when the client has gone: its doing (H18), not the platform's.
+    let downstream = |mut e: Box<Error>| {
+        e.as_down();
+        e
+    };
     session
         .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await
+        .await
+        .map_err(downstream)?;
+    session
+        .write_response_body(Some(body), true)
+        .await
+        .map_err(downstream)
 }
 
 #[cfg(test)]
@@ -1619,7 +1659,7 @@ mod tests {
     fn caps_connections_per_client_address() {
         let table = table_with_ok_app();
         let (listen, handle, run_dir) = start_configured(&table, |c| {
-            c.max_connections = Some(100);
+            c.max_connections = Some(10);
             c.max_connections_per_client = Some(2);
         });
         let mut held = Vec::new();
@@ -1640,6 +1680,12 @@ mod tests {
         let (head, body) = read_response(&mut third);
         assert!(head.starts_with("http/1.1 503"), "{head}");
         assert!(body.contains("Your address"), "{body}");
+        // The address's refusals take none of the router's places: a flood of them from it
+        // (each held while it is told) leaves the router open to others.
+        let refused: Vec<TcpStream> = (0..30)
+            .map(|_| connect_from([127, 0, 0, 1], listen))
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
         let mut other = connect_from([127, 0, 0, 2], listen);
         other
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -1647,6 +1693,7 @@ mod tests {
         other.write_all(KEEP_ALIVE_GET).expect("write");
         let (head, _) = read_response(&mut other);
         assert!(head.starts_with("http/1.1 200"), "another address: {head}");
+        drop(refused);
         handle.shutdown();
         let _ = std::fs::remove_dir_all(run_dir);
     }
@@ -1702,6 +1749,7 @@ mod tests {
         assert!(refused, "new connections are refused while draining");
         let (head, body) = read_response(&mut busy);
         assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("connection: close"), "says it closes: {head}");
         assert_eq!(body, "slow");
         assert!(matches!(busy.read(&mut buf), Ok(0)), "then closed");
         for _ in 0..200 {
@@ -1745,6 +1793,8 @@ mod tests {
         let (head, body) = read_response(&mut s);
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert_eq!(body, "ok");
+        // A stray empty line between requests begins no head (RFC 9112 section 2.2).
+        s.write_all(b"\r\n").expect("write");
         std::thread::sleep(Duration::from_millis(1500));
         let (first, rest) = KEEP_ALIVE_GET.split_at(20);
         s.write_all(first).expect("write");
@@ -1833,6 +1883,7 @@ mod tests {
             thread: Some(thread),
             open: Arc::default(),
             closed: Arc::default(),
+            draining: Arc::default(),
             _reserved: vec![reserve(addr).expect("reserve")],
             addrs: vec![addr],
         };
