@@ -52,8 +52,9 @@ pub(crate) struct UpArgs {
     /// round trip.
     #[arg(long, env = "SKIFF_CLIENT_RECV_BUFFER_KIB", default_value_t = 128)]
     client_recv_buffer_kib: usize,
-    /// Seconds a client has to send a request's head once its first byte arrives; then it
-    /// gets a 408 and is disconnected (slow loris).
+    /// Seconds a client has to send a request's head, from its first byte (a connection's
+    /// first head: from the connection's start); then it gets a 408 and is disconnected (slow
+    /// loris), or is closed without a word if it sent nothing.
     #[arg(long, env = "SKIFF_HEAD_TIMEOUT_SECS", default_value_t = skiff_router::DEFAULT_HEAD_TIMEOUT.as_secs())]
     head_timeout_secs: u64,
     /// The most client connections the router holds open at once; beyond it, new ones get a
