@@ -397,8 +397,8 @@ impl HeadWatch {
         );
         let _ = Pin::new(&mut self.inner).poll_write(cx, answer.as_bytes());
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
-        // One line a second at most: a slow-loris flood must not become a log flood (Pingora
-        // writes its own line for each anyway).
+        // One line a second at most: a slow-loris flood must not become a log flood. (Pingora
+        // logs an ERROR line for each, which `skiff up`'s log filter drops as the client's.)
         let second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
