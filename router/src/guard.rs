@@ -42,10 +42,9 @@ pub(crate) struct Guarded<A> {
     /// open connections stays so.
     closed: Arc<AtomicBool>,
     per_client: Option<Arc<PerClient>>,
-    /// Seconds since `since` when a refusal was last logged: one line a second at most, so a
-    /// flood of connections does not become a flood of log lines.
-    last_refusal_log: AtomicU64,
-    since: Instant,
+    /// One refusal line a second at most, so a flood of connections does not become a flood
+    /// of log lines.
+    refusal_log: EverySecond,
 }
 
 impl<A> Guarded<A> {
@@ -69,8 +68,7 @@ impl<A> Guarded<A> {
                     open: Mutex::new(HashMap::new()),
                 })
             }),
-            last_refusal_log: AtomicU64::new(u64::MAX),
-            since: Instant::now(),
+            refusal_log: EverySecond::new(),
         }
     }
 
@@ -106,8 +104,7 @@ impl<A> Guarded<A> {
     }
 
     async fn refuse(&self, mut stream: Stream, why: Refusal) {
-        let now = self.since.elapsed().as_secs();
-        if self.last_refusal_log.swap(now, Ordering::Relaxed) != now {
+        if self.refusal_log.due() {
             match why {
                 Refusal::Router => tracing::warn!(
                     target: "skiff::router",
@@ -139,12 +136,7 @@ impl<A> Guarded<A> {
                 "Your address has as many connections open to Skiff's router as it allows. Close some, or try again in a moment.",
             ),
         };
-        let answer = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/html; charset=utf-8\r\n\
-             content-length: {}\r\ncache-control: no-cache, no-store\r\nretry-after: 1\r\n\
-             via: 1.1 skiff\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        let answer = raw_page("503 Service Unavailable", &body, "retry-after: 1\r\n");
         // The client may be sending its request meanwhile: closing with it unread would reset
         // the connection and could lose the answer, so what comes before the client's close
         // (or a short wait) is read and dropped.
@@ -325,8 +317,36 @@ where
     }
 }
 
-/// The second (of the Unix epoch) when a cut-off head was last logged.
-static LAST_EXPIRY_LOG: AtomicU64 = AtomicU64::new(0);
+/// The cut-off heads' log line, one a second at most across all connections.
+static EXPIRY_LOG: EverySecond = EverySecond::new();
+
+/// Lets a log line through at most once a second.
+struct EverySecond(AtomicU64);
+
+impl EverySecond {
+    const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    /// Whether this second's line is still to be written (and from now on, it is not).
+    fn due(&self) -> bool {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.0.swap(second, Ordering::Relaxed) != second
+    }
+}
+
+/// A whole HTTP/1.1 answer with one of the router's pages, for a connection the proxy never
+/// reaches (refused, or cut off before its head was read); it closes the connection.
+fn raw_page(status: &str, body: &str, extra_headers: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
+         cache-control: no-cache, no-store\r\n{extra_headers}via: 1.1 skiff\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
 
 /// A client's HTTP/1 stream whose request heads must each arrive within a time limit.
 ///
@@ -389,20 +409,12 @@ impl HeadWatch {
             "Request timeout",
             &format!("The request's head did not arrive within {secs} s."),
         );
-        let answer = format!(
-            "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/html; charset=utf-8\r\n\
-             content-length: {}\r\ncache-control: no-cache, no-store\r\nvia: 1.1 skiff\r\n\
-             connection: close\r\n\r\n{body}",
-            body.len()
-        );
+        let answer = raw_page("408 Request Timeout", &body, "");
         let _ = Pin::new(&mut self.inner).poll_write(cx, answer.as_bytes());
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
         // One line a second at most: a slow-loris flood must not become a log flood. (Pingora
         // logs an ERROR line for each, which `skiff up`'s log filter drops as the client's.)
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if LAST_EXPIRY_LOG.swap(second, Ordering::Relaxed) == second {
+        if !EXPIRY_LOG.due() {
             return;
         }
         let peer = self
