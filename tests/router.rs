@@ -558,6 +558,11 @@ fn hostile_clients(s: &Skiff, port: u16, host: &str) -> Result<()> {
             !r.body.contains("Hello from Skiff"),
             "{why} reached the app"
         );
+        // Every refusal is the router's own page, with an id to quote, whichever part
+        // of the router caught it.
+        assert_eq!(r.header("via"), Some("1.1 skiff"), "{why}: {r:?}");
+        assert!(r.header("x-request-id").is_some(), "{why}: {r:?}");
+        assert!(r.header("server").is_none(), "{why}: {r:?}");
         Ok(())
     };
     refused(

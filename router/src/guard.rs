@@ -369,6 +369,9 @@ pub(crate) struct HeadWatch {
     deadline: Option<Pin<Box<Sleep>>>,
     started_at: Option<Instant>,
     expired: bool,
+    /// The router's page written in place of Pingora's own answer to a head the router never
+    /// saw, and how much of it is out.
+    own_answer: Option<(Vec<u8>, usize)>,
 }
 
 impl HeadWatch {
@@ -382,6 +385,7 @@ impl HeadWatch {
             deadline: None,
             started_at: Some(Instant::now()),
             expired: false,
+            own_answer: None,
         }
     }
 
@@ -519,13 +523,89 @@ impl HeadWatch {
     }
 }
 
+/// Pingora's own answer to a head that reaches no router hook.
+static OWN_ANSWER_LOG: EverySecond = EverySecond::new();
+
+impl HeadWatch {
+    /// Whether `buf` begins an answer Pingora writes by itself: a head has arrived and the
+    /// router has not taken it, which happens only when Pingora could not parse it (400) or
+    /// refuses its method (405 for CONNECT). Its answer would carry `Server: Pingora` and no
+    /// page; the router's own takes its place. Between a request's end and the next read,
+    /// writes are the last request's (its final chunk), so those pass.
+    fn pingora_answering(&mut self, buf: &[u8]) -> bool {
+        if self.own_answer.is_some() {
+            return true;
+        }
+        if self.in_request.load(Ordering::Relaxed)
+            || self.new_head.load(Ordering::Relaxed)
+            || !self.head_started
+        {
+            return false;
+        }
+        let status = buf
+            .strip_prefix(b"HTTP/1.")
+            .and_then(|rest| rest.get(2..5))
+            .and_then(|code| std::str::from_utf8(code).ok())
+            .and_then(|code| code.parse::<u16>().ok())
+            .unwrap_or(400);
+        let (title, why) = match status {
+            405 => ("Method not allowed", "This method is not supported here."),
+            400 => (
+                "Bad request",
+                "The request's head could not be read as HTTP/1.1.",
+            ),
+            _ => ("Bad request", "The request could not be served."),
+        };
+        let status_line = http::StatusCode::from_u16(status)
+            .map(|s| format!("{} {}", s.as_str(), s.canonical_reason().unwrap_or("")))
+            .unwrap_or_else(|_| "400 Bad Request".to_owned());
+        let id = format!("x-request-id: {}\r\n", crate::proxy::new_request_id());
+        let answer = raw_page(status_line.trim_end(), &page(title, why), &id);
+        self.own_answer = Some((answer.into_bytes(), 0));
+        if OWN_ANSWER_LOG.due() {
+            let peer = self
+                .inner
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().cloned());
+            tracing::info!(
+                target: "skiff::router",
+                peer = ?peer,
+                status,
+                "request head not understood: answered with the router's page"
+            );
+        }
+        true
+    }
+
+    /// Writes the router's page, then reports Pingora's `len` bytes as written: they never go
+    /// out.
+    fn poll_own_answer(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        let Some((answer, written)) = self.own_answer.as_mut() else {
+            return Poll::Ready(Ok(len));
+        };
+        while *written < answer.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(len))
+    }
+}
+
 impl AsyncWrite for HeadWatch {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.pingora_answering(buf) {
+            return this.poll_own_answer(cx, buf.len());
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -541,7 +621,16 @@ impl AsyncWrite for HeadWatch {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if this.pingora_answering(first) {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return this.poll_own_answer(cx, len);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -526,6 +526,19 @@ impl ProxyHttp for Router {
         }
     }
 
+    /// The first hook a parsed head reaches: from here on, what Pingora reads is its body, and
+    /// what it writes is the router's answer (see [`HeadWatch`]).
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(watch) = session.stream().and_then(HeadWatch::of) {
+            watch.head_read();
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pingora waits for a kept-alive connection's next request forever: idle clients would
         // pile up, each holding a file descriptor the API, git and dynos share. The default
@@ -535,9 +548,6 @@ impl ProxyHttp for Router {
             session.set_keepalive(None);
         } else if session.get_keepalive().is_some() {
             session.set_keepalive(Some(AppSettings::default().client_timeout.as_secs()));
-        }
-        if let Some(watch) = session.stream().and_then(HeadWatch::of) {
-            watch.head_read();
         }
         let req = session.req_header();
         ctx.request_id = request_id(req);
@@ -1238,7 +1248,7 @@ fn request_id(req: &RequestHeader) -> HeaderValue {
     HeaderValue::try_from(new_request_id()).unwrap_or(HeaderValue::from_static(""))
 }
 
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     thread_local! {
         // Seeded once per thread from the OS; ids are for correlation, not security, and a
         // syscall per request is measurable at the router's request rates.
@@ -1596,6 +1606,56 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    /// Heads Pingora answers by itself (one it cannot parse, a CONNECT) get the router's page
+    /// and a request id, never Pingora's bare answer; a kept-alive connection's answers before
+    /// such a head are untouched.
+    #[test]
+    fn answers_heads_no_hook_sees_with_the_routers_page() {
+        let table = table_with_ok_app();
+        let (listen, handle, run_dir) = start_router(&table, None, None);
+        let unparsable: [&[u8]; 3] = [
+            b"GET / HTTP/1.1\r\nHost: a-app.localhost\r\nX-Folded: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a-app.localhost\r\nHost: b-app.localhost\r\n\r\n",
+            b"GET / HTTP/1.2\r\nHost: a-app.localhost\r\n\r\n",
+        ];
+        for head in unparsable {
+            let mut s = served_once(listen);
+            s.write_all(head).expect("write");
+            let (answer, body) = read_response(&mut s);
+            let shown = String::from_utf8_lossy(head);
+            assert!(
+                answer.starts_with("http/1.1 400 bad request\r\n"),
+                "{shown}: {answer}"
+            );
+            assert!(!answer.contains("pingora"), "{shown}: {answer}");
+            assert!(answer.contains("x-request-id: "), "{answer}");
+            assert!(answer.contains("via: 1.1 skiff"), "{answer}");
+            assert!(body.contains("could not be read as HTTP/1.1"), "{body}");
+            // Pingora closes the connection after it; the router's page says so.
+            assert!(answer.contains("connection: close"), "{answer}");
+            let mut rest = [0u8; 64];
+            assert!(matches!(s.read(&mut rest), Ok(0) | Err(_)), "{shown}");
+        }
+        let mut s = client(listen);
+        s.write_all(b"CONNECT a-app.localhost:443 HTTP/1.1\r\nHost: a-app.localhost:443\r\n\r\n")
+            .expect("write");
+        let (answer, body) = read_response(&mut s);
+        assert!(
+            answer.starts_with("http/1.1 405 method not allowed\r\n"),
+            "{answer}"
+        );
+        assert!(!answer.contains("pingora"), "{answer}");
+        assert!(body.contains("not supported"), "{body}");
+        // The connections above leave the router serving as before.
+        let mut s = served_once(listen);
+        s.write_all(KEEP_ALIVE_GET).expect("write");
+        let (answer, body) = read_response(&mut s);
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert_eq!(body, "ok");
         handle.shutdown();
         let _ = std::fs::remove_dir_all(run_dir);
     }
