@@ -698,6 +698,9 @@ fn hostile_clients(s: &Skiff, port: u16, host: &str) -> Result<()> {
     let lines = failed_in_app().split_off(before);
     assert!(lines.len() >= 6, "{lines:#?}");
     assert!(lines.iter().all(|l| l.contains("H18")), "{lines:#?}");
+    // One short line each: a client must not be able to make the log grow by kilobytes a
+    // request (the error once carried a host backtrace).
+    assert!(lines.iter().all(|l| l.len() < 1000), "{lines:#?}");
     let hello = |r: &Response| {
         assert_eq!(
             (r.status, r.body.as_str()),

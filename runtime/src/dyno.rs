@@ -470,11 +470,16 @@ impl http_body::Body for ClientBody {
 pub(crate) fn log_failure(spec: &DynoSpec, method: &http::Method, path: &str, failure: &Failure) {
     let detail = match failure {
         Failure::Crash(message) | Failure::BadResponse(message) | Failure::Interrupted(message) => {
-            message.lines().next().unwrap_or_default().to_owned()
+            shortened(message.lines().next().unwrap_or_default())
         }
         other => other.describe(),
     };
-    tracing::warn!(app = %spec.app, dyno = %spec.name, %method, path, code = failure.code(), error = %detail, "request failed in the app");
+    // A client that left mid-upload is the client's doing, and common: not a warning.
+    if matches!(failure, Failure::Interrupted(_)) {
+        tracing::info!(app = %spec.app, dyno = %spec.name, %method, path, code = failure.code(), error = %detail, "request failed in the app");
+    } else {
+        tracing::warn!(app = %spec.app, dyno = %spec.name, %method, path, code = failure.code(), error = %detail, "request failed in the app");
+    }
     spec.log.line(
         &spec.app,
         &spec.name,
@@ -484,6 +489,27 @@ pub(crate) fn log_failure(spec: &DynoSpec, method: &http::Method, path: &str, fa
             failure.describe()
         ),
     );
+}
+
+/// The longest detail a failure's log line carries: the text is often the guest's to choose.
+const DETAIL_CHARS: usize = 300;
+
+/// `text` cut to [`DETAIL_CHARS`], marked when cut.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(DETAIL_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The first line of a `Debug`-formatted value, whose newlines are escaped. A guest's error
+/// code carries text the guest chose; wasmtime's own errors inside it carry a host backtrace
+/// when `RUST_BACKTRACE` is set, 35 KB of it for a client that hangs up mid-upload.
+fn first_escaped_line(debug: &str) -> String {
+    match debug.find("\\n") {
+        Some(at) => format!("{}…", &debug[..at]),
+        None => debug.to_owned(),
+    }
 }
 
 /// The answer for a request the guest could not serve; `skiff-error` carries the code.
@@ -866,7 +892,8 @@ async fn run_guest(
             Ok(resp.map(|body| crate::limits::Renewing::new(body, turn).boxed_unsync()))
         }
         Ok(Err(code)) => Err(Failure::Crash(format!(
-            "the app answered with an error: {code:?}"
+            "the app answered with an error: {}",
+            first_escaped_line(&format!("{code:?}"))
         ))),
         Err(_) => match task.await {
             Ok(Ok(())) => Err(Failure::Crash(
@@ -912,6 +939,18 @@ pub(crate) async fn instantiate_once(component: &LoadedComponent) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_details_stay_one_short_line() {
+        let huge = "x".repeat(100_000);
+        let cut = shortened(&huge);
+        assert_eq!(cut.chars().count(), DETAIL_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(shortened("é".repeat(10).as_str()), "é".repeat(10));
+        let code = format!("{:?}", Some("reading a body\n\nCaused by:\n    backtrace"));
+        assert_eq!(first_escaped_line(&code), "Some(\"reading a body…");
+        assert_eq!(first_escaped_line("Timeout"), "Timeout");
+    }
 
     #[test]
     fn crash_loop_backs_off_and_a_success_ends_it() {
