@@ -527,19 +527,16 @@ impl HeadWatch {
 static OWN_ANSWER_LOG: EverySecond = EverySecond::new();
 
 impl HeadWatch {
-    /// Whether `buf` begins an answer Pingora writes by itself: a head has arrived and the
-    /// router has not taken it, which happens only when Pingora could not parse it (400) or
-    /// refuses its method (405 for CONNECT). Its answer would carry `Server: Pingora` and no
-    /// page; the router's own takes its place. Between a request's end and the next read,
-    /// writes are the last request's (its final chunk), so those pass.
+    /// Whether `buf` begins an answer Pingora writes by itself: a response head written while
+    /// the router holds no request, which happens only when Pingora could not parse a head
+    /// (400) or refuses its method (405 for CONNECT). Its answer would carry `Server: Pingora`
+    /// and no page; the router's own takes its place. The only other writes outside a
+    /// request are a finished request's last chunk, which is no response head.
     fn pingora_answering(&mut self, buf: &[u8]) -> bool {
         if self.own_answer.is_some() {
             return true;
         }
-        if self.in_request.load(Ordering::Relaxed)
-            || self.new_head.load(Ordering::Relaxed)
-            || !self.head_started
-        {
+        if self.in_request.load(Ordering::Relaxed) || !buf.starts_with(b"HTTP/1.") {
             return false;
         }
         let status = buf

@@ -536,6 +536,10 @@ impl ProxyHttp for Router {
         if let Some(watch) = session.stream().and_then(HeadWatch::of) {
             watch.head_read();
         }
+        // A client may send its next request before this one's answer (RFC 9112 section
+        // 9.3.2). Without this, Pingora takes those bytes for a client misbehaving, and
+        // aborts the request in flight (H18) or drops the next one.
+        session.set_pipelining_enabled(true);
         Ok(())
     }
 
@@ -1656,6 +1660,128 @@ mod tests {
         let (answer, body) = read_response(&mut s);
         assert!(answer.starts_with("http/1.1 200"), "{answer}");
         assert_eq!(body, "ok");
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    /// A dyno stand-in that answers each request with its path, after `ms` milliseconds when
+    /// the path is `/slow?ms`; one thread per connection, kept alive.
+    fn serve_paths() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    loop {
+                        let head = read_head(&mut stream);
+                        let Some(path) = String::from_utf8_lossy(&head)
+                            .split_whitespace()
+                            .nth(1)
+                            .map(str::to_owned)
+                        else {
+                            return;
+                        };
+                        if let Some(ms) = path.strip_prefix("/slow?") {
+                            let ms = ms.parse().unwrap_or(0);
+                            std::thread::sleep(Duration::from_millis(ms));
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                            path.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Every answer on a connection until the router closes it: status line and body each.
+    fn answers_until_close(s: &mut TcpStream) -> Vec<(String, String)> {
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let mut answers = Vec::new();
+        let mut rest = &raw[..];
+        while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let body_end = (end + 4 + length).min(rest.len());
+            let status = head.lines().next().unwrap_or_default().to_owned();
+            answers.push((
+                status,
+                String::from_utf8_lossy(&rest[end + 4..body_end]).into_owned(),
+            ));
+            rest = &rest[body_end..];
+        }
+        answers
+    }
+
+    /// Requests sent before the previous answer (pipelining) are each answered, in order; one
+    /// sent while the previous is still at the dyno does not cut that one off.
+    #[test]
+    fn answers_pipelined_requests_in_order() {
+        let table = Arc::new(RouteTable::new("localhost"));
+        table.set_app(
+            "a-app",
+            vec![Backend {
+                dyno: "web.1".into(),
+                addr: serve_paths(),
+            }],
+        );
+        let (listen, handle, run_dir) = start_router(&table, None, None);
+        let get = |path: &str, close: bool| {
+            let close = if close { "Connection: close\r\n" } else { "" };
+            format!("GET {path} HTTP/1.1\r\nHost: a-app.localhost\r\n{close}\r\n")
+        };
+
+        // Three in one write, one with a body.
+        let mut s = client(listen);
+        let post = "POST /b HTTP/1.1\r\nHost: a-app.localhost\r\nContent-Length: 5\r\n\r\nhello";
+        let burst = format!("{}{post}{}", get("/a", false), get("/c", true));
+        s.write_all(burst.as_bytes()).expect("write");
+        let answers = answers_until_close(&mut s);
+        let bodies: Vec<&str> = answers.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(bodies, ["/a", "/b", "/c"], "{answers:?}");
+        assert!(
+            answers.iter().all(|(st, _)| st.starts_with("http/1.1 200")),
+            "{answers:?}"
+        );
+
+        // The next request arrives while the first is still at the dyno.
+        let mut s = client(listen);
+        s.write_all(get("/slow?400", false).as_bytes())
+            .expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(get("/d", true).as_bytes()).expect("write");
+        let answers = answers_until_close(&mut s);
+        let bodies: Vec<&str> = answers.iter().map(|(_, b)| b.as_str()).collect();
+        assert_eq!(bodies, ["/slow?400", "/d"], "{answers:?}");
+        assert!(
+            answers.iter().all(|(st, _)| st.starts_with("http/1.1 200")),
+            "{answers:?}"
+        );
+
+        // A head Pingora cannot parse behind a good one still gets the router's page.
+        let mut s = client(listen);
+        let bad = "GET / HTTP/1.1\r\nHost: a-app.localhost\r\nX-Folded: a\r\n b\r\n\r\n";
+        s.write_all(format!("{}{bad}", get("/e", false)).as_bytes())
+            .expect("write");
+        let answers = answers_until_close(&mut s);
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(answers[0].1, "/e", "{answers:?}");
+        assert!(answers[1].0.starts_with("http/1.1 400"), "{answers:?}");
+        assert!(
+            answers[1].1.contains("could not be read as HTTP/1.1"),
+            "{answers:?}"
+        );
+
         handle.shutdown();
         let _ = std::fs::remove_dir_all(run_dir);
     }
