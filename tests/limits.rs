@@ -184,6 +184,11 @@ fn hostile_guests_fail_alone() -> Result<()> {
     let first = body.clone();
     // A reset is a transport failure, not the policy under test, so it gets one more try.
     if body.starts_with("fetch failed") && body.contains("reset") {
+        // Shown with `--nocapture`, or in the failure below if the retry fails too.
+        eprintln!(
+            "outbound fetch reset, trying once more; the outside server saw {:?}",
+            seen_outside.lock().map(|s| s.clone()).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(500));
         body = s.request(&h, "GET", &fetch, None)?.1;
     }

@@ -523,7 +523,9 @@ impl HeadWatch {
     }
 }
 
-/// Pingora's own answer to a head that reaches no router hook.
+/// The info line for heads answered without reaching the router, one a second at most: each
+/// costs the client only a connection, so a flood of them must not become a log flood. The
+/// rest go to the debug level, each with the request id its client was shown.
 static OWN_ANSWER_LOG: EverySecond = EverySecond::new();
 
 impl HeadWatch {
@@ -545,29 +547,44 @@ impl HeadWatch {
             .and_then(|code| std::str::from_utf8(code).ok())
             .and_then(|code| code.parse::<u16>().ok())
             .unwrap_or(400);
-        let (title, why) = match status {
+        let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        let reason = status.canonical_reason().unwrap_or("Bad Request");
+        let (title, why) = match status.as_u16() {
             405 => ("Method not allowed", "This method is not supported here."),
+            // Pingora also refuses here heads it could parse but not frame safely (two
+            // lengths, an unknown transfer coding).
             400 => (
                 "Bad request",
-                "The request's head could not be read as HTTP/1.1.",
+                "The request's head is not valid HTTP/1.1, or its body's length is ambiguous.",
             ),
-            _ => ("Bad request", "The request could not be served."),
+            _ => (reason, "The request could not be served."),
         };
-        let status_line = http::StatusCode::from_u16(status)
-            .map(|s| format!("{} {}", s.as_str(), s.canonical_reason().unwrap_or("")))
-            .unwrap_or_else(|_| "400 Bad Request".to_owned());
-        let id = format!("x-request-id: {}\r\n", crate::proxy::new_request_id());
-        let answer = raw_page(status_line.trim_end(), &page(title, why), &id);
+        let id = crate::proxy::new_request_id();
+        let answer = raw_page(
+            &format!("{} {reason}", status.as_str()),
+            &page(title, why),
+            &format!("x-request-id: {id}\r\n"),
+        );
         self.own_answer = Some((answer.into_bytes(), 0));
+        let peer = self
+            .inner
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned());
+        let status = status.as_u16();
         if OWN_ANSWER_LOG.due() {
-            let peer = self
-                .inner
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().cloned());
             tracing::info!(
                 target: "skiff::router",
                 peer = ?peer,
                 status,
+                request_id = %id,
+                "request head not understood: answered with the router's page"
+            );
+        } else {
+            tracing::debug!(
+                target: "skiff::router",
+                peer = ?peer,
+                status,
+                request_id = %id,
                 "request head not understood: answered with the router's page"
             );
         }

@@ -1638,7 +1638,7 @@ mod tests {
             assert!(!answer.contains("pingora"), "{shown}: {answer}");
             assert!(answer.contains("x-request-id: "), "{answer}");
             assert!(answer.contains("via: 1.1 skiff"), "{answer}");
-            assert!(body.contains("could not be read as HTTP/1.1"), "{body}");
+            assert!(body.contains("is not valid HTTP/1.1"), "{body}");
             // Pingora closes the connection after it; the router's page says so.
             assert!(answer.contains("connection: close"), "{answer}");
             let mut rest = [0u8; 64];
@@ -1664,32 +1664,53 @@ mod tests {
         let _ = std::fs::remove_dir_all(run_dir);
     }
 
-    /// A dyno stand-in that answers each request with its path, after `ms` milliseconds when
-    /// the path is `/slow?ms`; one thread per connection, kept alive.
+    /// A dyno stand-in that answers each request with its path and body, after `ms`
+    /// milliseconds when the path is `/slow?ms`; one thread per connection, kept alive.
     fn serve_paths() -> SocketAddr {
+        use std::io::BufRead;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
+            for stream in listener.incoming().flatten() {
                 std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().expect("clone");
+                    let mut reader = std::io::BufReader::new(stream);
                     loop {
-                        let head = read_head(&mut stream);
-                        let Some(path) = String::from_utf8_lossy(&head)
-                            .split_whitespace()
-                            .nth(1)
-                            .map(str::to_owned)
-                        else {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let Some(path) = line.split_whitespace().nth(1).map(str::to_owned) else {
                             return;
                         };
+                        let mut length = 0;
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let header = header.trim_end().to_ascii_lowercase();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = header.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
                         if let Some(ms) = path.strip_prefix("/slow?") {
                             let ms = ms.parse().unwrap_or(0);
                             std::thread::sleep(Duration::from_millis(ms));
                         }
+                        let text = format!("{path}{}", String::from_utf8_lossy(&body));
                         let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
-                            path.len()
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                            text.len()
                         );
-                        if stream.write_all(answer.as_bytes()).is_err() {
+                        if writer.write_all(answer.as_bytes()).is_err() {
                             return;
                         }
                     }
@@ -1748,7 +1769,7 @@ mod tests {
         s.write_all(burst.as_bytes()).expect("write");
         let answers = answers_until_close(&mut s);
         let bodies: Vec<&str> = answers.iter().map(|(_, b)| b.as_str()).collect();
-        assert_eq!(bodies, ["/a", "/b", "/c"], "{answers:?}");
+        assert_eq!(bodies, ["/a", "/bhello", "/c"], "{answers:?}");
         assert!(
             answers.iter().all(|(st, _)| st.starts_with("http/1.1 200")),
             "{answers:?}"
@@ -1778,9 +1799,22 @@ mod tests {
         assert_eq!(answers[0].1, "/e", "{answers:?}");
         assert!(answers[1].0.starts_with("http/1.1 400"), "{answers:?}");
         assert!(
-            answers[1].1.contains("could not be read as HTTP/1.1"),
+            answers[1].1.contains("is not valid HTTP/1.1"),
             "{answers:?}"
         );
+
+        // A body that looks like a request, behind an answer given without reading it (no
+        // such app): it is never served as one, and the connection closes.
+        let mut s = client(listen);
+        let inside = get("/g", true);
+        let unread = format!(
+            "POST /f HTTP/1.1\r\nHost: b-app.localhost\r\nContent-Length: {}\r\n\r\n{inside}",
+            inside.len()
+        );
+        s.write_all(unread.as_bytes()).expect("write");
+        let answers = answers_until_close(&mut s);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(answers[0].0.starts_with("http/1.1 404"), "{answers:?}");
 
         handle.shutdown();
         let _ = std::fs::remove_dir_all(run_dir);

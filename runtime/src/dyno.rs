@@ -502,14 +502,21 @@ fn shortened(text: &str) -> String {
     }
 }
 
-/// The first line of a `Debug`-formatted value, whose newlines are escaped. A guest's error
-/// code carries text the guest chose; wasmtime's own errors inside it carry a host backtrace
-/// when `RUST_BACKTRACE` is set, 35 KB of it for a client that hangs up mid-upload.
-fn first_escaped_line(debug: &str) -> String {
-    match debug.find("\\n") {
-        Some(at) => format!("{}…", &debug[..at]),
-        None => debug.to_owned(),
-    }
+/// A `Debug`-formatted error code on one line, without a host backtrace. A guest's error code
+/// carries text the guest chose; wasmtime's errors inside it carried a host backtrace when
+/// `RUST_BACKTRACE` was set, 35 KB of it for a client that hung up mid-upload. The causes
+/// before it stay: they tell a reset from a timeout.
+fn one_line(debug: &str) -> String {
+    let causes = debug
+        .find("Stack backtrace:")
+        .map_or(debug, |at| &debug[..at]);
+    // The escapes `Debug` wrote for the message's own line breaks.
+    causes
+        .split("\\n")
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The answer for a request the guest could not serve; `skiff-error` carries the code.
@@ -893,7 +900,7 @@ async fn run_guest(
         }
         Ok(Err(code)) => Err(Failure::Crash(format!(
             "the app answered with an error: {}",
-            first_escaped_line(&format!("{code:?}"))
+            one_line(&format!("{code:?}"))
         ))),
         Err(_) => match task.await {
             Ok(Ok(())) => Err(Failure::Crash(
@@ -947,9 +954,17 @@ mod tests {
         assert_eq!(cut.chars().count(), DETAIL_CHARS + 1);
         assert!(cut.ends_with('…'));
         assert_eq!(shortened("é".repeat(10).as_str()), "é".repeat(10));
-        let code = format!("{:?}", Some("reading a body\n\nCaused by:\n    backtrace"));
-        assert_eq!(first_escaped_line(&code), "Some(\"reading a body…");
-        assert_eq!(first_escaped_line("Timeout"), "Timeout");
+        let code = format!(
+            "{:?}",
+            Some(
+                "reading a body\n\nCaused by:\n    connection reset\n    Stack backtrace:\n   0: capture"
+            )
+        );
+        assert_eq!(
+            one_line(&code),
+            "Some(\"reading a body Caused by: connection reset"
+        );
+        assert_eq!(one_line("Timeout"), "Timeout");
     }
 
     #[test]

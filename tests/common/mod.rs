@@ -143,6 +143,9 @@ impl Skiff {
             .open(&self.log)?;
         let mut cmd = Command::new(SKIFF);
         self.env(&mut cmd);
+        // As operators often run it: errors that capture backtraces then do, and a log line
+        // that carries one must show in the tests (a client's hang-up once logged 35 KB).
+        cmd.env("RUST_BACKTRACE", "1");
         cmd.args(["up", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--api-port", &self.api_port.to_string()])
