@@ -348,6 +348,10 @@ fn raw_page(status: &str, body: &str, extra_headers: &str) -> String {
     )
 }
 
+/// How long a write may wait on a client that does not read, until the router knows the app
+/// (whose client timeout then applies): Skiff's default client timeout.
+const DEFAULT_WRITE_LIMIT: Duration = Duration::from_secs(30);
+
 /// A client's HTTP/1 stream whose request heads must each arrive within a time limit.
 ///
 /// The limit runs from a head's first byte, so time a kept-alive connection spends idle counts
@@ -372,6 +376,10 @@ pub(crate) struct HeadWatch {
     /// The router's page written in place of Pingora's own answer to a head the router never
     /// saw, and how much of it is out.
     own_answer: Option<(Vec<u8>, usize)>,
+    /// How long a write to the client may go without progress (the app's client timeout).
+    write_limit_ms: AtomicU64,
+    /// Armed while a write waits on a client that is not reading.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl HeadWatch {
@@ -386,12 +394,20 @@ impl HeadWatch {
             started_at: Some(Instant::now()),
             expired: false,
             own_answer: None,
+            write_limit_ms: AtomicU64::new(DEFAULT_WRITE_LIMIT.as_millis() as u64),
+            write_stall: None,
         }
     }
 
     /// The watch on `stream`, if it has one (HTTP/1 connections do).
     pub(crate) fn of(stream: &Stream) -> Option<&HeadWatch> {
         (**stream).as_any().downcast_ref::<HeadWatch>()
+    }
+
+    /// Writes to this client may wait on it this long without progress before they fail.
+    pub(crate) fn set_write_limit(&self, limit: Duration) {
+        self.write_limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The router has parsed a request's head: reads are its body until the request is done.
@@ -413,24 +429,38 @@ impl HeadWatch {
             "Request timeout",
             &format!("The request's head did not arrive within {secs} s."),
         );
-        let answer = raw_page("408 Request Timeout", &body, "");
+        let id = crate::proxy::new_request_id();
+        let answer = raw_page(
+            "408 Request Timeout",
+            &body,
+            &format!("x-request-id: {id}\r\n"),
+        );
         let _ = Pin::new(&mut self.inner).poll_write(cx, answer.as_bytes());
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
-        // One line a second at most: a slow-loris flood must not become a log flood. (Pingora
-        // logs an ERROR line for each, which `skiff up`'s log filter drops as the client's.)
-        if !EXPIRY_LOG.due() {
-            return;
-        }
+        // At info one line a second at most: a slow-loris flood must not become a log flood.
+        // The rest go to debug, each with the request id its client was shown. (Pingora logs
+        // an ERROR line for each, which `skiff up`'s log filter drops as the client's.)
         let peer = self
             .inner
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
-        tracing::info!(
-            target: "skiff::router",
-            peer = ?peer,
-            limit_s = secs,
-            "request head not complete in time: closed with 408"
-        );
+        if EXPIRY_LOG.due() {
+            tracing::info!(
+                target: "skiff::router",
+                peer = ?peer,
+                limit_s = secs,
+                request_id = %id,
+                "request head not complete in time: closed with 408"
+            );
+        } else {
+            tracing::debug!(
+                target: "skiff::router",
+                peer = ?peer,
+                limit_s = secs,
+                request_id = %id,
+                "request head not complete in time: closed with 408"
+            );
+        }
     }
 }
 
@@ -616,18 +646,24 @@ impl AsyncWrite for HeadWatch {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.pingora_answering(buf) {
-            return this.poll_own_answer(cx, buf.len());
-        }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let polled = if this.pingora_answering(buf) {
+            this.poll_own_answer(cx, buf.len())
+        } else {
+            Pin::new(&mut this.inner).poll_write(cx, buf)
+        };
+        this.watch_write(cx, polled, |n| *n > 0)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch_write(cx, polled, |_| true)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch_write(cx, polled, |_| true)
     }
 
     fn poll_write_vectored(
@@ -640,15 +676,49 @@ impl AsyncWrite for HeadWatch {
             .iter()
             .find(|b| !b.is_empty())
             .map_or(&[][..], |b| &b[..]);
-        if this.pingora_answering(first) {
+        let polled = if this.pingora_answering(first) {
             let len = bufs.iter().map(|b| b.len()).sum();
-            return this.poll_own_answer(cx, len);
-        }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+            this.poll_own_answer(cx, len)
+        } else {
+            Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        };
+        this.watch_write(cx, polled, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+impl HeadWatch {
+    /// Fails a write that has waited on the client longer than the write limit. Pingora bounds
+    /// body writes itself, but not a response head's write or the flushes, so a client that
+    /// sends requests and never reads the answers would otherwise hold its connection, and its
+    /// place in the app's bound on requests in flight, for good.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+        progressed: impl FnOnce(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        match &polled {
+            Poll::Pending => {
+                let limit = Duration::from_millis(self.write_limit_ms.load(Ordering::Relaxed));
+                let stall = self
+                    .write_stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    self.write_stall = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client read nothing within its timeout",
+                    )));
+                }
+            }
+            Poll::Ready(Ok(value)) if progressed(value) => self.write_stall = None,
+            Poll::Ready(_) => {}
+        }
+        polled
     }
 }
 

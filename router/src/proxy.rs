@@ -623,7 +623,11 @@ impl ProxyHttp for Router {
         // A client that stops sending its body must not hold a dyno (slow loris).
         session.set_read_timeout(Some(route.settings.client_timeout));
         // Nor one that stops reading its response: each write to it must progress in time.
+        // Pingora's own timeout covers body writes; the watch covers the rest.
         session.set_write_timeout(Some(route.settings.client_timeout));
+        if let Some(watch) = session.stream().and_then(HeadWatch::of) {
+            watch.set_write_limit(route.settings.client_timeout);
+        }
         // Nor one that keeps its connection open and sends nothing more (see the default set
         // at the top): the app's own client timeout.
         if session.get_keepalive().is_some() {
@@ -1606,6 +1610,7 @@ mod tests {
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
         assert!(text.contains("did not arrive within 1 s"), "{text}");
+        assert!(text.contains("x-request-id: "), "{text}");
         // The router has closed its end: nothing more comes, and the connection ends.
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
@@ -1665,7 +1670,8 @@ mod tests {
     }
 
     /// A dyno stand-in that answers each request with its path and body, after `ms`
-    /// milliseconds when the path is `/slow?ms`; one thread per connection, kept alive.
+    /// milliseconds when the path is `/slow?ms`, with a 60 KB header when it is `/pad`; one
+    /// thread per connection, kept alive.
     fn serve_paths() -> SocketAddr {
         use std::io::BufRead;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1706,8 +1712,15 @@ mod tests {
                             std::thread::sleep(Duration::from_millis(ms));
                         }
                         let text = format!("{path}{}", String::from_utf8_lossy(&body));
+                        // A large head and no body: what fills a client that does not read
+                        // without any body write.
+                        let pad = if path == "/pad" {
+                            format!("X-Pad: {}\r\n", "p".repeat(60_000))
+                        } else {
+                            String::new()
+                        };
                         let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                            "HTTP/1.1 200 OK\r\n{pad}Content-Length: {}\r\n\r\n{text}",
                             text.len()
                         );
                         if writer.write_all(answer.as_bytes()).is_err() {
@@ -1816,6 +1829,71 @@ mod tests {
         assert_eq!(answers.len(), 1, "{answers:?}");
         assert!(answers[0].0.starts_with("http/1.1 404"), "{answers:?}");
 
+        handle.shutdown();
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+
+    /// A client that sends requests and never reads the answers is cut off at the app's client
+    /// timeout, even when the answers are all heads (which Pingora writes with no timeout of
+    /// its own): it must not keep its place in the app's bound on requests in flight.
+    #[test]
+    fn a_client_that_never_reads_gives_its_place_back() {
+        let table = Arc::new(RouteTable::new("localhost"));
+        table.set_app(
+            "a-app",
+            vec![Backend {
+                dyno: "web.1".into(),
+                addr: serve_paths(),
+            }],
+        );
+        table.set_settings(
+            "a-app",
+            AppSettings {
+                client_timeout: Duration::from_secs(1),
+                max_concurrency: 1,
+                ..AppSettings::default()
+            },
+        );
+        let (listen, handle, run_dir) = start_router(&table, None, None);
+        let deaf = client(listen);
+        let mut writer = deaf.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let request = b"GET /pad HTTP/1.1\r\nHost: a-app.localhost\r\n\r\n";
+            for _ in 0..500 {
+                if writer.write_all(request).is_err() {
+                    return;
+                }
+            }
+        });
+        // Served once the deaf client's write has waited out its timeout (1 s); 15 s allows
+        // for a loaded machine, and without the bound it would be refused (H11) throughout.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut seen = Vec::new();
+        let served = loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut s = client(listen);
+            s.write_all(b"GET /b HTTP/1.1\r\nHost: a-app.localhost\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            let answers = answers_until_close(&mut s);
+            let status = answers
+                .first()
+                .map(|(st, _)| st.clone())
+                .unwrap_or_default();
+            if status.starts_with("http/1.1 200") {
+                break true;
+            }
+            seen.push(status);
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+        };
+        assert!(served, "never served: {seen:?}");
+        // The wait above really was for the deaf client: it held the place at first.
+        assert!(
+            seen.iter().any(|st| st.starts_with("http/1.1 503")),
+            "{seen:?}"
+        );
+        drop(deaf);
         handle.shutdown();
         let _ = std::fs::remove_dir_all(run_dir);
     }
