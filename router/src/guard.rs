@@ -320,6 +320,18 @@ where
 /// The cut-off heads' log line, one a second at most across all connections.
 static EXPIRY_LOG: EverySecond = EverySecond::new();
 
+/// A router line at info through `gate` (once a second at most), at debug otherwise: lines a
+/// client can cause by the thousand must not flood the log, yet each stays findable.
+macro_rules! info_each_second {
+    ($gate:expr, $($field:tt)+) => {
+        if $gate.due() {
+            tracing::info!(target: "skiff::router", $($field)+);
+        } else {
+            tracing::debug!(target: "skiff::router", $($field)+);
+        }
+    };
+}
+
 /// Lets a log line through at most once a second.
 struct EverySecond(AtomicU64);
 
@@ -444,23 +456,13 @@ impl HeadWatch {
             .inner
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
-        if EXPIRY_LOG.due() {
-            tracing::info!(
-                target: "skiff::router",
-                peer = ?peer,
-                limit_s = secs,
-                request_id = %id,
-                "request head not complete in time: closed with 408"
-            );
-        } else {
-            tracing::debug!(
-                target: "skiff::router",
-                peer = ?peer,
-                limit_s = secs,
-                request_id = %id,
-                "request head not complete in time: closed with 408"
-            );
-        }
+        info_each_second!(
+            EXPIRY_LOG,
+            peer = ?peer,
+            limit_s = secs,
+            request_id = %id,
+            "request head not complete in time: closed with 408"
+        );
     }
 }
 
@@ -601,23 +603,13 @@ impl HeadWatch {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
         let status = status.as_u16();
-        if OWN_ANSWER_LOG.due() {
-            tracing::info!(
-                target: "skiff::router",
-                peer = ?peer,
-                status,
-                request_id = %id,
-                "request head not understood: answered with the router's page"
-            );
-        } else {
-            tracing::debug!(
-                target: "skiff::router",
-                peer = ?peer,
-                status,
-                request_id = %id,
-                "request head not understood: answered with the router's page"
-            );
-        }
+        info_each_second!(
+            OWN_ANSWER_LOG,
+            peer = ?peer,
+            status,
+            request_id = %id,
+            "request head not understood: answered with the router's page"
+        );
         true
     }
 

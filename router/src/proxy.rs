@@ -1533,12 +1533,17 @@ mod tests {
 
     /// A table with app `a-app` on one dyno that answers `ok`.
     fn table_with_ok_app() -> Arc<RouteTable> {
+        table_with_app(serve_ok())
+    }
+
+    /// A table with app `a-app` on one dyno at `addr`.
+    fn table_with_app(addr: SocketAddr) -> Arc<RouteTable> {
         let table = Arc::new(RouteTable::new("localhost"));
         table.set_app(
             "a-app",
             vec![Backend {
                 dyno: "web.1".into(),
-                addr: serve_ok(),
+                addr,
             }],
         );
         table
@@ -1761,14 +1766,7 @@ mod tests {
     /// sent while the previous is still at the dyno does not cut that one off.
     #[test]
     fn answers_pipelined_requests_in_order() {
-        let table = Arc::new(RouteTable::new("localhost"));
-        table.set_app(
-            "a-app",
-            vec![Backend {
-                dyno: "web.1".into(),
-                addr: serve_paths(),
-            }],
-        );
+        let table = table_with_app(serve_paths());
         let (listen, handle, run_dir) = start_router(&table, None, None);
         let get = |path: &str, close: bool| {
             let close = if close { "Connection: close\r\n" } else { "" };
@@ -1838,14 +1836,7 @@ mod tests {
     /// its own): it must not keep its place in the app's bound on requests in flight.
     #[test]
     fn a_client_that_never_reads_gives_its_place_back() {
-        let table = Arc::new(RouteTable::new("localhost"));
-        table.set_app(
-            "a-app",
-            vec![Backend {
-                dyno: "web.1".into(),
-                addr: serve_paths(),
-            }],
-        );
+        let table = table_with_app(serve_paths());
         table.set_settings(
             "a-app",
             AppSettings {
@@ -2009,14 +2000,7 @@ mod tests {
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow");
             }
         });
-        let table = Arc::new(RouteTable::new("localhost"));
-        table.set_app(
-            "a-app",
-            vec![Backend {
-                dyno: "web.1".into(),
-                addr: dyno,
-            }],
-        );
+        let table = table_with_app(dyno);
         let (listen, handle, run_dir) = start_router(&table, None, None);
         let mut idle = client(listen);
         let mut busy = client(listen);
@@ -2149,14 +2133,7 @@ mod tests {
     /// SO_REUSEADDR); the router then serves on it.
     #[test]
     fn holds_its_port_from_the_check_until_it_listens() {
-        let table = Arc::new(RouteTable::new("localhost"));
-        table.set_app(
-            "a-app",
-            vec![Backend {
-                dyno: "web.1".into(),
-                addr: serve_ok(),
-            }],
-        );
+        let table = table_with_app(serve_ok());
         let (listen, handle, run_dir) = spawn_for_test(&table, None, None);
         let other = tokio::net::TcpSocket::new_v4().expect("socket");
         other.set_reuseaddr(true).expect("reuseaddr");
@@ -2300,14 +2277,7 @@ mod tests {
     /// no one reads) still carries a large upload to the dyno whole.
     #[test]
     fn small_client_buffers_carry_whole_uploads() {
-        let table = Arc::new(RouteTable::new("localhost"));
-        table.set_app(
-            "a-app",
-            vec![Backend {
-                dyno: "web.1".into(),
-                addr: serve_body_length(),
-            }],
-        );
+        let table = table_with_app(serve_body_length());
         let (listen, handle, run_dir) = start_router(&table, None, Some(16 << 10));
         let size = 8 << 20;
         let mut s = TcpStream::connect(listen).expect("connect");
