@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::pages::page;
+use crate::table::AppSettings;
 
 /// Pingora's proxy app behind the connection cap, with each HTTP/1 connection's reads watched
 /// for the head deadline.
@@ -305,7 +306,7 @@ where
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
         } else {
-            Box::new(HeadWatch::new(stream, self.head_timeout))
+            Box::new(ClientWatch::new(stream, self.head_timeout))
         };
         self.app.process_new(stream, shutdown).await
     }
@@ -360,19 +361,19 @@ fn raw_page(status: &str, body: &str, extra_headers: &str) -> String {
     )
 }
 
-/// How long a write may wait on a client that does not read, until the router knows the app
-/// (whose client timeout then applies): Skiff's default client timeout.
-const DEFAULT_WRITE_LIMIT: Duration = Duration::from_secs(30);
-
-/// A client's HTTP/1 stream whose request heads must each arrive within a time limit.
+/// A client's HTTP/1 stream, watched for what Pingora leaves unbounded or answers by itself:
+/// each request head must arrive within a time limit; a write that waits on a client reading
+/// nothing fails at the client timeout ([`ClientWatch::watch_write`]); and Pingora's bare
+/// answers to heads no router hook sees become the router's page
+/// ([`ClientWatch::pingora_answering`]).
 ///
-/// The limit runs from a head's first byte, so time a kept-alive connection spends idle counts
+/// The head limit runs from a head's first byte, so time a kept-alive connection spends idle counts
 /// against the idle limit, not this one; the first head's runs from the connection's start, so
 /// a client that connects and sends nothing is let go at the same limit (silently: browsers
 /// open connections ahead of need). The router says when it has a head
-/// ([`HeadWatch::head_read`]) and when the request is over ([`HeadWatch::request_done`]); the
+/// ([`ClientWatch::head_read`]) and when the request is over ([`ClientWatch::request_done`]); the
 /// reads between are bodies, which the router bounds per read instead.
-pub(crate) struct HeadWatch {
+pub(crate) struct ClientWatch {
     inner: Stream,
     limit: Duration,
     in_request: AtomicBool,
@@ -394,7 +395,7 @@ pub(crate) struct HeadWatch {
     write_stall: Option<Pin<Box<Sleep>>>,
 }
 
-impl HeadWatch {
+impl ClientWatch {
     fn new(inner: Stream, limit: Duration) -> Self {
         Self {
             inner,
@@ -406,14 +407,15 @@ impl HeadWatch {
             started_at: Some(Instant::now()),
             expired: false,
             own_answer: None,
-            write_limit_ms: AtomicU64::new(DEFAULT_WRITE_LIMIT.as_millis() as u64),
+            // Until the router knows the app, whose own client timeout then applies.
+            write_limit_ms: AtomicU64::new(AppSettings::default().client_timeout.as_millis() as u64),
             write_stall: None,
         }
     }
 
     /// The watch on `stream`, if it has one (HTTP/1 connections do).
-    pub(crate) fn of(stream: &Stream) -> Option<&HeadWatch> {
-        (**stream).as_any().downcast_ref::<HeadWatch>()
+    pub(crate) fn of(stream: &Stream) -> Option<&ClientWatch> {
+        (**stream).as_any().downcast_ref::<ClientWatch>()
     }
 
     /// Writes to this client may wait on it this long without progress before they fail.
@@ -466,9 +468,9 @@ impl HeadWatch {
     }
 }
 
-impl fmt::Debug for HeadWatch {
+impl fmt::Debug for ClientWatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HeadWatch")
+        f.debug_struct("ClientWatch")
             .field("inner", &self.inner)
             .field("limit", &self.limit)
             .field("in_request", &self.in_request)
@@ -477,7 +479,7 @@ impl fmt::Debug for HeadWatch {
     }
 }
 
-impl AsyncRead for HeadWatch {
+impl AsyncRead for ClientWatch {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -531,7 +533,7 @@ impl AsyncRead for HeadWatch {
     }
 }
 
-impl HeadWatch {
+impl ClientWatch {
     /// Whether the current head's time is up; if not, the task wakes when it is.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(started) = self.started_at else {
@@ -560,7 +562,7 @@ impl HeadWatch {
 /// rest go to the debug level, each with the request id its client was shown.
 static OWN_ANSWER_LOG: EverySecond = EverySecond::new();
 
-impl HeadWatch {
+impl ClientWatch {
     /// Whether `buf` begins an answer Pingora writes by itself: a response head written while
     /// the router holds no request, which happens only when Pingora could not parse a head
     /// (400) or refuses its method (405 for CONNECT). Its answer would carry `Server: Pingora`
@@ -573,13 +575,11 @@ impl HeadWatch {
         if self.in_request.load(Ordering::Relaxed) || !buf.starts_with(b"HTTP/1.") {
             return false;
         }
+        // The code follows `HTTP/1.x `.
         let status = buf
-            .strip_prefix(b"HTTP/1.")
-            .and_then(|rest| rest.get(2..5))
-            .and_then(|code| std::str::from_utf8(code).ok())
-            .and_then(|code| code.parse::<u16>().ok())
-            .unwrap_or(400);
-        let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+            .get(9..12)
+            .and_then(|code| http::StatusCode::from_bytes(code).ok())
+            .unwrap_or(http::StatusCode::BAD_REQUEST);
         let reason = status.canonical_reason().unwrap_or("Bad Request");
         let (title, why) = match status.as_u16() {
             405 => ("Method not allowed", "This method is not supported here."),
@@ -631,7 +631,7 @@ impl HeadWatch {
     }
 }
 
-impl AsyncWrite for HeadWatch {
+impl AsyncWrite for ClientWatch {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -682,7 +682,7 @@ impl AsyncWrite for HeadWatch {
     }
 }
 
-impl HeadWatch {
+impl ClientWatch {
     /// Fails a write that has waited on the client longer than the write limit. Pingora bounds
     /// body writes itself, but not a response head's write or the flushes, so a client that
     /// sends requests and never reads the answers would otherwise hold its connection, and its
@@ -715,19 +715,19 @@ impl HeadWatch {
 }
 
 #[async_trait]
-impl Shutdown for HeadWatch {
+impl Shutdown for ClientWatch {
     async fn shutdown(&mut self) {
         Shutdown::shutdown(&mut *self.inner).await;
     }
 }
 
-impl UniqueID for HeadWatch {
+impl UniqueID for ClientWatch {
     fn id(&self) -> UniqueIDType {
         self.inner.id()
     }
 }
 
-impl Ssl for HeadWatch {
+impl Ssl for ClientWatch {
     fn get_ssl(&self) -> Option<&TlsRef> {
         self.inner.get_ssl()
     }
@@ -741,7 +741,7 @@ impl Ssl for HeadWatch {
     }
 }
 
-impl GetTimingDigest for HeadWatch {
+impl GetTimingDigest for ClientWatch {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.inner.get_timing_digest()
     }
@@ -755,7 +755,7 @@ impl GetTimingDigest for HeadWatch {
     }
 }
 
-impl GetProxyDigest for HeadWatch {
+impl GetProxyDigest for ClientWatch {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.inner.get_proxy_digest()
     }
@@ -765,7 +765,7 @@ impl GetProxyDigest for HeadWatch {
     }
 }
 
-impl GetSocketDigest for HeadWatch {
+impl GetSocketDigest for ClientWatch {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.inner.get_socket_digest()
     }
@@ -776,7 +776,7 @@ impl GetSocketDigest for HeadWatch {
 }
 
 #[async_trait]
-impl Peek for HeadWatch {
+impl Peek for ClientWatch {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
     }

@@ -23,7 +23,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::watch;
 
 use crate::RouterError;
-use crate::guard::{ConnectionLimits, Guarded, HeadWatch};
+use crate::guard::{ClientWatch, ConnectionLimits, Guarded};
 use crate::pages::{Code, page};
 use crate::table::{AppRoute, AppSettings, InFlight, RouteTable, normalize};
 use crate::tls::SniResolver;
@@ -527,13 +527,13 @@ impl ProxyHttp for Router {
     }
 
     /// The first hook a parsed head reaches: from here on, what Pingora reads is its body, and
-    /// what it writes is the router's answer (see [`HeadWatch`]).
+    /// what it writes is the router's answer (see [`ClientWatch`]).
     async fn early_request_filter(
         &self,
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(watch) = session.stream().and_then(HeadWatch::of) {
+        if let Some(watch) = session.stream().and_then(ClientWatch::of) {
             watch.head_read();
         }
         // A client may send its next request before this one's answer (RFC 9112 section
@@ -623,9 +623,10 @@ impl ProxyHttp for Router {
         // A client that stops sending its body must not hold a dyno (slow loris).
         session.set_read_timeout(Some(route.settings.client_timeout));
         // Nor one that stops reading its response: each write to it must progress in time.
-        // Pingora's own timeout covers body writes; the watch covers the rest.
+        // Pingora's timeout bounds body writes (the only bound an HTTP/2 client has); the
+        // watch bounds every write to an HTTP/1 client, heads and flushes too.
         session.set_write_timeout(Some(route.settings.client_timeout));
-        if let Some(watch) = session.stream().and_then(HeadWatch::of) {
+        if let Some(watch) = session.stream().and_then(ClientWatch::of) {
             watch.set_write_limit(route.settings.client_timeout);
         }
         // Nor one that keeps its connection open and sends nothing more (see the default set
@@ -920,7 +921,7 @@ impl ProxyHttp for Router {
         if !session.is_body_done() {
             session.set_keepalive(None);
         }
-        if let Some(watch) = session.stream().and_then(HeadWatch::of) {
+        if let Some(watch) = session.stream().and_then(ClientWatch::of) {
             watch.request_done();
         }
         let req = session.req_header();
