@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use common::*;
@@ -85,7 +88,14 @@ fn curl(s: &Skiff, host: &str, path: &str, ca: &Path, http2: bool) -> Result<Opt
 
 #[test]
 fn https_with_certs_sni_and_http2() -> Result<()> {
-    let mut s = Skiff::start()?;
+    let mut s = Skiff::create()?;
+    // A head timeout and a per-client cap that the silent handshakes below can reach.
+    s.boot_with(&[
+        "--head-timeout-secs",
+        "2",
+        "--max-connections-per-client",
+        "12",
+    ])?;
     let work = tempfile::tempdir()?;
     let repo = rust_hello_repo(&s, work.path())?;
     ok(s.cli(&repo, &["apps:create", "tls-a"])?)?;
@@ -156,6 +166,8 @@ fn https_with_certs_sni_and_http2() -> Result<()> {
     );
     assert_eq!(out.stdout.len(), big.len());
 
+    silent_handshakes(&s, &ca_a)?;
+
     // The router's line says how the request came.
     let logs = stdout(&ok(
         s.cli(&repo, &["logs", "--source", "router", "-n", "1500"])?
@@ -187,6 +199,45 @@ fn https_with_certs_sni_and_http2() -> Result<()> {
     ok(s.cli(&repo, &["certs:remove"])?)?;
     assert!(curl(&s, "www.tls-a.test", "/", &ca_a, true)?.is_none());
     s.stop()?;
+    Ok(())
+}
+
+/// Connections to the HTTPS port that never finish their handshake (half send nothing, half
+/// the first bytes of a TLS record) count against the caps like any other, so they cannot
+/// pile up unseen, and are closed at the head timeout.
+fn silent_handshakes(s: &Skiff, ca: &Path) -> Result<()> {
+    let mut silent = Vec::new();
+    for i in 0..12 {
+        let mut conn = TcpStream::connect(("127.0.0.1", s.https_port))?;
+        if i % 2 == 1 {
+            // A handshake record's header, and then nothing of the ClientHello it announces.
+            conn.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])?;
+        }
+        silent.push(conn);
+    }
+    // The router sees a connection once it accepts it: give it the moment.
+    std::thread::sleep(Duration::from_millis(300));
+    // The address is at its cap: HTTPS and plain HTTP both get the router's 503.
+    let refused = curl(s, "www.tls-a.test", "/", ca, false)?.context("refusal over TLS")?;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("connections"), "{}", refused.body);
+    let plain = http_full(s.http_port, "tls-a.localhost", "GET", "/", None, &[])?;
+    assert_eq!(plain.status, 503, "{plain:?}");
+    // Each is closed at the head timeout (2 s), never answered.
+    for conn in &mut silent {
+        conn.set_read_timeout(Some(Duration::from_secs(15)))?;
+        let mut buf = [0u8; 64];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => bail!("a silent handshake got {n} bytes: {:?}", &buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => bail!("a silent handshake was not closed: {e}"),
+        }
+    }
+    drop(silent);
+    // Their places are free again.
+    let fetched = curl(s, "www.tls-a.test", "/", ca, true)?.context("after the cut")?;
+    assert_eq!(fetched.status, 200);
     Ok(())
 }
 

@@ -1,16 +1,18 @@
 //! Bounds that Pingora's listener and HTTP/1 reader leave to the application: a total deadline
-//! for each request head, and a cap on open client connections.
+//! for each request head and each TLS handshake, and a cap on open client connections.
 //!
 //! Pingora bounds each read of a head (60 s of silence), not the head as a whole, so a client
-//! that sends one byte a minute holds its connection forever (slow loris). And it accepts every
+//! that sends one byte a minute holds its connection forever (slow loris). It accepts every
 //! connection the kernel hands it, so enough idle clients take all the process's file
-//! descriptors, which the API, git and the dynos share.
+//! descriptors, which the API, git and the dynos share. And its TLS listener gives every
+//! handshake 60 s before the application sees the connection, so the router does the
+//! handshake itself, once the connection has its place under the caps.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
@@ -31,6 +35,18 @@ use tokio::time::Sleep;
 
 use crate::pages::page;
 use crate::table::AppSettings;
+
+/// A router line at info through `gate` (once a second at most), at debug otherwise: lines a
+/// client can cause by the thousand must not flood the log, yet each stays findable.
+macro_rules! info_each_second {
+    ($gate:expr, $($field:tt)+) => {
+        if $gate.due() {
+            tracing::info!(target: "skiff::router", $($field)+);
+        } else {
+            tracing::debug!(target: "skiff::router", $($field)+);
+        }
+    };
+}
 
 /// Pingora's proxy app behind the connection cap, with each HTTP/1 connection's reads watched
 /// for the head deadline.
@@ -46,6 +62,8 @@ pub(crate) struct Guarded<A> {
     /// One refusal line a second at most, so a flood of connections does not become a flood
     /// of log lines.
     refusal_log: EverySecond,
+    /// The HTTPS listener, whose connections arrive as plain TCP.
+    tls: Option<TlsPort>,
 }
 
 impl<A> Guarded<A> {
@@ -70,7 +88,14 @@ impl<A> Guarded<A> {
                 })
             }),
             refusal_log: EverySecond::new(),
+            tls: None,
         }
+    }
+
+    /// Connections to `tls.port` get a TLS handshake, bounded by the head timeout.
+    pub(crate) fn with_tls(mut self, tls: TlsPort) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The connection's place, or why it has none, with what it holds while it is told so.
@@ -104,7 +129,7 @@ impl<A> Guarded<A> {
         })
     }
 
-    async fn refuse(&self, mut stream: Stream, why: Refusal) {
+    async fn refuse(&self, stream: Stream, why: Refusal, tls: Option<&TlsPort>) {
         if self.refusal_log.due() {
             match why {
                 Refusal::Router => tracing::warn!(
@@ -124,7 +149,7 @@ impl<A> Guarded<A> {
                 ),
             }
         }
-        if matches!(why, Refusal::Flood) || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        if matches!(why, Refusal::Flood) {
             return;
         }
         let body = match why {
@@ -140,8 +165,17 @@ impl<A> Guarded<A> {
         let answer = raw_page("503 Service Unavailable", &body, "retry-after: 1\r\n");
         // The client may be sending its request meanwhile: closing with it unread would reset
         // the connection and could lose the answer, so what comes before the client's close
-        // (or a short wait) is read and dropped.
+        // (or a short wait) is read and dropped. An HTTPS client is told over TLS, the
+        // handshake within the same wait: the refusals at once are few (`REFUSAL_SLACK`).
         let _ = tokio::time::timeout(REFUSAL_GRACE, async {
+            let mut stream = match tls {
+                Some(tls) => tls.handshake(stream).await.map_err(io::Error::other)?,
+                None => stream,
+            };
+            // An HTTP/2 client would not read an HTTP/1 answer.
+            if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                return Ok(());
+            }
             stream.write_all(answer.as_bytes()).await?;
             stream.flush().await?;
             Shutdown::shutdown(&mut *stream).await;
@@ -295,12 +329,35 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let tls = self.tls.as_ref().filter(|tls| tls.serves(&stream));
         let _admitted = match self.admit(&stream) {
             Ok(admitted) => admitted,
             Err((why, _held)) => {
-                self.refuse(stream, why).await;
+                self.refuse(stream, why, tls).await;
                 return None;
             }
+        };
+        let stream = match tls {
+            Some(tls) => {
+                let client = client_key(&stream);
+                match tokio::time::timeout(self.head_timeout, tls.handshake(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        info_each_second!(HANDSHAKE_LOG, client = ?client, error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => {
+                        info_each_second!(
+                            HANDSHAKE_LOG,
+                            client = ?client,
+                            limit = ?self.head_timeout,
+                            "TLS handshake not done within the head timeout: connection closed"
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => stream,
         };
         // HTTP/2 frames its own heads and the h2 crate bounds them; the watch reads HTTP/1.
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
@@ -321,16 +378,47 @@ where
 /// The cut-off heads' log line, one a second at most across all connections.
 static EXPIRY_LOG: EverySecond = EverySecond::new();
 
-/// A router line at info through `gate` (once a second at most), at debug otherwise: lines a
-/// client can cause by the thousand must not flood the log, yet each stays findable.
-macro_rules! info_each_second {
-    ($gate:expr, $($field:tt)+) => {
-        if $gate.due() {
-            tracing::info!(target: "skiff::router", $($field)+);
-        } else {
-            tracing::debug!(target: "skiff::router", $($field)+);
-        }
-    };
+/// Failed and cut-off TLS handshakes' log line, likewise: anyone can send a bad handshake.
+static HANDSHAKE_LOG: EverySecond = EverySecond::new();
+
+/// The HTTPS listener's address and the acceptor for its handshakes.
+pub(crate) struct TlsPort {
+    pub(crate) addr: SocketAddr,
+    pub(crate) acceptor: Acceptor,
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("not a TCP connection")]
+    NotTcp,
+    #[error(transparent)]
+    Tls(#[from] Box<pingora_error::Error>),
+}
+
+impl TlsPort {
+    /// Whether the connection came in on the HTTPS listener.
+    fn serves(&self, stream: &Stream) -> bool {
+        let Some(digest) = stream.get_socket_digest() else {
+            return false;
+        };
+        // A listener on every address sees the one the client reached.
+        digest
+            .local_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|local| {
+                local.port() == self.addr.port()
+                    && (self.addr.ip().is_unspecified() || local.ip() == self.addr.ip())
+            })
+    }
+
+    async fn handshake(&self, stream: Stream) -> Result<Stream, HandshakeError> {
+        let tcp = stream
+            .into_any()
+            .downcast::<L4Stream>()
+            .map_err(|_| HandshakeError::NotTcp)?;
+        Ok(Box::new(self.acceptor.tls_handshake(*tcp).await?))
+    }
 }
 
 /// Lets a log line through at most once a second.

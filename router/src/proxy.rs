@@ -23,7 +23,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::watch;
 
 use crate::RouterError;
-use crate::guard::{ClientWatch, ConnectionLimits, Guarded};
+use crate::guard::{ClientWatch, ConnectionLimits, Guarded, TlsPort};
 use crate::pages::{Code, page};
 use crate::table::{AppRoute, AppSettings, InFlight, RouteTable, normalize};
 use crate::tls::SniResolver;
@@ -322,31 +322,39 @@ fn run(
             draining,
         },
     );
-    let mut service = Service::new(
-        "skiff-router".to_owned(),
-        Guarded::new(
-            proxy,
-            ConnectionLimits {
-                head_timeout: config.head_timeout,
-                max_connections: config.max_connections,
-                max_per_client: config.max_connections_per_client,
-            },
-            open,
-            closed,
-        ),
+    let mut guarded = Guarded::new(
+        proxy,
+        ConnectionLimits {
+            head_timeout: config.head_timeout,
+            max_connections: config.max_connections,
+            max_per_client: config.max_connections_per_client,
+        },
+        open,
+        closed,
     );
+    // The HTTPS port listens as plain TCP: the guard does the handshakes, under its caps and
+    // deadline (Pingora's TLS listener would give each 60 s, uncounted).
+    let https = config
+        .https_listen
+        .and_then(|addr| match tls_settings(table.clone()) {
+            Ok(settings) => Some((addr, settings.build())),
+            Err(e) => {
+                tracing::error!(error = %e, "HTTPS listener not started");
+                None
+            }
+        });
+    let https_listen = https.as_ref().map(|(addr, _)| *addr);
+    if let Some((addr, acceptor)) = https {
+        guarded = guarded.with_tls(TlsPort { addr, acceptor });
+    }
+    let mut service = Service::new("skiff-router".to_owned(), guarded);
     let mut socket = TcpSocketOptions::default();
     socket.tcp_recv_buf = config.client_recv_buffer;
     // Joins the port's reservation (see `spawn_router`).
     socket.so_reuseport = Some(true);
     service.add_tcp_with_settings(&config.listen.to_string(), socket.clone());
-    if let Some(addr) = config.https_listen {
-        match tls_settings(table.clone()) {
-            Ok(settings) => {
-                service.add_tls_with_settings(&addr.to_string(), Some(socket), settings)
-            }
-            Err(e) => tracing::error!(error = %e, "HTTPS listener not started"),
-        }
+    if let Some(addr) = https_listen {
+        service.add_tcp_with_settings(&addr.to_string(), socket);
     }
     server.add_service(service);
     tracing::info!(
