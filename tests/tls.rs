@@ -7,8 +7,8 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use common::*;
@@ -167,6 +167,7 @@ fn https_with_certs_sni_and_http2() -> Result<()> {
     assert_eq!(out.stdout.len(), big.len());
 
     silent_handshakes(&s, &ca_a)?;
+    idle_http2(&s)?;
 
     // The router's line says how the request came.
     let logs = stdout(&ok(
@@ -238,6 +239,58 @@ fn silent_handshakes(s: &Skiff, ca: &Path) -> Result<()> {
     // Their places are free again.
     let fetched = curl(s, "www.tls-a.test", "/", ca, true)?.context("after the cut")?;
     assert_eq!(fetched.status, 200);
+    Ok(())
+}
+
+/// HTTP/2 connections that open no stream are closed too: one that never sends the client
+/// preface at the head timeout, one that sends it and then nothing at the same idle limit.
+fn idle_http2(s: &Skiff) -> Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: the client's half of the connection preface.
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    for sends in [&[][..], &[PREFACE, SETTINGS].concat()[..]] {
+        // `-quiet` leaves the connection open until the server closes it.
+        let mut client = Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-alpn",
+                "h2",
+                "-servername",
+                "www.tls-a.test",
+            ])
+            .arg("-connect")
+            .arg(format!("127.0.0.1:{}", s.https_port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running openssl s_client")?;
+        let mut stdin = client.stdin.take().context("s_client's stdin")?;
+        stdin.write_all(sends)?;
+        stdin.flush()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let closed = loop {
+            if client.try_wait()?.is_some() {
+                break true;
+            }
+            if Instant::now() > deadline {
+                let _ = client.kill();
+                let _ = client.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        drop(stdin);
+        assert!(
+            closed,
+            "an HTTP/2 connection that sent {} bytes and opened no stream was kept open",
+            sends.len()
+        );
+    }
+    // What clients do is not the platform's error.
+    let log = s.logs();
+    assert!(!log.contains("H2 handshake error"), "{log}");
     Ok(())
 }
 

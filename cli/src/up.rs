@@ -482,7 +482,8 @@ fn init_logging() {
 
 /// Drops Pingora's ERROR lines for what a client did: a request head that never arrived whole
 /// (it hung up, or trickled past the head deadline, which the router logs itself, a line a
-/// second at most), and an error answer it did not stay to read. A flood of such clients would
+/// second at most), an error answer it did not stay to read, and an HTTP/2 connection whose
+/// preface never came (cut at the head deadline, or garbage). A flood of such clients would
 /// bury the platform's real errors under them.
 struct ClientFailures;
 
@@ -497,31 +498,40 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientFailures {
         }
         let mut seen = ClientFailure::default();
         event.record(&mut seen);
-        !(seen.from_proxy && seen.clients_doing)
+        !seen.clients_doing()
     }
 }
 
 /// What [`ClientFailures`] looks for in an event's fields: Pingora logs through `log`, so its
-/// target arrives as the `log.target` field.
+/// target arrives as the `log.target` field (after the message).
 #[derive(Default)]
 struct ClientFailure {
-    from_proxy: bool,
-    clients_doing: bool,
+    target: String,
+    message: String,
+}
+
+impl ClientFailure {
+    fn clients_doing(&self) -> bool {
+        let text = &self.message;
+        if self.target.starts_with("pingora_proxy") {
+            (text.starts_with("Fail to proxy") && text.contains("while reading request headers"))
+                || text.starts_with("failed to send error response to downstream")
+        } else {
+            self.target.starts_with("pingora_core::apps") && text.starts_with("H2 handshake error")
+        }
+    }
 }
 
 impl tracing::field::Visit for ClientFailure {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if field.name() == "log.target" {
-            self.from_proxy = value.starts_with("pingora_proxy");
+            value.clone_into(&mut self.target);
         }
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            let text = format!("{value:?}");
-            self.clients_doing = (text.starts_with("Fail to proxy")
-                && text.contains("while reading request headers"))
-                || text.starts_with("failed to send error response to downstream");
+            self.message = format!("{value:?}");
         }
     }
 }

@@ -359,9 +359,10 @@ where
             }
             None => stream,
         };
-        // HTTP/2 frames its own heads and the h2 crate bounds them; the watch reads HTTP/1.
+        // HTTP/2 frames its own heads and the h2 crate bounds them, but not the client's
+        // preface, which it awaits for good.
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            stream
+            Box::new(ClientWatch::http2(stream, self.head_timeout))
         } else {
             Box::new(ClientWatch::new(stream, self.head_timeout))
         };
@@ -377,6 +378,9 @@ where
 
 /// The cut-off heads' log line, one a second at most across all connections.
 static EXPIRY_LOG: EverySecond = EverySecond::new();
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, which opens every HTTP/2 connection (RFC 9113 section 3.4).
+const H2_PREFACE_LEN: usize = 24;
 
 /// Failed and cut-off TLS handshakes' log line, likewise: anyone can send a bad handshake.
 static HANDSHAKE_LOG: EverySecond = EverySecond::new();
@@ -481,6 +485,9 @@ pub(crate) struct ClientWatch {
     write_limit_ms: AtomicU64,
     /// Armed while a write waits on a client that is not reading.
     write_stall: Option<Pin<Box<Sleep>>>,
+    /// On an HTTP/2 connection, bytes of the client's preface still to come: it runs against
+    /// the head limit, and then the connection is the h2 library's (and the idle limit's).
+    preface_left: usize,
 }
 
 impl ClientWatch {
@@ -498,6 +505,16 @@ impl ClientWatch {
             // Until the router knows the app, whose own client timeout then applies.
             write_limit_ms: AtomicU64::new(AppSettings::default().client_timeout.as_millis() as u64),
             write_stall: None,
+            preface_left: 0,
+        }
+    }
+
+    /// The watch on an HTTP/2 connection: only the write bound, and the head limit for the
+    /// client's connection preface.
+    fn http2(inner: Stream, limit: Duration) -> Self {
+        Self {
+            preface_left: H2_PREFACE_LEN,
+            ..Self::new(inner, limit)
         }
     }
 
@@ -599,6 +616,17 @@ impl AsyncRead for ClientWatch {
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.preface_left > 0 {
+            // Never a head: an HTTP/2 client cut off is not sent an HTTP/1 408.
+            if let Poll::Ready(Ok(())) = read {
+                let got = buf.filled().len() - before;
+                this.preface_left = this.preface_left.saturating_sub(got);
+                if this.preface_left == 0 {
+                    this.head_read();
+                }
+            }
+            return read;
+        }
         match &read {
             // Empty lines before a request line are to be ignored (RFC 9112 section 2.2): they
             // begin no head, so a client's stray CRLF between requests starts no clock.

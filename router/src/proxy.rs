@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{TcpSocketOptions, TlsAccept};
 use pingora_core::protocols::Digest;
@@ -312,7 +313,7 @@ fn run(
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let proxy = pingora_proxy::http_proxy(
+    let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
         Router {
             table: table.clone(),
@@ -322,6 +323,11 @@ fn run(
             draining,
         },
     );
+    // An HTTP/2 connection with no stream open is closed at the limit an HTTP/1 connection
+    // has for its first head; the h2 library would keep it for good.
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.head_timeout);
+    proxy.server_options = Some(options);
     let mut guarded = Guarded::new(
         proxy,
         ConnectionLimits {
@@ -631,8 +637,9 @@ impl ProxyHttp for Router {
         // A client that stops sending its body must not hold a dyno (slow loris).
         session.set_read_timeout(Some(route.settings.client_timeout));
         // Nor one that stops reading its response: each write to it must progress in time.
-        // Pingora's timeout bounds body writes (the only bound an HTTP/2 client has); the
-        // watch bounds every write to an HTTP/1 client, heads and flushes too.
+        // Pingora's timeout bounds body writes; the watch bounds every write to the client's
+        // connection, heads and flushes too (an HTTP/2 connection's at the default: its
+        // streams may reach several apps, and no stream reaches the connection's watch).
         session.set_write_timeout(Some(route.settings.client_timeout));
         if let Some(watch) = session.stream().and_then(ClientWatch::of) {
             watch.set_write_limit(route.settings.client_timeout);
