@@ -77,6 +77,13 @@ fn router_end_to_end() -> Result<()> {
         line.contains("at=error code=H14 desc=\"No web processes running\""),
         "{line}"
     );
+    // A 60 KB path is cut short in the line, which stays whole to its last field.
+    let long = format!("/{}", "p".repeat(60_000));
+    get(&long, &[("X-Request-Id", &rid("long-path", 0))])?;
+    let line = router_line(&s, &repo, &rid("long-path", 0))?;
+    assert!(line.len() < 3_000, "a {}-byte line", line.len());
+    assert!(line.contains("pppp...\" host="), "{line}");
+    assert!(line.trim_end().ends_with(" protocol=http"), "{line}");
 
     let (pushed, output) = s.commit_and_push(&repo, "first")?;
     assert!(pushed, "{output}\n{}", s.logs());
@@ -753,6 +760,7 @@ fn hostile_clients(s: &Skiff, port: u16, host: &str) -> Result<()> {
         }
     };
     assert!(refused.body.contains("Your address"), "{refused:?}");
+    assert!(refused.header("x-request-id").is_some(), "{refused:?}");
     drop(idle);
     drop(more);
     let r = http_full(port, host, "GET", "/", None, &[])?;

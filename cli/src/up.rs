@@ -465,9 +465,11 @@ fn base64_basic(user: &str, password: &str) -> String {
 fn init_logging() {
     // tokio_postgres logs every server notice at info: the pool's ROLLBACK before a session
     // is reused ("no transaction in progress") and apps' `IF NOT EXISTS` would fill the log.
+    // The h2 library warns of each frame a client gets wrong (a PING ack never asked for), so
+    // one connection could write megabytes of them; it answers those clients itself.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,pingora_core=warn,pingora_proxy=warn,tokio_postgres=warn",
+            "info,pingora_core=warn,pingora_proxy=warn,tokio_postgres=warn,h2=error",
         )
     });
     use std::io::IsTerminal;

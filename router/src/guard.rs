@@ -162,7 +162,13 @@ impl<A> Guarded<A> {
                 "Your address has as many connections open to Skiff's router as it allows. Close some, or try again in a moment.",
             ),
         };
-        let answer = raw_page("503 Service Unavailable", &body, "retry-after: 1\r\n");
+        // No request was read, but the page carries an id like every other the router writes.
+        let id = crate::proxy::new_request_id();
+        let answer = raw_page(
+            "503 Service Unavailable",
+            &body,
+            &format!("retry-after: 1\r\nx-request-id: {id}\r\n"),
+        );
         // The client may be sending its request meanwhile: closing with it unread would reset
         // the connection and could lose the answer, so what comes before the client's close
         // (or a short wait) is read and dropped. An HTTPS client is told over TLS, the

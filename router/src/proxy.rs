@@ -554,6 +554,10 @@ impl ProxyHttp for Router {
         // 9.3.2). Without this, Pingora takes those bytes for a client misbehaving, and
         // aborts the request in flight (H18) or drops the next one.
         session.set_pipelining_enabled(true);
+        // The router's own pages (an unknown host, H11, 413...) go out before any app is
+        // known: an HTTP/2 client granting no window would hold each such stream, and its
+        // memory, for good. The app's own client timeout replaces this one once known.
+        session.set_write_timeout(Some(AppSettings::default().client_timeout));
         Ok(())
     }
 
@@ -960,11 +964,13 @@ impl ProxyHttp for Router {
             .map(|t| t.elapsed().as_millis())
             .unwrap_or_default();
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        // What the client chose is cut short, so that one request's line stays one line of
+        // ordinary size, whole to its last field, in the app's log and the platform's.
         let line = format!(
             "at={at}{code} method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect={}ms service={}ms status={} bytes={} protocol={}",
-            req.method,
-            Quoted(path),
-            Token(&normalize(&ctx.host)),
+            clipped(req.method.as_str(), LOGGED_METHOD_MAX),
+            Quoted(&clipped(path, LOGGED_PATH_MAX)),
+            Token(&clipped(&normalize(&ctx.host), LOGGED_HOST_MAX)),
             ctx.request_id.to_str().unwrap_or(""),
             ClientIp(session),
             ctx.dyno.as_deref().unwrap_or("none"),
@@ -1222,6 +1228,23 @@ impl std::fmt::Display for ClientIp<'_> {
     }
 }
 
+/// The most of a request's path, host and method a router line shows, in bytes.
+const LOGGED_PATH_MAX: usize = 2048;
+const LOGGED_HOST_MAX: usize = 256;
+const LOGGED_METHOD_MAX: usize = 32;
+
+/// `text` cut to `max` bytes on a character boundary, marked with `...` where cut.
+fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end]).into()
+}
+
 /// A value for inside `"..."` in a log line, escaped as it is written.
 struct Quoted<'a>(&'a str);
 
@@ -1347,6 +1370,14 @@ mod tests {
 
     use super::*;
     use crate::table::{AppSettings, Backend};
+
+    #[test]
+    fn clipped_cuts_on_a_character_boundary() {
+        assert_eq!(clipped("/short", 8), "/short");
+        assert_eq!(clipped("/abcdefgh", 4), "/abc...");
+        // 'é' is two bytes: a cut inside it steps back before it.
+        assert_eq!(clipped("/aé", 3), "/a...");
+    }
 
     #[derive(Default)]
     struct Lines(Mutex<Vec<String>>);
