@@ -189,10 +189,40 @@ fn https_with_certs_sni_and_http2() -> Result<()> {
         fetched.is_none(),
         "app B's certificate served app A's domain"
     );
+    // A connection made for app A's host speaks for no other app: asking it for app B's
+    // host (with another `Host`, or `:authority` over HTTP/2) gets 421, not app B.
+    for http2 in [false, true] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(&ca_a)
+            .arg("--resolve")
+            .arg(format!("www.tls-a.test:{}:127.0.0.1", s.https_port))
+            .args(["-H", "Host: tls-b.localhost", "-w", "\n%{http_code}"])
+            .arg(if http2 { "--http2" } else { "--http1.1" })
+            .arg(format!("https://www.tls-a.test:{}/", s.https_port))
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.ends_with("\n421"), "http2 {http2}: {text}");
+        assert!(text.contains("Misdirected"), "http2 {http2}: {text}");
+    }
 
-    // Certificates survive a restart; removing one stops HTTPS for its host.
+    // Certificates survive a restart; removing one stops HTTPS for its host. The restart
+    // adds the platform's certificate for every app's default host.
+    ok(s.cli(&repo_b, &["apps:create", "tls-c", "--remote", "c"])?)?;
     s.stop()?;
-    s.boot()?;
+    let (every, every_key) = self_signed(certs, "every", &["*.localhost"])?;
+    s.boot_with(&["--tls-cert", path(&every), "--tls-key", path(&every_key)])?;
+    // That one certificate speaks for every default host that has no certificate of its
+    // app's, so a connection made for one app's may carry another's requests (app C has no
+    // dynos: H14, from app C).
+    let out = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "20", "--resolve"])
+        .arg(format!("tls-a.localhost:{}:127.0.0.1", s.https_port))
+        .args(["-H", "Host: tls-c.localhost", "-w", "\n%{http_code}"])
+        .arg(format!("https://tls-a.localhost:{}/", s.https_port))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n503") && text.contains("H14"), "{text}");
     let again = curl(&s, "www.tls-a.test", "/", &ca_a, true)?.context("after restart")?;
     assert_eq!(again.status, 200);
     let info = stdout(&ok(s.cli(&repo, &["certs:info"])?)?);

@@ -14,6 +14,7 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{TcpSocketOptions, TlsAccept};
 use pingora_core::protocols::Digest;
+use pingora_core::protocols::tls::TlsRef;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::listening::Service;
@@ -379,16 +380,29 @@ fn run(
 
 /// HTTP/2 and HTTP/1.1 by ALPN, the certificate chosen per handshake by SNI.
 fn tls_settings(table: Arc<RouteTable>) -> Result<TlsSettings> {
-    let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(KeepSni))?;
     settings.set_cert_resolver(Arc::new(SniResolver(table)));
     settings.enable_h2();
     Ok(settings)
 }
 
-/// The resolver does the work; Pingora's settings just need a callbacks value to start from.
-struct NoCallbacks;
+/// Keeps the name the client asked for in the handshake (SNI) with the connection, for
+/// [`Router::misdirected`]; the resolver chose the certificate by it.
+struct KeepSni;
 
-impl TlsAccept for NoCallbacks {}
+/// The SNI of a TLS connection, in the session's TLS digest.
+struct Sni(String);
+
+#[async_trait]
+impl TlsAccept for KeepSni {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let name = tls.server_name()?;
+        Some(Arc::new(Sni(name.to_owned())))
+    }
+}
 
 /// What the router's thread shares with its handle.
 struct Flags {
@@ -448,6 +462,8 @@ enum Failure {
     TooLarge,
     /// No app at this host.
     NoApp,
+    /// A TLS connection made for one app's host, asked for another app's (421).
+    Misdirected,
     /// A request the router refuses to pass on (bad framing, headers over the limits).
     Malformed,
 }
@@ -500,6 +516,35 @@ impl Router {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Whether the request came on a TLS connection made for another app's host, with a
+    /// certificate that is not the one this host would get: an app's certificate covers only
+    /// its own app's hosts, so such a connection speaks for no other app (RFC 9110 section
+    /// 15.5.20). A client that reuses it for one, or names one host in the handshake and
+    /// another in the request, gets 421 and connects again. The platform's certificate for
+    /// every app's default host serves all those with none of their own, so a connection
+    /// made with it may carry requests for any of them.
+    fn misdirected(&self, session: &Session, host: &str, route: &AppRoute) -> bool {
+        let Some(Sni(name)) = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|tls| tls.extension.get::<Sni>())
+        else {
+            return false;
+        };
+        let owner = self.table.owner(name);
+        if owner.as_deref() == Some(route.app.as_str()) {
+            return false;
+        }
+        let certs = self.table.certs();
+        match (
+            certs.lookup(name, owner.as_deref()),
+            certs.lookup(&normalize(host), Some(&route.app)),
+        ) {
+            (Some(presented), Some(due)) => !Arc::ptr_eq(&presented, &due),
+            _ => true,
         }
     }
 
@@ -610,6 +655,16 @@ impl ProxyHttp for Router {
             respond(session, 404, body, ctx).await?;
             return Ok(true);
         };
+        if self.misdirected(session, &ctx.host, &route) {
+            ctx.failure = Some(Failure::Misdirected);
+            let body = page(
+                "Misdirected request",
+                "This connection was made for another app's address, whose certificate does not cover this one. Connect to this address itself.",
+            );
+            session.set_keepalive(None);
+            respond(session, 421, body, ctx).await?;
+            return Ok(true);
+        }
         ctx.route = Some(route.clone());
         if route.settings.maintenance {
             return refuse(session, ctx, Code::H80).await;
@@ -890,6 +945,7 @@ impl ProxyHttp for Router {
             }
             Failure::Code(code) => (503, Some(code.page())),
             Failure::NoApp => (404, None),
+            Failure::Misdirected => (421, None),
             Failure::Malformed => (
                 400,
                 Some(page(
@@ -927,6 +983,7 @@ impl ProxyHttp for Router {
                         | Failure::Malformed
                         | Failure::TooLarge
                         | Failure::NoApp
+                        | Failure::Misdirected
                 )
             )
     }
