@@ -168,6 +168,7 @@ fn https_with_certs_sni_and_http2() -> Result<()> {
 
     silent_handshakes(&s, &ca_a)?;
     idle_http2(&s)?;
+    http2_connect(&s)?;
 
     // The router's line says how the request came.
     let logs = stdout(&ok(
@@ -344,6 +345,64 @@ fn idle_http2(s: &Skiff) -> Result<()> {
     let log = s.logs();
     assert!(!log.contains("H2 handshake error"), "{log}");
     assert!(!log.contains("PING ack"), "{log}");
+    Ok(())
+}
+
+/// An HTTP/2 CONNECT gets the router's own 405 page (its text is in the DATA frame, which
+/// HPACK leaves as it is), not Pingora's empty one.
+fn http2_connect(s: &Skiff) -> Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let authority = b"www.tls-a.test:443";
+    // HEADERS on stream 1, END_HEADERS: `:method CONNECT` and `:authority` as literals.
+    let mut block = vec![0x42, 7];
+    block.extend_from_slice(b"CONNECT");
+    block.extend_from_slice(&[0x41, authority.len() as u8]);
+    block.extend_from_slice(authority);
+    let mut headers = vec![0, 0, block.len() as u8, 1, 4, 0, 0, 0, 1];
+    headers.extend_from_slice(&block);
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2"])
+        .args(["-servername", "www.tls-a.test", "-connect"])
+        .arg(format!("127.0.0.1:{}", s.https_port))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running openssl s_client")?;
+    let mut stdin = client.stdin.take().context("s_client's stdin")?;
+    stdin.write_all(&[PREFACE, SETTINGS, &headers].concat())?;
+    stdin.flush()?;
+    let mut stdout = client.stdout.take().context("s_client's stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("</html>") {
+                break;
+            }
+        }
+        seen
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    drop(stdin);
+    let seen = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("This method is not supported here."),
+        "{text:?}"
+    );
     Ok(())
 }
 

@@ -328,6 +328,8 @@ fn run(
     // has for its first head; the h2 library would keep it for good.
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(config.head_timeout);
+    // Refused in `request_filter`, with the router's page (see there).
+    options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
     let mut guarded = Guarded::new(
         proxy,
@@ -618,6 +620,16 @@ impl ProxyHttp for Router {
         }
         let req = session.req_header();
         ctx.request_id = request_id(req);
+        // Pingora passes CONNECT on only so that the router answers it with its own page, as
+        // it does every refusal (over HTTP/2 Pingora's answer could not be swapped for it).
+        // Nothing after its head on the connection is read: it is closed.
+        if req.method == http::Method::CONNECT {
+            ctx.failure = Some(Failure::Malformed);
+            session.set_keepalive(None);
+            let body = page("Method not allowed", "This method is not supported here.");
+            respond(session, 405, body, ctx).await?;
+            return Ok(true);
+        }
         // HTTP/2 names the host in `:authority`, which Pingora puts in the URI. An HTTP/1
         // absolute-form target names it too, and wins over `Host` (Pingora has refused one
         // whose `Host` disagrees), but Pingora keeps that only in the raw target.
@@ -1758,16 +1770,29 @@ mod tests {
             let mut rest = [0u8; 64];
             assert!(matches!(s.read(&mut rest), Ok(0) | Err(_)), "{shown}");
         }
+        // A CONNECT, with a request behind it in the same write: the router's 405, and
+        // nothing after the CONNECT's head is read as a request.
         let mut s = client(listen);
-        s.write_all(b"CONNECT a-app.localhost:443 HTTP/1.1\r\nHost: a-app.localhost:443\r\n\r\n")
-            .expect("write");
+        s.write_all(
+            b"CONNECT a-app.localhost:443 HTTP/1.1\r\nHost: a-app.localhost:443\r\n\r\n\
+              GET / HTTP/1.1\r\nHost: a-app.localhost\r\n\r\n",
+        )
+        .expect("write");
         let (answer, body) = read_response(&mut s);
         assert!(
             answer.starts_with("http/1.1 405 method not allowed\r\n"),
             "{answer}"
         );
         assert!(!answer.contains("pingora"), "{answer}");
+        assert!(answer.contains("x-request-id: "), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
         assert!(body.contains("not supported"), "{body}");
+        let mut rest = [0u8; 64];
+        assert!(
+            matches!(s.read(&mut rest), Ok(0) | Err(_)),
+            "{}",
+            String::from_utf8_lossy(&rest)
+        );
         // The connections above leave the router serving as before.
         let mut s = served_once(listen);
         s.write_all(KEEP_ALIVE_GET).expect("write");
