@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use common::*;
 
+/// The platform's head timeout here: short, for the checks of connections that never send
+/// a head, yet long enough for a refused client's handshake and request on a slow machine.
+const HEAD_TIMEOUT_SECS: u64 = 5;
+
 /// A self-signed certificate and key for `names` (the first is also the CN).
 fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> Result<(PathBuf, PathBuf)> {
     let cert = dir.join(format!("{stem}.crt"));
@@ -90,9 +94,10 @@ fn curl(s: &Skiff, host: &str, path: &str, ca: &Path, http2: bool) -> Result<Opt
 fn https_with_certs_sni_and_http2() -> Result<()> {
     let mut s = Skiff::create()?;
     // A head timeout and a per-client cap that the silent handshakes below can reach.
+    let head_timeout = HEAD_TIMEOUT_SECS.to_string();
     s.boot_with(&[
         "--head-timeout-secs",
-        "2",
+        &head_timeout,
         "--max-connections-per-client",
         "12",
     ])?;
@@ -255,7 +260,7 @@ fn silent_handshakes(s: &Skiff, ca: &Path) -> Result<()> {
     assert!(refused.body.contains("connections"), "{}", refused.body);
     let plain = http_full(s.http_port, "tls-a.localhost", "GET", "/", None, &[])?;
     assert_eq!(plain.status, 503, "{plain:?}");
-    // Each is closed at the head timeout (2 s), never answered.
+    // Each is closed at the head timeout, never answered.
     for conn in &mut silent {
         conn.set_read_timeout(Some(Duration::from_secs(15)))?;
         let mut buf = [0u8; 64];
@@ -273,11 +278,12 @@ fn silent_handshakes(s: &Skiff, ca: &Path) -> Result<()> {
     Ok(())
 }
 
-/// HTTP/2 connections are closed when they hold nothing: one that never sends the client
-/// preface at the head timeout, one that sends it and then nothing at the same idle limit,
-/// and one whose only stream's answer (the router's page for an unknown host) cannot be sent
-/// because the client grants no window, at the write bound (30 s) and then that idle limit.
-/// Frames a client gets wrong (PING acks nobody asked for) cost no log lines.
+/// HTTP/2 connections and streams that hold nothing are let go: a connection that never sends
+/// the client preface at the head timeout; one that sends it and opens no stream at the
+/// client timeout (30 s, as a kept-alive HTTP/1 connection); and a stream whose answer (the
+/// router's page for an unknown host) cannot be sent because the client grants no window is
+/// reset at the write bound (the client timeout too). Frames a client gets wrong (PING acks
+/// nobody asked for) cost no log lines.
 fn idle_http2(s: &Skiff) -> Result<()> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     // An empty SETTINGS frame: the client's half of the connection preface.
@@ -296,50 +302,67 @@ fn idle_http2(s: &Skiff) -> Result<()> {
     for _ in 0..200 {
         pings.extend_from_slice(PING_ACK);
     }
-    let cases: [(&str, Vec<u8>); 3] = [
-        ("no preface", Vec::new()),
-        ("no stream", [PREFACE, SETTINGS, &pings].concat()),
-        ("no window", [PREFACE, NO_WINDOW, &headers].concat()),
+    // What each sends, and the least time it must be kept (the limits less a margin).
+    let cases = [
+        ("no preface", Vec::new(), HEAD_TIMEOUT_SECS - 1),
+        ("no stream", [PREFACE, SETTINGS, &pings].concat(), 29),
+        ("no window", [PREFACE, NO_WINDOW, &headers].concat(), 29),
     ];
-    let mut clients = Vec::new();
-    for (what, sends) in &cases {
+    let started = Instant::now();
+    let mut waits = Vec::new();
+    for (what, sends, least) in cases {
         // `-quiet` leaves the connection open until the server closes it.
         let mut client = Command::new("openssl")
-            .args([
-                "s_client",
-                "-quiet",
-                "-alpn",
-                "h2",
-                "-servername",
-                "www.tls-a.test",
-            ])
-            .arg("-connect")
+            .args(["s_client", "-quiet", "-alpn", "h2"])
+            .args(["-servername", "www.tls-a.test", "-connect"])
             .arg(format!("127.0.0.1:{}", s.https_port))
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("running openssl s_client")?;
         let mut stdin = client.stdin.take().context("s_client's stdin")?;
-        stdin.write_all(sends)?;
+        stdin.write_all(&sends)?;
         stdin.flush()?;
-        clients.push((*what, client, stdin));
+        let stdout = client.stdout.take().context("s_client's stdout")?;
+        // Reads the server's frames until stream 1 is reset or the connection closes.
+        let waiter = std::thread::spawn(move || -> (Duration, &'static str) {
+            let mut stdout = stdout;
+            let mut header = [0u8; 9];
+            loop {
+                if stdout.read_exact(&mut header).is_err() {
+                    return (started.elapsed(), "closed");
+                }
+                let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+                let mut payload = vec![0u8; len];
+                if stdout.read_exact(&mut payload).is_err() {
+                    return (started.elapsed(), "closed");
+                }
+                if header[3] == 3 && stream == 1 {
+                    return (started.elapsed(), "reset");
+                }
+            }
+        });
+        waits.push((what, least, client, stdin, waiter));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (what, mut client, stdin) in clients {
-        let closed = loop {
-            if client.try_wait()?.is_some() {
-                break true;
-            }
-            if Instant::now() > deadline {
-                let _ = client.kill();
-                let _ = client.wait();
-                break false;
-            }
+    let deadline = started + Duration::from_secs(60);
+    for (what, least, mut client, stdin, waiter) in waits {
+        while !waiter.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
-        };
+        }
+        let done = waiter.is_finished();
+        let _ = client.kill();
+        let _ = client.wait();
         drop(stdin);
-        assert!(closed, "an HTTP/2 connection with {what} was kept open");
+        assert!(done, "an HTTP/2 connection with {what} was kept open");
+        let (after, how) = waiter
+            .join()
+            .map_err(|_| anyhow::anyhow!("frame reader panicked"))?;
+        assert!(
+            after >= Duration::from_secs(least),
+            "an HTTP/2 connection with {what} was {how} after only {after:?}"
+        );
     }
     // What clients do is not the platform's error.
     let log = s.logs();

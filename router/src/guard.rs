@@ -48,8 +48,8 @@ macro_rules! info_each_second {
     };
 }
 
-/// Pingora's proxy app behind the connection cap, with each HTTP/1 connection's reads watched
-/// for the head deadline.
+/// Pingora's proxy app behind the connection caps, with each connection's TLS handshake done
+/// here and each connection watched by a [`ClientWatch`].
 pub(crate) struct Guarded<A> {
     app: Arc<A>,
     head_timeout: Duration,
@@ -459,11 +459,11 @@ fn raw_page(status: &str, body: &str, extra_headers: &str) -> String {
     )
 }
 
-/// A client's HTTP/1 stream, watched for what Pingora leaves unbounded or answers by itself:
-/// each request head must arrive within a time limit; a write that waits on a client reading
-/// nothing fails at the client timeout ([`ClientWatch::watch_write`]); and Pingora's bare
-/// answers to heads no router hook sees become the router's page
-/// ([`ClientWatch::pingora_answering`]).
+/// A client's stream, watched for what Pingora leaves unbounded or answers by itself: each
+/// HTTP/1 request head (an HTTP/2 connection's preface) must arrive within a time limit; a
+/// write that waits on a client reading nothing fails at the client timeout
+/// ([`ClientWatch::watch_write`]); and Pingora's bare HTTP/1 answers to heads no router hook
+/// sees become the router's page ([`ClientWatch::pingora_answering`]).
 ///
 /// The head limit runs from a head's first byte, so time a kept-alive connection spends idle counts
 /// against the idle limit, not this one; the first head's runs from the connection's start, so
@@ -524,7 +524,8 @@ impl ClientWatch {
         }
     }
 
-    /// The watch on `stream`, if it has one (HTTP/1 connections do).
+    /// The watch on `stream`, if it has one (a connection's does; an HTTP/2 stream's is the
+    /// connection's, which no request reaches).
     pub(crate) fn of(stream: &Stream) -> Option<&ClientWatch> {
         (**stream).as_any().downcast_ref::<ClientWatch>()
     }
@@ -687,9 +688,10 @@ static OWN_ANSWER_LOG: EverySecond = EverySecond::new();
 impl ClientWatch {
     /// Whether `buf` begins an answer Pingora writes by itself: a response head written while
     /// the router holds no request, which happens only when Pingora could not parse a head
-    /// (400) or refuses its method (405 for CONNECT). Its answer would carry `Server: Pingora`
-    /// and no page; the router's own takes its place. The only other writes outside a
-    /// request are a finished request's last chunk, which is no response head.
+    /// (400). Its answer would carry `Server: Pingora` and no page; the router's own takes its
+    /// place. The only other writes outside a request are a finished request's last chunk,
+    /// which is no response head. (Pingora passes CONNECT on to the router, which answers it;
+    /// the 405 arm stays for a Pingora that refuses it again.)
     fn pingora_answering(&mut self, buf: &[u8]) -> bool {
         if self.own_answer.is_some() {
             return true;

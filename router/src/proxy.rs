@@ -324,10 +324,12 @@ fn run(
             draining,
         },
     );
-    // An HTTP/2 connection with no stream open is closed at the limit an HTTP/1 connection
-    // has for its first head; the h2 library would keep it for good.
+    // An HTTP/2 connection with no stream open is closed after the default client timeout,
+    // the limit a kept-alive HTTP/1 connection has between requests; the h2 library would
+    // keep it for good. (Pingora starts that clock when the last stream hands its answer to
+    // h2, which may still be sending its tail: see SECURITY.md.)
     let mut options = HttpServerOptions::default();
-    options.h2_idle_timeout = Some(config.head_timeout);
+    options.h2_idle_timeout = Some(AppSettings::default().client_timeout);
     // Refused in `request_filter`, with the router's page (see there).
     options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
@@ -545,7 +547,8 @@ impl Router {
             certs.lookup(name, owner.as_deref()),
             certs.lookup(&normalize(host), Some(&route.app)),
         ) {
-            (Some(presented), Some(due)) => !Arc::ptr_eq(&presented, &due),
+            // The same certificate may be stored twice (added to two apps).
+            (Some(presented), Some(due)) => presented.cert != due.cert,
             _ => true,
         }
     }
@@ -622,7 +625,8 @@ impl ProxyHttp for Router {
         ctx.request_id = request_id(req);
         // Pingora passes CONNECT on only so that the router answers it with its own page, as
         // it does every refusal (over HTTP/2 Pingora's answer could not be swapped for it).
-        // Nothing after its head on the connection is read: it is closed.
+        // An HTTP/1 connection is closed after it, so nothing after its head is read as a
+        // request; over HTTP/2 the stream ends with the answer.
         if req.method == http::Method::CONNECT {
             ctx.failure = Some(Failure::Malformed);
             session.set_keepalive(None);
@@ -671,7 +675,7 @@ impl ProxyHttp for Router {
             ctx.failure = Some(Failure::Misdirected);
             let body = page(
                 "Misdirected request",
-                "This connection was made for another app's address, whose certificate does not cover this one. Connect to this address itself.",
+                "This connection was made for another address and cannot serve this one. Connect to this address itself.",
             );
             session.set_keepalive(None);
             respond(session, 421, body, ctx).await?;
@@ -979,6 +983,24 @@ impl ProxyHttp for Router {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Pingora puts this in its log lines about a request (a retried connection, a failure):
+    /// the path and host cut short as in the router's own line.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        format!(
+            "{} {}, Host: {}",
+            clipped(req.method.as_str(), LOGGED_METHOD_MAX),
+            clipped(path, LOGGED_PATH_MAX),
+            clipped(host, LOGGED_HOST_MAX)
+        )
     }
 
     /// Pingora logs every failed request at ERROR. A request of a known app was logged by
@@ -1787,6 +1809,8 @@ mod tests {
         assert!(answer.contains("x-request-id: "), "{answer}");
         assert!(answer.contains("connection: close"), "{answer}");
         assert!(body.contains("not supported"), "{body}");
+        // Nothing but the page: an answer to the GET would follow it in the same read.
+        assert!(body.ends_with("</html>\n"), "{body:?}");
         let mut rest = [0u8; 64];
         assert!(
             matches!(s.read(&mut rest), Ok(0) | Err(_)),
