@@ -905,3 +905,80 @@ impl Peek for ClientWatch {
         self.inner.try_peek(buf).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback pair: the client's socket, and the server's side as Pingora's stream.
+    async fn pair() -> (tokio::net::TcpStream, Stream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, Box::new(L4Stream::from(server)))
+    }
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[tokio::test]
+    async fn http2_preface_runs_against_the_head_limit_then_reads_pass_through() {
+        let limit = Duration::from_millis(300);
+
+        // Nothing sent: the read fails at the limit, and no HTTP/1 408 goes out.
+        let (mut client, server) = pair().await;
+        let mut watch = ClientWatch::http2(server, limit);
+        let mut buf = [0u8; 64];
+        let err = watch.read(&mut buf).await.expect_err("cut off");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(watch);
+        let mut sent = Vec::new();
+        let _ = client.read_to_end(&mut sent).await;
+        assert!(sent.is_empty(), "{:?}", String::from_utf8_lossy(&sent));
+
+        // The preface in pieces within the limit, then silence past it, then more bytes:
+        // once the preface is in, the watch no longer times reads.
+        let (mut client, server) = pair().await;
+        let mut watch = ClientWatch::http2(server, limit);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while got.len() < PREFACE.len() + 4 {
+                let n = watch.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            Ok::<_, io::Error>(got)
+        });
+        for piece in PREFACE.chunks(10) {
+            client.write_all(piece).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(limit * 2).await;
+        client.write_all(b"more").await.expect("write");
+        let got = reader.await.expect("join").expect("reads pass through");
+        assert_eq!(got, [PREFACE, b"more"].concat());
+
+        // The preface and a frame in one read count as the preface done.
+        let (mut client, server) = pair().await;
+        let mut watch = ClientWatch::http2(server, limit);
+        client
+            .write_all(&[PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat())
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while n < PREFACE.len() + 9 {
+            let got = watch.read(&mut buf[n..]).await.expect("read");
+            assert!(got > 0, "closed after {n} bytes");
+            n += got;
+        }
+        tokio::time::sleep(limit * 2).await;
+        client.write_all(b"x").await.expect("write");
+        assert_eq!(watch.read(&mut buf).await.expect("read past the limit"), 1);
+    }
+}
