@@ -174,6 +174,7 @@ fn https_with_certs_sni_and_http2() -> Result<()> {
     silent_handshakes(&s, &ca_a)?;
     idle_http2(&s)?;
     http2_connect(&s)?;
+    unread_answers_hold_no_place(&s, &ca_a)?;
 
     // The router's line says how the request came.
     let logs = stdout(&ok(
@@ -368,6 +369,46 @@ fn idle_http2(s: &Skiff) -> Result<()> {
     let log = s.logs();
     assert!(!log.contains("H2 handshake error"), "{log}");
     assert!(!log.contains("PING ack"), "{log}");
+    Ok(())
+}
+
+/// One HTTP/2 connection granting no window, with more requests open than the app's bound
+/// on requests in flight (50 a dyno), cannot keep the app from others: each request's place
+/// goes back once the dyno has answered, not when the client reads the answer.
+fn unread_answers_hold_no_place(s: &Skiff, ca: &Path) -> Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may send the client any data.
+    const NO_WINDOW: &[u8] = &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+    let authority = b"www.tls-a.test";
+    let mut sends = [PREFACE, NO_WINDOW].concat();
+    for stream in (1u8..=119).step_by(2) {
+        // HEADERS, END_STREAM | END_HEADERS: GET https://www.tls-a.test/ (the authority a
+        // literal not indexed, so every block stands alone).
+        let mut block = vec![0x82, 0x87, 0x84, 0x01, authority.len() as u8];
+        block.extend_from_slice(authority);
+        sends.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, stream]);
+        sends.extend_from_slice(&block);
+    }
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2"])
+        .args(["-servername", "www.tls-a.test", "-connect"])
+        .arg(format!("127.0.0.1:{}", s.https_port))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running openssl s_client")?;
+    let mut stdin = client.stdin.take().context("s_client's stdin")?;
+    stdin.write_all(&sends)?;
+    stdin.flush()?;
+    // The dyno answers the 60 at once; their answers wait on a window that never opens.
+    std::thread::sleep(Duration::from_secs(2));
+    let fetched = curl(s, "www.tls-a.test", "/", ca, false);
+    let _ = client.kill();
+    let _ = client.wait();
+    drop(stdin);
+    let fetched = fetched?.context("handshake")?;
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
     Ok(())
 }
 

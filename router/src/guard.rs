@@ -36,17 +36,18 @@ use tokio::time::Sleep;
 use crate::pages::page;
 use crate::table::AppSettings;
 
-/// A router line at info through `gate` (once a second at most), at debug otherwise: lines a
-/// client can cause by the thousand must not flood the log, yet each stays findable.
-macro_rules! info_each_second {
-    ($gate:expr, $($field:tt)+) => {
+/// A router line at `level` through `gate` (once a second at most), at debug otherwise: lines
+/// a client can cause by the thousand must not flood the log, yet each stays findable.
+macro_rules! each_second {
+    ($gate:expr, $level:expr, $($field:tt)+) => {
         if $gate.due() {
-            tracing::info!(target: "skiff::router", $($field)+);
+            tracing::event!(target: "skiff::router", $level, $($field)+);
         } else {
             tracing::debug!(target: "skiff::router", $($field)+);
         }
     };
 }
+pub(crate) use each_second;
 
 /// Pingora's proxy app behind the connection caps, with each connection's TLS handshake done
 /// here and each connection watched by a [`ClientWatch`].
@@ -349,12 +350,13 @@ where
                 match tokio::time::timeout(self.head_timeout, tls.handshake(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
-                        info_each_second!(HANDSHAKE_LOG, client = ?client, error = %e, "TLS handshake failed");
+                        each_second!(HANDSHAKE_LOG, tracing::Level::INFO, client = ?client, error = %e, "TLS handshake failed");
                         return None;
                     }
                     Err(_) => {
-                        info_each_second!(
+                        each_second!(
                             HANDSHAKE_LOG,
+                            tracing::Level::INFO,
                             client = ?client,
                             limit = ?self.head_timeout,
                             "TLS handshake not done within the head timeout: connection closed"
@@ -432,15 +434,15 @@ impl TlsPort {
 }
 
 /// Lets a log line through at most once a second.
-struct EverySecond(AtomicU64);
+pub(crate) struct EverySecond(AtomicU64);
 
 impl EverySecond {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self(AtomicU64::new(0))
     }
 
     /// Whether this second's line is still to be written (and from now on, it is not).
-    fn due(&self) -> bool {
+    pub(crate) fn due(&self) -> bool {
         let second = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -570,8 +572,9 @@ impl ClientWatch {
             .inner
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
-        info_each_second!(
+        each_second!(
             EXPIRY_LOG,
+            tracing::Level::INFO,
             peer = ?peer,
             limit_s = secs,
             request_id = %id,
@@ -727,8 +730,9 @@ impl ClientWatch {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
         let status = status.as_u16();
-        info_each_second!(
+        each_second!(
             OWN_ANSWER_LOG,
+            tracing::Level::INFO,
             peer = ?peer,
             status,
             request_id = %id,
