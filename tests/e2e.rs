@@ -67,6 +67,23 @@ fn push_serve_change_and_restart() -> Result<()> {
     // A guest that traps fails its own request with a 500; the next request is served.
     let (status, body) = s.request(&host, "GET", "/crash", None)?;
     assert_eq!(status, 500, "{body}");
+    // The platform's line for it says what went wrong in the guest, not only where.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        let log = s.logs();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("request failed in the app") && l.contains("/crash"))
+        {
+            break l.to_owned();
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no failure line:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(line.contains("wasm trap"), "{line}");
     assert_eq!(
         s.request(&host, "GET", "/", None)?,
         (200, "Hello from Skiff!\n".into())

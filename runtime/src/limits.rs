@@ -507,6 +507,29 @@ pub enum Failure {
     Interrupted(String),
 }
 
+/// What went wrong, then where: the first line names every cause, each by its own first line;
+/// the guest's frames follow. A trap's outermost message is only "error while executing at
+/// wasm backtrace:" over the frames, and what happened (`wasm trap: ...`) is its cause, so
+/// the first line alone would say where and not what.
+fn crash_message(e: &wasmtime::Error) -> String {
+    let summary = e
+        .chain()
+        .map(|cause| {
+            let text = cause.to_string();
+            let first = text.lines().next().unwrap_or_default().trim().to_owned();
+            match first.strip_suffix(" at wasm backtrace:") {
+                Some(head) => head.to_owned(),
+                None => first,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(": ");
+    match e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        Some(frames) => format!("{summary}\n{frames}"),
+        None => summary,
+    }
+}
+
 impl Failure {
     /// Classifies a wasmtime error; `memory_hit` says whether the limiter refused a grow.
     pub(crate) fn classify(e: &wasmtime::Error, memory_hit: bool) -> Self {
@@ -522,7 +545,7 @@ impl Failure {
             {
                 Failure::PoolExhausted
             }
-            _ => Failure::Crash(format!("{e:#}")),
+            _ => Failure::Crash(crash_message(e)),
         }
     }
 
@@ -585,6 +608,17 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crash_says_what_happened_first() {
+        let trap = wasmtime::Error::from(Trap::UnreachableCodeReached)
+            .context("error while executing at wasm backtrace:\n    0: 0x1a2b - app!main");
+        let message = crash_message(&trap);
+        assert_eq!(
+            message.lines().next(),
+            Some("error while executing: wasm trap: wasm `unreachable` instruction executed")
+        );
+    }
 
     /// The tests below share the host-wide count of active apps.
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
