@@ -261,6 +261,39 @@ fn silent_handshakes(s: &Skiff, ca: &Path) -> Result<()> {
     assert!(refused.body.contains("connections"), "{}", refused.body);
     let plain = http_full(s.http_port, "tls-a.localhost", "GET", "/", None, &[])?;
     assert_eq!(plain.status, 503, "{plain:?}");
+    // An HTTP/2 client is told in HTTP/2's terms: a GOAWAY with the reason.
+    let mut h2 = Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2"])
+        .args(["-servername", "www.tls-a.test", "-connect"])
+        .arg(format!("127.0.0.1:{}", s.https_port))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running openssl s_client")?;
+    let mut out = h2.stdout.take().context("s_client's stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let _ = out.read_to_end(&mut seen);
+        seen
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = h2.kill();
+    let _ = h2.wait();
+    let seen = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    // SETTINGS (9 bytes), then GOAWAY: type 7, no stream processed, ENHANCE_YOUR_CALM.
+    let goaway = seen.get(9..).unwrap_or_default();
+    assert_eq!(goaway.get(3), Some(&7), "{seen:?}");
+    assert_eq!(goaway.get(13..17), Some(&[0, 0, 0, 0xb][..]), "{seen:?}");
+    assert!(
+        String::from_utf8_lossy(&seen).contains("too many connections from this address"),
+        "{seen:?}"
+    );
     // Each is closed at the head timeout, never answered.
     for conn in &mut silent {
         conn.set_read_timeout(Some(Duration::from_secs(15)))?;

@@ -179,11 +179,14 @@ impl<A> Guarded<A> {
                 Some(tls) => tls.handshake(stream).await.map_err(io::Error::other)?,
                 None => stream,
             };
-            // An HTTP/2 client would not read an HTTP/1 answer.
-            if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-                return Ok(());
-            }
-            stream.write_all(answer.as_bytes()).await?;
+            // An HTTP/2 client would not read an HTTP/1 answer: it is told in HTTP/2's terms,
+            // a GOAWAY that processed no stream (so it may retry elsewhere or later).
+            let answer = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                h2_refusal(why)
+            } else {
+                answer.into_bytes()
+            };
+            stream.write_all(&answer).await?;
             stream.flush().await?;
             Shutdown::shutdown(&mut *stream).await;
             let mut sink = [0u8; 4096];
@@ -192,6 +195,24 @@ impl<A> Guarded<A> {
         })
         .await;
     }
+}
+
+/// The server's half of an HTTP/2 connection preface (an empty SETTINGS frame), then a
+/// GOAWAY naming no stream as processed, with the reason as its debug data: NO_ERROR when the
+/// router is full, ENHANCE_YOUR_CALM when this client's address is (RFC 9113 sections 6.8, 7).
+fn h2_refusal(why: Refusal) -> Vec<u8> {
+    let (code, reason): (u32, &[u8]) = match why {
+        Refusal::Client(_) => (0xb, b"too many connections from this address"),
+        Refusal::Router | Refusal::Flood => (0x0, b"the router is at its connection limit"),
+    };
+    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = (8 + reason.len()) as u32;
+    frames.extend_from_slice(&len.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&0u32.to_be_bytes());
+    frames.extend_from_slice(&code.to_be_bytes());
+    frames.extend_from_slice(reason);
+    frames
 }
 
 /// How long a refused connection is given to take its 503.
