@@ -93,7 +93,7 @@ impl<A> Guarded<A> {
         }
     }
 
-    /// Connections to `tls.port` get a TLS handshake, bounded by the head timeout.
+    /// Connections to `tls.addr` get a TLS handshake, bounded by the head timeout.
     pub(crate) fn with_tls(mut self, tls: TlsPort) -> Self {
         self.tls = Some(tls);
         self
