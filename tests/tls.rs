@@ -7,7 +7,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -262,30 +262,7 @@ fn silent_handshakes(s: &Skiff, ca: &Path) -> Result<()> {
     let plain = http_full(s.http_port, "tls-a.localhost", "GET", "/", None, &[])?;
     assert_eq!(plain.status, 503, "{plain:?}");
     // An HTTP/2 client is told in HTTP/2's terms: a GOAWAY with the reason.
-    let mut h2 = Command::new("openssl")
-        .args(["s_client", "-quiet", "-alpn", "h2"])
-        .args(["-servername", "www.tls-a.test", "-connect"])
-        .arg(format!("127.0.0.1:{}", s.https_port))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("running openssl s_client")?;
-    let mut out = h2.stdout.take().context("s_client's stdout")?;
-    let reader = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let _ = out.read_to_end(&mut seen);
-        seen
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !reader.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = h2.kill();
-    let _ = h2.wait();
-    let seen = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let seen = h2_answer(h2_client(s, &[], Stdio::piped())?, |_| false)?;
     // SETTINGS (9 bytes), then GOAWAY: type 7, no stream processed, ENHANCE_YOUR_CALM.
     let goaway = seen.get(9..).unwrap_or_default();
     assert_eq!(goaway.get(3), Some(&7), "{seen:?}");
@@ -319,11 +296,6 @@ fn silent_handshakes(s: &Skiff, ca: &Path) -> Result<()> {
 /// reset at the write bound (the client timeout too). Frames a client gets wrong (PING acks
 /// nobody asked for) cost no log lines.
 fn idle_http2(s: &Skiff) -> Result<()> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    // An empty SETTINGS frame: the client's half of the connection preface.
-    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
-    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may send the client any data.
-    const NO_WINDOW: &[u8] = &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0];
     // A PING frame with the ACK flag, answering nothing.
     const PING_ACK: &[u8] = &[0, 0, 8, 6, 1, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
     let host = b"nobody.localhost";
@@ -345,19 +317,7 @@ fn idle_http2(s: &Skiff) -> Result<()> {
     let started = Instant::now();
     let mut waits = Vec::new();
     for (what, sends, least) in cases {
-        // `-quiet` leaves the connection open until the server closes it.
-        let mut client = Command::new("openssl")
-            .args(["s_client", "-quiet", "-alpn", "h2"])
-            .args(["-servername", "www.tls-a.test", "-connect"])
-            .arg(format!("127.0.0.1:{}", s.https_port))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("running openssl s_client")?;
-        let mut stdin = client.stdin.take().context("s_client's stdin")?;
-        stdin.write_all(&sends)?;
-        stdin.flush()?;
+        let (mut client, stdin) = h2_client(s, &sends, Stdio::piped())?;
         let stdout = client.stdout.take().context("s_client's stdout")?;
         // Reads the server's frames until stream 1 is reset or the connection closes.
         let waiter = std::thread::spawn(move || -> (Duration, &'static str) {
@@ -409,9 +369,6 @@ fn idle_http2(s: &Skiff) -> Result<()> {
 /// on requests in flight (50 a dyno), cannot keep the app from others: each request's place
 /// goes back once the dyno has answered, not when the client reads the answer.
 fn unread_answers_hold_no_place(s: &Skiff, ca: &Path) -> Result<()> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may send the client any data.
-    const NO_WINDOW: &[u8] = &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0];
     let authority = b"www.tls-a.test";
     let mut sends = [PREFACE, NO_WINDOW].concat();
     for stream in (1u8..=119).step_by(2) {
@@ -422,18 +379,7 @@ fn unread_answers_hold_no_place(s: &Skiff, ca: &Path) -> Result<()> {
         sends.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, stream]);
         sends.extend_from_slice(&block);
     }
-    let mut client = Command::new("openssl")
-        .args(["s_client", "-quiet", "-alpn", "h2"])
-        .args(["-servername", "www.tls-a.test", "-connect"])
-        .arg(format!("127.0.0.1:{}", s.https_port))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("running openssl s_client")?;
-    let mut stdin = client.stdin.take().context("s_client's stdin")?;
-    stdin.write_all(&sends)?;
-    stdin.flush()?;
+    let (mut client, stdin) = h2_client(s, &sends, Stdio::null())?;
     // The dyno answers the 60 at once; their answers wait on a window that never opens.
     std::thread::sleep(Duration::from_secs(2));
     let fetched = curl(s, "www.tls-a.test", "/", ca, false);
@@ -448,8 +394,6 @@ fn unread_answers_hold_no_place(s: &Skiff, ca: &Path) -> Result<()> {
 /// An HTTP/2 CONNECT gets the router's own 405 page (its text is in the DATA frame, which
 /// HPACK leaves as it is), not Pingora's empty one.
 fn http2_connect(s: &Skiff) -> Result<()> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
     let authority = b"www.tls-a.test:443";
     // HEADERS on stream 1, END_HEADERS: `:method CONNECT` and `:authority` as literals.
     let mut block = vec![0x42, 7];
@@ -458,18 +402,49 @@ fn http2_connect(s: &Skiff) -> Result<()> {
     block.extend_from_slice(authority);
     let mut headers = vec![0, 0, block.len() as u8, 1, 4, 0, 0, 0, 1];
     headers.extend_from_slice(&block);
+    let sends = [PREFACE, SETTINGS, &headers].concat();
+    let seen = h2_answer(h2_client(s, &sends, Stdio::piped())?, |seen| {
+        String::from_utf8_lossy(seen).contains("</html>")
+    })?;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("This method is not supported here."),
+        "{text:?}"
+    );
+    Ok(())
+}
+
+/// The client's connection preface, which opens every HTTP/2 connection.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame: the client's half of the connection preface.
+const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+/// SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may send the client any data.
+const NO_WINDOW: &[u8] = &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0];
+
+/// `openssl s_client` speaking HTTP/2 (ALPN h2) to the HTTPS port, for www.tls-a.test, having
+/// sent `sends`; `-quiet` keeps the connection open until the server closes it.
+fn h2_client(s: &Skiff, sends: &[u8], stdout: Stdio) -> Result<(Child, ChildStdin)> {
     let mut client = Command::new("openssl")
         .args(["s_client", "-quiet", "-alpn", "h2"])
         .args(["-servername", "www.tls-a.test", "-connect"])
         .arg(format!("127.0.0.1:{}", s.https_port))
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .context("running openssl s_client")?;
     let mut stdin = client.stdin.take().context("s_client's stdin")?;
-    stdin.write_all(&[PREFACE, SETTINGS, &headers].concat())?;
+    stdin.write_all(sends)?;
     stdin.flush()?;
+    Ok((client, stdin))
+}
+
+/// What the server sent an [`h2_client`], read until `enough` says so, the server closes, or
+/// 15 s pass; the client is stopped then.
+fn h2_answer(
+    (mut client, stdin): (Child, ChildStdin),
+    enough: fn(&[u8]) -> bool,
+) -> Result<Vec<u8>> {
     let mut stdout = client.stdout.take().context("s_client's stdout")?;
     let reader = std::thread::spawn(move || {
         let mut seen = Vec::new();
@@ -479,7 +454,7 @@ fn http2_connect(s: &Skiff) -> Result<()> {
                 break;
             }
             seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen).contains("</html>") {
+            if enough(&seen) {
                 break;
             }
         }
@@ -492,15 +467,9 @@ fn http2_connect(s: &Skiff) -> Result<()> {
     let _ = client.kill();
     let _ = client.wait();
     drop(stdin);
-    let seen = reader
+    reader
         .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    let text = String::from_utf8_lossy(&seen);
-    assert!(
-        text.contains("This method is not supported here."),
-        "{text:?}"
-    );
-    Ok(())
+        .map_err(|_| anyhow::anyhow!("reader panicked"))
 }
 
 fn path(p: &Path) -> &str {
