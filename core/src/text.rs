@@ -63,14 +63,19 @@ pub const MAX_LOG_LINE_BYTES: usize = 10 * 1024;
 
 /// `line` cut to [`MAX_LOG_LINE_BYTES`] on a char boundary.
 pub fn log_line_prefix(line: &str) -> &str {
-    if line.len() <= MAX_LOG_LINE_BYTES {
-        return line;
+    prefix_within(line, MAX_LOG_LINE_BYTES)
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a char boundary.
+pub fn prefix_within(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
     }
-    let mut end = MAX_LOG_LINE_BYTES;
-    while !line.is_char_boundary(end) {
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &line[..end]
+    &text[..end]
 }
 
 /// A path inside an app's tree (`bin/a.wasm`, `/app/bin/a.wasm`), or `None` when it would

@@ -1350,14 +1350,11 @@ const LOGGED_METHOD_MAX: usize = 32;
 
 /// `text` cut to `max` bytes on a character boundary, marked with `...` where cut.
 fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
+    let head = skiff_core::text::prefix_within(text, max);
+    if head.len() == text.len() {
         return text.into();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end]).into()
+    format!("{head}...").into()
 }
 
 /// A value for inside `"..."` in a log line, escaped as it is written.
