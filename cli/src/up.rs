@@ -505,7 +505,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientFailures {
 }
 
 /// What [`ClientFailures`] looks for in an event's fields: Pingora logs through `log`, so its
-/// target arrives as the `log.target` field (after the message).
+/// target arrives as the `log.target` field. That field comes after the message, so both are
+/// kept and judged once the event is read whole.
 #[derive(Default)]
 struct ClientFailure {
     target: String,
